@@ -1,0 +1,235 @@
+"""Typed, validated configuration: frozen dataclasses loaded from TOML.
+
+Every knob is declared with :func:`knob`, which records its documentation and allowed range.
+Construction validates (so a config built in Python is checked as strictly as one read from a
+file), and :func:`from_dict` rejects unknown keys with a message that names the key and the keys
+that are allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+
+def knob(
+    default: Any,
+    doc: str,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+) -> Any:
+    """A config field with its documentation and allowed range (bounds are inclusive for ge/le)."""
+    meta = {"doc": doc, "ge": ge, "gt": gt, "le": le, "lt": lt}
+    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
+        return dataclasses.field(default_factory=lambda: default, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _range_text(meta: typing.Mapping[str, Any]) -> str:
+    parts = []
+    for key, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+        if meta.get(key) is not None:
+            parts.append(f"{op} {meta[key]:g}")
+    return " and ".join(parts)
+
+
+def _in_range(value: float, meta: typing.Mapping[str, Any]) -> bool:
+    if isinstance(value, float) and math.isnan(value):
+        return False
+    checks = (
+        ("ge", lambda b: value >= b),
+        ("gt", lambda b: value > b),
+        ("le", lambda b: value <= b),
+        ("lt", lambda b: value < b),
+    )
+    return all(meta.get(k) is None or ok(meta[k]) for k, ok in checks)
+
+
+class Config:
+    """Mixin for frozen config dataclasses: validates types and ranges on construction."""
+
+    def __post_init__(self) -> None:
+        hints = get_type_hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            coerced = _coerce(value, hints[f.name], f.name)
+            if coerced is not value:
+                object.__setattr__(self, f.name, coerced)
+                value = coerced
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if not _in_range(value, f.metadata):
+                    raise ConfigError(
+                        f"{f.name} = {value!r} is out of range: must be {_range_text(f.metadata)}"
+                    )
+        self.check()
+
+    def check(self) -> None:
+        """Cross-field checks; override in subclasses and raise ConfigError."""
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, str]]:
+        """(name, default, doc) for each knob, for help texts and the README."""
+        rows = []
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            default = f.default if f.default is not dataclasses.MISSING else "(section)"
+            rows.append((f.name, repr(default), f.metadata.get("doc", "")))
+        return rows
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, name: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert lists to tuples and ints to floats."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"{name} = {value!r} is not allowed: must be {_type_name(tp)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, name)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{name} = {value!r} has the wrong type")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} = {value!r} must be a list")
+        args = get_args(tp)
+        item_tp = args[0] if args else Any
+        out = tuple(_coerce(v, item_tp, f"{name}[{i}]") for i, v in enumerate(value))
+        return value if isinstance(value, tuple) and out == value else out
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if isinstance(value, dict):
+            return from_dict(tp, value, prefix=name)
+        raise ConfigError(f"{name} must be a table of settings, not {value!r}")
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} = {value!r} must be a number")
+        return float(value) if isinstance(value, int) else value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} = {value!r} must be a whole number")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} = {value!r} must be true or false")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} = {value!r} must be a string")
+        return value
+    return value
+
+
+def from_dict(cls: type[T], data: typing.Mapping[str, Any], prefix: str = "") -> T:
+    """Build config ``cls`` from a (TOML) mapping; unknown keys and bad values raise ConfigError."""
+    if not isinstance(data, typing.Mapping):
+        raise ConfigError(f"{prefix or cls.__name__} must be a table of settings")
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    for key in data:
+        if key not in names:
+            where = f"{prefix}.{key}" if prefix else key
+            raise ConfigError(f"unknown key '{where}'; allowed keys: {', '.join(names)}")
+    hints = get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if dataclasses.is_dataclass(hints[key]) and isinstance(value, typing.Mapping):
+            kwargs[key] = from_dict(hints[key], value, prefix=f"{prefix}.{key}" if prefix else key)
+        else:
+            kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        if prefix and not str(err).startswith(prefix):
+            msg = str(err)
+            # Prefix the offending key with its section so the message names the full path.
+            raise ConfigError(f"{prefix}.{msg}" if not msg.startswith("unknown") else msg) from None
+        raise
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain data (tuples as lists), ready for TOML or JSON."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(cfg)
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML file; a missing or malformed file raises ConfigError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path} is not valid TOML: {err}") from None
+
+
+def dumps_toml(data: typing.Mapping[str, Any]) -> str:
+    """A small TOML writer for plain config data (tables, numbers, strings, bools, lists)."""
+
+    def scalar(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, float):
+            return repr(v) if math.isfinite(v) else ("inf" if v > 0 else "-inf")
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(scalar(x) for x in v) + "]"
+        return str(v)
+
+    lines: list[str] = []
+
+    def table(d: typing.Mapping[str, Any], name: str) -> None:
+        simple = {k: v for k, v in d.items() if not isinstance(v, typing.Mapping)}
+        nested = {k: v for k, v in d.items() if isinstance(v, typing.Mapping)}
+        if name and simple:
+            lines.append(f"[{name}]")
+        for k, v in simple.items():
+            if v is not None:
+                lines.append(f"{k} = {scalar(v)}")
+        if simple:
+            lines.append("")
+        for k, v in nested.items():
+            table(v, f"{name}.{k}" if name else k)
+
+    table(data, "")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+__all__ = ["Config", "knob", "from_dict", "to_dict", "read_toml", "dumps_toml"]

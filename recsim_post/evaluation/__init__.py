@@ -1,0 +1,1 @@
+"""Evaluation: the only reader of the truth."""

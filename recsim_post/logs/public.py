@@ -1,0 +1,164 @@
+"""The public side of the logs: what a real company would have. Training code reads only this.
+
+``interactions.parquet`` has one row per impression (an item shown in a slate):
+
+=========== ======= =====================================================================
+column      dtype   meaning
+=========== ======= =====================================================================
+user_id     int32   who was shown the slate
+timestamp   int32   the simulation round in which it was shown
+slate_id    int64   one id per slate (request); rows of a slate share it
+position    int16   0-based position in the slate (0 is the top)
+item_id     int32   the item shown
+click       int8    1 if the user chose this item, else 0 (at most one click per slate)
+rating      float32 observed 1-5 rating of a clicked item (noisy, maybe flipped); NaN otherwise
+=========== ======= =====================================================================
+
+``items.parquet`` has the observable item features: ``item_id``, ``genre`` and ``f0..f{k-1}``
+(a noisy projection of the latent item vector).
+
+Histories are click sequences ordered by (timestamp, position). Splits are leave-last-out: a
+user's last click is the test target, the second-last the validation target, the rest is training.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import LogError
+
+INTERACTION_SCHEMA = pa.schema(
+    [
+        ("user_id", pa.int32()),
+        ("timestamp", pa.int32()),
+        ("slate_id", pa.int64()),
+        ("position", pa.int16()),
+        ("item_id", pa.int32()),
+        ("click", pa.int8()),
+        ("rating", pa.float32()),
+    ]
+)
+
+PAD = -1
+"""Padding value in history arrays (histories are left-padded)."""
+
+
+@dataclass(frozen=True)
+class PublicLogs:
+    """Public logs: impressions, observable item features and the manifest."""
+
+    interactions: pd.DataFrame
+    items: pd.DataFrame
+    manifest: dict[str, Any]
+
+    @property
+    def n_items(self) -> int:
+        return int(self.manifest["n_items"])
+
+    @property
+    def n_users(self) -> int:
+        return int(self.manifest["n_users"])
+
+    def clicks(self) -> pd.DataFrame:
+        """Clicked rows only, in history order (user, timestamp, position)."""
+        df = self.interactions
+        c = df[df["click"] == 1]
+        return c.sort_values(["user_id", "timestamp", "position"], kind="stable").reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Leave-last-out split of the clicks (each frame keeps the click columns)."""
+
+    train: pd.DataFrame
+    valid: pd.DataFrame
+    test: pd.DataFrame
+
+
+def split_leave_last_out(clicks: pd.DataFrame) -> Split:
+    """Per user: the last click is test, the second-last validation, the rest training.
+
+    Users with fewer than three clicks keep all their clicks in training.
+    """
+    clicks = clicks.sort_values(["user_id", "timestamp", "position"], kind="stable")
+    rank_from_end = clicks.groupby("user_id").cumcount(ascending=False).to_numpy()
+    n = clicks.groupby("user_id")["item_id"].transform("size").to_numpy()
+    eligible = n >= 3
+    test = eligible & (rank_from_end == 0)
+    valid = eligible & (rank_from_end == 1)
+    train = ~(test | valid)
+    return Split(
+        train=clicks[train].reset_index(drop=True),
+        valid=clicks[valid].reset_index(drop=True),
+        test=clicks[test].reset_index(drop=True),
+    )
+
+
+def histories(clicks: pd.DataFrame, users: np.ndarray, max_len: int) -> np.ndarray:
+    """The last ``max_len`` clicked items of each user, left-padded with PAD: shape (len(users), max_len).
+
+    ``clicks`` must already be in history order (as :meth:`PublicLogs.clicks` returns them).
+    """
+    users = np.asarray(users, dtype=np.int64)
+    out = np.full((len(users), max_len), PAD, dtype=np.int64)
+    if len(clicks) == 0 or len(users) == 0:
+        return out
+    u = clicks["user_id"].to_numpy(np.int64)
+    items = clicks["item_id"].to_numpy(np.int64)
+    # Position of each click counted from the user's last click (0 = most recent).
+    order = np.arange(len(u))
+    last_index = pd.Series(order).groupby(u).transform("max").to_numpy()
+    from_end = last_index - order
+    keep = from_end < max_len
+    row_of_user = np.full(max(int(u.max()), int(users.max())) + 1, -1, dtype=np.int64)
+    row_of_user[users] = np.arange(len(users))
+    rows = row_of_user[u]
+    keep &= rows >= 0
+    out[rows[keep], max_len - 1 - from_end[keep]] = items[keep]
+    return out
+
+
+def read_public(folder: str | Path) -> PublicLogs:
+    """Read the public part of a log folder written by ``recsim-post simulate``.
+
+    Raises LogError naming the missing or unreadable file.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise LogError(f"log folder not found: {folder}")
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        raise LogError(f"{folder} is not a log folder: manifest.json is missing")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise LogError(f"{manifest_path} is corrupt: {err}") from None
+    for key in ("n_items", "n_users", "rows"):
+        if key not in manifest:
+            raise LogError(f"{manifest_path} is corrupt: key '{key}' is missing")
+    frames = {}
+    for name in ("interactions", "items"):
+        path = folder / f"{name}.parquet"
+        if not path.is_file():
+            raise LogError(f"{folder} is incomplete: {name}.parquet is missing")
+        try:
+            frames[name] = pq.read_table(path).to_pandas()
+        except (pa.ArrowException, OSError) as err:
+            raise LogError(f"{path} is corrupt: {str(err).splitlines()[0]}") from None
+        expected = manifest["rows"].get(name)
+        if expected is not None and len(frames[name]) != expected:
+            raise LogError(
+                f"{path} is corrupt: {len(frames[name])} rows, the manifest says {expected}"
+            )
+    missing = set(INTERACTION_SCHEMA.names) - set(frames["interactions"].columns)
+    if missing:
+        raise LogError(f"{folder / 'interactions.parquet'} lacks columns: {', '.join(sorted(missing))}")
+    return PublicLogs(frames["interactions"], frames["items"], manifest)

@@ -1,0 +1,207 @@
+"""Roll the logging policy through the world and write the logs.
+
+A log folder::
+
+    manifest.json            scenario, seed, package version, row counts, file hashes
+    interactions.parquet     public: one row per impression (see logs/public.py)
+    items.parquet            public: observable item features
+    sealed/impressions.parquet   true reward, PL propensity, single-draw probability per impression
+    sealed/items.parquet         latent vectors, quality, hype, the logger's quality estimate,
+                                 popularity / shock / trend at the end of logging
+    sealed/users.parquet         preferences, susceptibility, activity, the logger's estimate,
+                                 per-genre satiation at the end of logging
+
+Same scenario and seed give byte-identical files. The folder is written under a temporary name and
+renamed into place, so a failure never leaves a half-written folder behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..behavior.logging_policy import TrendLogger
+from ..config import to_dict
+from ..errors import LogError
+from ..seeding import SeedTree
+from ..world.config import ScenarioConfig
+from ..world.world import World
+from .public import INTERACTION_SCHEMA, PublicLogs
+
+CHUNK_USERS = 8192
+"""Users per kernel call: bounds memory at CHUNK_USERS * n_items * 12 bytes."""
+
+
+@dataclass
+class Simulation:
+    """Everything a logging run produced: the public logs, the sealed tables and the final world."""
+
+    public: PublicLogs
+    sealed_impressions: pd.DataFrame
+    world: World
+    logger: TrendLogger
+
+
+def simulate(cfg: ScenarioConfig, progress: bool = False) -> Simulation:
+    """Run the scenario's logging policy for ``cfg.simulation.n_rounds`` rounds.
+
+    Streams (all children of ``SeedTree(cfg.seed)``): ``world`` builds the world and its shocks,
+    ``logging`` the logger's estimate and its slates, ``users`` who is active and what they choose,
+    ``feedback`` the rating noise. Changing how one stream is consumed leaves the others unchanged.
+    """
+    tree = SeedTree(cfg.seed)
+    world = World.create(cfg, tree.child("world"))
+    logger = TrendLogger.create(cfg.logging, world, tree.child("logging"))
+    rng_shock = tree.child("world").generator("shocks")
+    rng_slate = tree.child("logging").generator("slates")
+    rng_active = tree.child("users").generator("activity")
+    rng_choice = tree.child("users").generator("choice")
+    rng_feedback = tree.generator("feedback")
+    K = cfg.logging.slate_size
+
+    parts: list[dict[str, np.ndarray]] = []
+    next_slate = 0
+    for t in tqdm(range(cfg.simulation.n_rounds), desc="simulate", disable=not progress, unit="round"):
+        users = np.flatnonzero(rng_active.random(world.n_users) < world.users.activity)
+        n = len(users)
+        uniforms = rng_slate.random((n, K))
+        u_choice = rng_choice.random(n)
+        z_noise = rng_feedback.standard_normal(n)
+        u_flip = rng_feedback.random(n)
+        trend = world.trend()
+        slates = np.empty((n, K), dtype=np.int32)
+        prop = np.empty((n, K))
+        p_item = np.empty((n, K))
+        choice = np.empty(n, dtype=np.int32)
+        rating = np.empty(n, dtype=np.float32)
+        rstar = np.empty((n, K))
+        for lo in range(0, n, CHUNK_USERS):
+            sl = slice(lo, min(lo + CHUNK_USERS, n))
+            slates[sl], prop[sl], p_item[sl] = logger.sample(users[sl], trend, uniforms[sl])
+            choice[sl], rating[sl], rstar[sl], _ = world.respond(
+                users[sl], slates[sl], u_choice[sl], z_noise[sl], u_flip[sl], trend=trend
+            )
+        clicked = choice >= 0
+        clicked_items = slates[clicked, choice[clicked]]
+        world.advance(slates, users[clicked], clicked_items, rng_shock)
+
+        click = np.zeros((n, K), dtype=np.int8)
+        click[np.flatnonzero(clicked), choice[clicked]] = 1
+        rating_rows = np.full((n, K), np.nan, dtype=np.float32)
+        rating_rows[np.flatnonzero(clicked), choice[clicked]] = rating[clicked]
+        parts.append(
+            dict(
+                user_id=np.repeat(users, K).astype(np.int32),
+                timestamp=np.full(n * K, t, dtype=np.int32),
+                slate_id=np.repeat(np.arange(next_slate, next_slate + n, dtype=np.int64), K),
+                position=np.tile(np.arange(K, dtype=np.int16), n),
+                item_id=slates.ravel(),
+                click=click.ravel(),
+                rating=rating_rows.ravel(),
+                true_reward=rstar.ravel(),
+                propensity=prop.ravel(),
+                propensity_item=p_item.ravel(),
+            )
+        )
+        next_slate += n
+
+    cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    interactions = pd.DataFrame({k: cols[k] for k in INTERACTION_SCHEMA.names})
+    sealed = pd.DataFrame(
+        {k: cols[k] for k in ("slate_id", "position", "true_reward", "propensity", "propensity_item")}
+    )
+    items = pd.DataFrame({"item_id": np.arange(world.n_items, dtype=np.int32), "genre": world.catalog.genre.astype(np.int32)})
+    for j in range(world.catalog.features.shape[1]):
+        items[f"f{j}"] = world.catalog.features[:, j]
+    manifest = {
+        "scenario": to_dict(cfg),
+        "seed": cfg.seed,
+        "package_version": __version__,
+        "n_users": world.n_users,
+        "n_items": world.n_items,
+        "rows": {"interactions": len(interactions), "items": len(items)},
+        "clicks": int(interactions["click"].sum()),
+    }
+    return Simulation(PublicLogs(interactions, items, manifest), sealed, world, logger)
+
+
+def _sealed_items(sim: Simulation) -> pd.DataFrame:
+    w, c = sim.world, sim.world.catalog
+    df = pd.DataFrame(
+        {
+            "item_id": np.arange(w.n_items, dtype=np.int32),
+            "genre": c.genre.astype(np.int32),
+            "quality": c.quality,
+            "hype": c.hype,
+            "quality_hat": sim.logger.quality_hat,
+            "popularity": w.state.popularity,
+            "shock": w.state.shock,
+            "trend": w.trend(),
+        }
+    )
+    for j in range(c.vectors.shape[1]):
+        df[f"v{j}"] = c.vectors[:, j]
+    return df
+
+
+def _sealed_users(sim: Simulation) -> pd.DataFrame:
+    w = sim.world
+    cols: dict[str, np.ndarray] = {
+        "user_id": np.arange(w.n_users, dtype=np.int32),
+        "susceptibility": w.users.susceptibility,
+        "activity": w.users.activity,
+    }
+    for j in range(w.users.theta.shape[1]):
+        cols[f"theta{j}"] = w.users.theta[:, j]
+    for j in range(sim.logger.theta_hat.shape[1]):
+        cols[f"theta_hat{j}"] = sim.logger.theta_hat[:, j]
+    for g in range(w.state.satiation.shape[1]):
+        cols[f"satiation{g}"] = w.state.satiation[:, g]
+    return pd.DataFrame(cols)
+
+
+def _write_parquet(df: pd.DataFrame, path: Path, schema: pa.Schema | None = None) -> str:
+    table = pa.Table.from_pandas(df, schema=schema, preserve_index=False)
+    # no pandas metadata: keeps files byte-identical across pandas versions and small
+    table = table.replace_schema_metadata(None)
+    pq.write_table(table, path, compression="zstd")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_logs(sim: Simulation, out: str | Path, overwrite: bool = False) -> Path:
+    """Write a log folder atomically (temporary sibling folder, then rename)."""
+    out = Path(out)
+    occupied = any(out.iterdir()) if out.is_dir() else out.exists()
+    if occupied and not overwrite:
+        raise LogError(f"output folder {out} already exists and is not empty; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        (tmp / "sealed").mkdir()
+        hashes = {
+            "interactions.parquet": _write_parquet(sim.public.interactions, tmp / "interactions.parquet", INTERACTION_SCHEMA),
+            "items.parquet": _write_parquet(sim.public.items, tmp / "items.parquet"),
+            "sealed/impressions.parquet": _write_parquet(sim.sealed_impressions, tmp / "sealed" / "impressions.parquet"),
+            "sealed/items.parquet": _write_parquet(_sealed_items(sim), tmp / "sealed" / "items.parquet"),
+            "sealed/users.parquet": _write_parquet(_sealed_users(sim), tmp / "sealed" / "users.parquet"),
+        }
+        manifest = dict(sim.public.manifest, sha256=hashes)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,17 @@
+"""Sequence policies over item ids. Never imports the world, the logger or the sealed logs."""
+
+from .device import autocast, pick_device
+from .policy import MODEL_CONFIGS, ModelConfig, SequencePolicy, build_model, model_config_from_dict
+from .sasrec import SASRec, SASRecConfig
+
+__all__ = [
+    "autocast",
+    "pick_device",
+    "SASRec",
+    "SASRecConfig",
+    "SequencePolicy",
+    "build_model",
+    "model_config_from_dict",
+    "ModelConfig",
+    "MODEL_CONFIGS",
+]

@@ -1,0 +1,153 @@
+"""A trained sequence model as a recommendation policy: numpy histories in, next-item logits out.
+
+This is the one object the rest of the framework (evaluation, CLI) holds: it knows the catalogue
+size and the history length, runs the model batched under ``no_grad`` in eval mode, and saves to /
+loads from a single ``torch.save`` file (config + state dict, no pickled code).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import from_dict, to_dict
+from ..errors import ConfigError, LogError
+from ..logs.public import PAD
+from .device import autocast
+from .sasrec import SASRec, SASRecConfig
+
+ModelConfig = SASRecConfig
+"""Union of the model configs (one kind for now; an HSTU config joins it here)."""
+
+MODEL_CONFIGS: dict[str, type[ModelConfig]] = {"sasrec": SASRecConfig}
+
+FORMAT = "recsim-post/sequence-policy/1"
+
+
+def build_model(cfg: ModelConfig, n_items: int, generator: torch.Generator | None = None) -> nn.Module:
+    """The sequence model for ``cfg`` over ``n_items`` items, initialised from ``generator``."""
+    if cfg.kind == "sasrec":
+        return SASRec(cfg, n_items, generator)
+    raise ConfigError(f"model.kind = {cfg.kind!r} is not allowed: must be one of {', '.join(MODEL_CONFIGS)}")
+
+
+def model_config_from_dict(data: Mapping[str, Any]) -> ModelConfig:
+    """Read a model config table, dispatching on its ``kind`` key."""
+    kind = data.get("kind", "sasrec")
+    if kind not in MODEL_CONFIGS:
+        raise ConfigError(f"model.kind = {kind!r} is not allowed: must be one of {', '.join(MODEL_CONFIGS)}")
+    return from_dict(MODEL_CONFIGS[kind], data, prefix="model")
+
+
+class SequencePolicy:
+    """Next-item policy π(· | history) backed by a sequence model.
+
+    ``history`` holds per-epoch training metrics appended by the post-training methods (each entry
+    has a ``stage`` key); it is saved with the weights so a policy file documents how it was made.
+    """
+
+    def __init__(self, model: nn.Module, n_items: int, max_len: int | None = None, batch_size: int = 1024) -> None:
+        model_len = model.cfg.max_len
+        max_len = model_len if max_len is None else max_len
+        if not 1 <= max_len <= model_len:
+            raise ConfigError(f"max_len = {max_len} is out of range: must be >= 1 and <= the model's {model_len}")
+        if n_items != model.n_items:
+            raise ConfigError(f"n_items = {n_items} does not match the model's catalogue of {model.n_items}")
+        self.model, self.n_items, self.max_len, self.batch_size = model, n_items, max_len, batch_size
+        self.history: list[dict[str, Any]] = []
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.cfg
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: torch.device | str) -> "SequencePolicy":
+        """Move the model to ``device`` (in place) and return self."""
+        self.model.to(device)
+        return self
+
+    def pad(self, hist: np.ndarray) -> np.ndarray:
+        """``hist`` truncated to its last ``max_len`` columns, or left-padded with PAD up to them."""
+        hist = np.asarray(hist, dtype=np.int64)
+        if hist.ndim != 2:
+            raise ValueError(f"hist must be a 2-d (users, length) array, got shape {hist.shape}")
+        if hist.shape[1] >= self.max_len:
+            return hist[:, hist.shape[1] - self.max_len :]
+        out = np.full((hist.shape[0], self.max_len), PAD, dtype=np.int64)
+        out[:, self.max_len - hist.shape[1] :] = hist
+        return out
+
+    @torch.no_grad()
+    def logits(self, hist: np.ndarray) -> np.ndarray:
+        """Next-item logits ``(B, n_items)`` float32 after the last column of ``hist`` ``(B, L)`` (PAD = -1)."""
+        hist = self.pad(hist)
+        if hist.size and hist.max() >= self.n_items:
+            raise ValueError(f"hist holds item id {hist.max()}, but the catalogue has {self.n_items} items")
+        out = np.empty((hist.shape[0], self.n_items), dtype=np.float32)
+        was_training = self.model.training
+        self.model.eval()
+        device = self.device
+        try:
+            for start in range(0, hist.shape[0], self.batch_size):
+                # torch.tensor copies: the caller's array may be a read-only view (pandas, memmap).
+                items = torch.tensor(hist[start : start + self.batch_size]).to(device)
+                with autocast(device):
+                    h = self.model.encode(items)[:, -1]
+                    scores = self.model.score(h)
+                out[start : start + len(items)] = scores.float().cpu().numpy()
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def clone(self) -> "SequencePolicy":
+        """An independent deep copy (weights, config and training history)."""
+        return copy.deepcopy(self)
+
+    def save(self, path: str | Path) -> None:
+        """Write config, catalogue size, max_len, history and weights to ``path`` (one torch file)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "format": FORMAT,
+            "model": to_dict(self.config),
+            "n_items": self.n_items,
+            "max_len": self.max_len,
+            "history": self.history,
+            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+        }
+        torch.save(payload, path)
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "SequencePolicy":
+        """Read a policy written by :meth:`save`; a missing or corrupt file raises LogError."""
+        path = Path(path)
+        if not path.is_file():
+            raise LogError(f"policy file not found: {path}")
+        try:
+            # weights_only: the file holds plain data and tensors, and loading must never run code.
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises many types for a bad file (EOF, unpickling, zip)
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise LogError(f"{path} is not a readable policy file: {first}") from None
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise LogError(f"{path} is not a recsim-post policy file (format {FORMAT!r} expected)")
+        try:
+            model = build_model(model_config_from_dict(payload["model"]), int(payload["n_items"]))
+            model.load_state_dict(payload["state_dict"])
+            policy = cls(model, int(payload["n_items"]), int(payload["max_len"]))
+        except (KeyError, ConfigError, RuntimeError) as err:
+            first = str(err).strip().splitlines()[0]
+            raise LogError(f"{path} is a corrupt policy file: {first}") from None
+        policy.history = list(payload.get("history", []))
+        return policy.to(device)
+
+
+__all__ = ["SequencePolicy", "build_model", "model_config_from_dict", "ModelConfig", "MODEL_CONFIGS"]

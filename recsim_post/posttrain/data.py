@@ -1,0 +1,133 @@
+"""Training windows: users' click sequences cut into next-item prediction examples.
+
+A user's clicks ``s_0 … s_{n-1}`` give ``n − 1`` targets ``s_1 … s_{n-1}``, each predicted from the
+clicks before it. They are cut, from the most recent end, into windows ``w`` of ``max_len + 1``
+consecutive clicks that overlap by one (``inputs = w[:-1]``, ``targets = w[1:]``), so every target
+appears exactly once; the oldest window is the short one and is left-padded with ``PAD``. A target
+at the start of a window sees only the earlier clicks inside that window (the usual SASRec trade).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..errors import LogError
+from ..logs.public import PAD
+
+
+@dataclass(frozen=True, eq=False)
+class Batch:
+    """A batch of windows as tensors, all ``(B, L)``: PAD where ``mask`` is False."""
+
+    inputs: torch.Tensor
+    """int64 item ids read by the model (left-padded)."""
+    targets: torch.Tensor
+    """int64 next item at each position."""
+    rewards: torch.Tensor
+    """float32 observed rating of the target (NaN where padded or not rated)."""
+    mask: torch.Tensor
+    """bool, True where the position holds a real target."""
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(*(t.to(device, non_blocking=True) for t in (self.inputs, self.targets, self.rewards, self.mask)))
+
+    def trim(self) -> "Batch":
+        """Drop the leading columns that are padding in every row (the model's outputs at real
+        positions do not depend on them, and short histories then cost less)."""
+        used = self.mask.any(dim=0).nonzero()
+        start = int(used[0]) if len(used) else self.mask.shape[1] - 1
+        return Batch(self.inputs[:, start:], self.targets[:, start:], self.rewards[:, start:], self.mask[:, start:])
+
+
+@dataclass(frozen=True, eq=False)
+class Windows:
+    """All training windows of a click log, as numpy arrays of shape ``(N, max_len)`` (``users``: ``(N,)``)."""
+
+    inputs: np.ndarray
+    targets: np.ndarray
+    rewards: np.ndarray
+    mask: np.ndarray
+    users: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    @property
+    def max_len(self) -> int:
+        return self.inputs.shape[1]
+
+    def n_batches(self, batch_size: int) -> int:
+        return -(-len(self) // batch_size)
+
+    def batches(
+        self, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = True
+    ) -> Iterator[Batch]:
+        """CPU batches of at most ``batch_size`` windows, in an order drawn from ``generator`` when
+        ``shuffle`` (a generator is required then: there is no hidden global RNG)."""
+        if shuffle:
+            if generator is None:
+                raise ValueError("shuffle=True needs a seeded torch.Generator")
+            order = torch.randperm(len(self), generator=generator).numpy()
+        else:
+            order = np.arange(len(self))
+        for start in range(0, len(self), batch_size):
+            idx = order[start : start + batch_size]
+            yield Batch(
+                torch.from_numpy(self.inputs[idx]),
+                torch.from_numpy(self.targets[idx]),
+                torch.from_numpy(self.rewards[idx]),
+                torch.from_numpy(self.mask[idx]),
+            )
+
+
+def make_windows(clicks: pd.DataFrame, max_len: int, n_items: int | None = None) -> Windows:
+    """Cut a clicks frame (``user_id``, ``item_id``, ``rating``; each user's rows contiguous and in
+    history order, as :meth:`PublicLogs.clicks` and the leave-last-out split give them) into windows."""
+    missing = {"user_id", "item_id", "rating"} - set(clicks.columns)
+    if missing:
+        raise LogError(f"clicks frame lacks columns: {', '.join(sorted(missing))}")
+    if max_len < 1:
+        raise ValueError(f"max_len = {max_len} must be >= 1")
+    users = clicks["user_id"].to_numpy(np.int64)
+    items = clicks["item_id"].to_numpy(np.int64)
+    ratings = clicks["rating"].to_numpy(np.float32)
+    if len(items) and (items.min() < 0 or (n_items is not None and items.max() >= n_items)):
+        raise LogError(f"clicks hold item ids in [{items.min()}, {items.max()}], outside the catalogue [0, {n_items})")
+
+    # Runs of equal user_id; each user must form exactly one run.
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else np.zeros(0, np.int64)
+    if len(starts) != len(np.unique(users)):
+        raise LogError("clicks must list each user's rows together, in history order")
+    run_len = np.diff(np.r_[starts, len(users)])
+    run = np.repeat(np.arange(len(starts)), run_len)
+    j = np.arange(len(users)) - starts[run]  # index of the click within its user's sequence
+    from_end = run_len[run] - 1 - j  # 0 for the user's last click
+
+    n_win = (run_len - 1 + max_len - 1) // max_len  # ceil((n - 1) / max_len) targets-windows per user
+    first_win = np.r_[0, np.cumsum(n_win)[:-1]]
+    total = int(n_win.sum())
+
+    t = np.flatnonzero(j >= 1)  # rows that are targets
+    k = from_end[t] // max_len  # window index counted from the user's most recent one
+    row = first_win[run[t]] + n_win[run[t]] - 1 - k  # windows of a user in chronological order
+    col = max_len - 1 - from_end[t] % max_len
+
+    out_inputs = np.full((total, max_len), PAD, dtype=np.int64)
+    out_targets = np.full((total, max_len), PAD, dtype=np.int64)
+    out_rewards = np.full((total, max_len), np.nan, dtype=np.float32)
+    out_mask = np.zeros((total, max_len), dtype=bool)
+    out_users = np.empty(total, dtype=np.int64)
+    out_inputs[row, col] = items[t - 1]
+    out_targets[row, col] = items[t]
+    out_rewards[row, col] = ratings[t]
+    out_mask[row, col] = True
+    out_users[row] = users[t]
+    return Windows(out_inputs, out_targets, out_rewards, out_mask, out_users)
+
+
+__all__ = ["Batch", "Windows", "make_windows"]

@@ -1,0 +1,120 @@
+"""Agent recipes (``agents/*.toml``): model, BC pre-training of π_ref, a post-training method, fine-tuning.
+
+A recipe file reads::
+
+    name = "exp-rsft"
+    description = "..."
+    [model]      # SASRecConfig
+    [pretrain]   # TrainConfig of the BC pre-training that produces π_ref
+    [method]     # name = "bc" | "exp-rsft", plus that method's knobs
+    [finetune]   # TrainConfig of the post-training stage
+
+Recipes that share [model] and [pretrain] share π_ref, so a comparison pre-trains once and
+fine-tunes each method from the same starting point with the same seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Mapping
+
+import pandas as pd
+import torch
+
+from ..config import Config, from_dict, knob, read_toml
+from ..errors import ConfigError
+from ..models.policy import SequencePolicy, build_model
+from ..models.sasrec import SASRecConfig
+from ..seeding import SeedTree
+from . import bc, exp_rsft
+from .bc import BCConfig
+from .exp_rsft import ExpRSFTConfig
+from .loop import TrainConfig
+
+METHODS: dict[str, ModuleType] = {"bc": bc, "exp-rsft": exp_rsft}
+"""Post-training methods by name; each module has ``CONFIG`` (its config class) and ``train``."""
+
+MethodConfig = BCConfig | ExpRSFTConfig
+
+
+def method_config_from_dict(data: Mapping[str, Any]) -> MethodConfig:
+    """Read a [method] table, dispatching on its ``name`` key."""
+    if not isinstance(data, Mapping):
+        raise ConfigError("method must be a table of settings with a 'name' key")
+    known = ", ".join(repr(n) for n in METHODS)
+    if "name" not in data:
+        raise ConfigError(f"method.name is missing: must be one of {known}")
+    name = data["name"]
+    if name not in METHODS:
+        raise ConfigError(f"method.name = {name!r} is not a known method: must be one of {known}")
+    return from_dict(METHODS[name].CONFIG, data, prefix="method")
+
+
+@dataclass(frozen=True)
+class AgentConfig(Config):
+    """A full recipe: architecture, pre-training, post-training method and its fine-tuning."""
+
+    name: str = knob("agent", "short name of the recipe (used in result tables)")
+    description: str = knob("", "one or two sentences on what the recipe does")
+    model: SASRecConfig = knob(SASRecConfig(), "sequence model architecture")
+    pretrain: TrainConfig = knob(TrainConfig(), "BC pre-training that produces π_ref")
+    method: MethodConfig = knob(BCConfig(), "post-training method; dispatched on its 'name' key")
+    finetune: TrainConfig = knob(TrainConfig(epochs=5), "optimisation of the post-training stage")
+
+    def __post_init__(self) -> None:
+        # The generic union coercion would report the first failed member's error; dispatching on
+        # the method's name gives a message that lists the known methods instead.
+        if isinstance(self.method, Mapping):
+            object.__setattr__(self, "method", method_config_from_dict(self.method))
+        super().__post_init__()
+
+    def check(self) -> None:
+        if not self.name.strip():
+            raise ConfigError("name = '' is not allowed: must be a non-empty string")
+
+
+def load_agent(path: str | Path) -> AgentConfig:
+    """Read and validate a recipe TOML file (unknown keys and bad values raise ConfigError)."""
+    return from_dict(AgentConfig, read_toml(path))
+
+
+def pretrain(
+    train_clicks: pd.DataFrame, n_items: int, cfg: AgentConfig, seed: SeedTree, progress: bool = True
+) -> SequencePolicy:
+    """π_ref: a fresh model (initialised from ``seed``) trained by BC with ``cfg.pretrain``."""
+    init = torch.Generator().manual_seed(seed.integer("init"))
+    policy = SequencePolicy(build_model(cfg.model, n_items, init), n_items, cfg.model.max_len)
+    return bc.train(policy, train_clicks, n_items, BCConfig(), cfg.pretrain, seed.child("pretrain"), progress)
+
+
+def post_train(
+    policy_ref: SequencePolicy,
+    train_clicks: pd.DataFrame,
+    n_items: int,
+    cfg: AgentConfig,
+    seed: SeedTree,
+    progress: bool = True,
+) -> SequencePolicy:
+    """A copy of π_ref fine-tuned by ``cfg.method`` with ``cfg.finetune`` (π_ref is untouched).
+
+    Every method draws its batch order and dropout from the same ``seed.child("finetune")``, so
+    methods compared from one π_ref see the same batches (common random numbers).
+    """
+    if dataclasses.asdict(policy_ref.config) != dataclasses.asdict(cfg.model):
+        raise ConfigError(f"recipe '{cfg.name}': its [model] section does not match the pre-trained policy's")
+    method = METHODS[cfg.method.name]
+    return method.train(policy_ref, train_clicks, n_items, cfg.method, cfg.finetune, seed.child("finetune"), progress)
+
+
+__all__ = [
+    "AgentConfig",
+    "METHODS",
+    "MethodConfig",
+    "load_agent",
+    "method_config_from_dict",
+    "post_train",
+    "pretrain",
+]

@@ -1,0 +1,76 @@
+"""The whole story in one call: simulate -> log -> pre-train -> post-train -> score against the truth.
+
+``recsim-post demo`` and the notebooks sit on top of :func:`run_story`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .config import to_dict
+from .evaluation.evaluate import Evaluator
+from .evaluation.ground_truth import GroundTruth
+from .evaluation.report import ResultRow, results_frame
+from .logs.simulate import Simulation, simulate
+from .models.policy import SequencePolicy
+from .posttrain.recipe import AgentConfig, post_train, pretrain
+from .seeding import SeedTree
+from .world.config import ScenarioConfig
+
+
+@dataclass
+class StoryResult:
+    """The results table, the trained policies and the simulation they came from."""
+
+    frame: pd.DataFrame
+    policies: dict[str, SequencePolicy]
+    simulation: Simulation
+    evaluator: Evaluator
+    rows: list[ResultRow] = field(default_factory=list)
+
+
+def _pretrain_key(agent: AgentConfig) -> str:
+    return repr((to_dict(agent.model), to_dict(agent.pretrain)))
+
+
+def run_story(
+    scenario: ScenarioConfig,
+    agents: Sequence[AgentConfig],
+    seed: int | None = None,
+    progress: bool = True,
+    say: Callable[[str], None] = lambda _: None,
+    eval_users: int | None = 5000,
+) -> StoryResult:
+    """Run the story for ``scenario`` (its seed replaced by ``seed`` if given) and ``agents``.
+
+    Agents that share [model] and [pretrain] share one pre-trained pi_ref; each is fine-tuned from
+    it with the same training seed, so the rows differ only by method.
+    """
+    if seed is not None:
+        scenario = dataclasses.replace(scenario, seed=seed)
+    tree = SeedTree(scenario.seed).child("training")
+    say(f"simulating '{scenario.name}': {scenario.users.n_users} users, "
+        f"{scenario.catalog.n_items} items, {scenario.simulation.n_rounds} rounds")
+    sim = simulate(scenario, progress=progress)
+    logs = sim.public
+    evaluator = Evaluator.prepare(logs, GroundTruth.from_simulation(sim), max_users=eval_users, seed=tree)
+    say(f"logged {len(logs.interactions):,} impressions, {len(evaluator.clicks):,} clicks; "
+        f"training on {len(evaluator.train):,} clicks (leave-last-out)")
+
+    rows = evaluator.reference_rows()
+    policies: dict[str, SequencePolicy] = {}
+    refs: dict[str, SequencePolicy] = {}
+    for agent in agents:
+        key = _pretrain_key(agent)
+        if key not in refs:
+            say(f"pre-training pi_ref by behaviour cloning ({agent.pretrain.epochs} epochs)")
+            refs[key] = pretrain(evaluator.train, logs.n_items, agent, tree, progress=progress)
+        say(f"post-training '{agent.name}' ({agent.method.name}, {agent.finetune.epochs} epochs)")
+        policies[agent.name] = post_train(refs[key], evaluator.train, logs.n_items, agent, tree, progress=progress)
+        rows.append(evaluator.policy_row(agent.name, policies[agent.name]))
+    return StoryResult(results_frame(rows, k=evaluator.k), policies, sim, evaluator, rows)

@@ -1,0 +1,158 @@
+"""The scenario: every knob of the world, the logging policy and the simulation, with its range.
+
+A scenario TOML (``envs/*.toml``) maps one-to-one onto :class:`ScenarioConfig`; the defaults here
+are the ``quickstart`` scenario, so ``ScenarioConfig()`` is the embedded default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Config, from_dict, knob, read_toml
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class CatalogConfig(Config):
+    """Items: latent vectors in genre clusters, true quality, hype, observable features."""
+
+    n_items: int = knob(500, "number of items in the catalogue", ge=2)
+    n_genres: int = knob(10, "number of genre clusters", ge=1)
+    latent_dim: int = knob(16, "dimension of latent user and item vectors", ge=1)
+    genre_spread: float = knob(1.0, "spread of item vectors around their genre centre", ge=0)
+    quality_std: float = knob(0.3, "std of true item quality q_i (adds to every user's reward)", ge=0)
+    hype_std: float = knob(1.0, "std of hype h_i: attracts clicks, adds no true value", ge=0)
+    n_features: int = knob(8, "number of observable item features f0..f{k-1}", ge=1)
+    feature_noise: float = knob(0.3, "noise std of the observable features", ge=0)
+
+
+@dataclass(frozen=True)
+class UserConfig(Config):
+    """Users: latent preferences near a few favourite genres, trend susceptibility, activity."""
+
+    n_users: int = knob(1000, "number of users", ge=1)
+    favourite_genres: int = knob(2, "genres a user's preference vector is built from", ge=1)
+    preference_scale: float = knob(1.5, "norm scale of user preference vectors", ge=0)
+    preference_noise: float = knob(1.0, "idiosyncratic part of a user's preference", ge=0)
+    trend_susceptibility: float = knob(
+        0.5, "mean of s_u ~ Beta, how strongly a user follows trends", gt=0, lt=1
+    )
+    activity: float = knob(0.8, "probability that a user asks for a slate in a round", gt=0, le=1)
+
+
+@dataclass(frozen=True)
+class TrendConfig(Config):
+    """Popularity that feeds on its own exposure and clicks, plus exogenous shocks.
+
+    pop(t+1) = memory * pop(t) + (1 - memory) * (w * exposure share + (1 - w) * click share)
+    trend_i(t) = log(n_items * pop_i(t)) + shock_i(t);  shock_i(t+1) = shock_decay * shock_i(t)
+    """
+
+    memory: float = knob(0.8, "fraction of popularity kept from one round to the next", ge=0, lt=1)
+    exposure_weight: float = knob(0.5, "share of popularity fed by exposure rather than clicks", ge=0, le=1)
+    initial_hype_weight: float = knob(1.0, "how much hype shapes the initial popularity", ge=0)
+    floor: float = knob(0.05, "popularity floor relative to uniform, keeps log-trend finite", gt=0)
+    shock_rate: float = knob(0.1, "probability per round of an external shock (an item goes viral)", ge=0, le=1)
+    shock_size: float = knob(3.0, "boost to a shocked item's trend", ge=0)
+    shock_decay: float = knob(0.8, "per-round decay of a shock", ge=0, lt=1)
+
+
+@dataclass(frozen=True)
+class SatiationConfig(Config):
+    """Per-genre satiation: S_ug <- decay * S_ug + 1[clicked genre g]; reward loses strength * S_ug."""
+
+    strength: float = knob(0.2, "true reward lost per unit of satiation", ge=0)
+    decay: float = knob(0.7, "per-round decay of satiation", ge=0, lt=1)
+
+
+@dataclass(frozen=True)
+class ChoiceConfig(Config):
+    """Multinomial logit over the slate plus a no-click option, on an engagement utility.
+
+    utility_k = reward_weight * r*(u, i_k) + trend_pull * s_u * trend_i + hype_pull * h_i
+                - position_bias * log2(1 + k)
+    """
+
+    reward_weight: float = knob(1.5, "weight of the true reward in engagement utility", ge=0)
+    trend_pull: float = knob(1.0, "weight of s_u * trend_i: engagement that adds no true value", ge=0)
+    hype_pull: float = knob(0.5, "weight of hype h_i: engagement that adds no true value", ge=0)
+    position_bias: float = knob(0.5, "utility lost by slate position k: bias * log2(1 + k)", ge=0)
+    no_click_utility: float = knob(5.0, "utility of choosing nothing")
+
+
+@dataclass(frozen=True)
+class FeedbackConfig(Config):
+    """Observed rating of a clicked item from the true reward with controlled noise.
+
+    rating = clip(round(center + scale * r* + noise_std * z), 1, 5),  z ~ N(0, 1);
+    with probability flip_rate the rating is flipped to 6 - rating.
+    """
+
+    rating_center: float = knob(1.5, "rating of an item with true reward 0")
+    rating_scale: float = knob(1.0, "rating points per unit of true reward", ge=0)
+    noise_std: float = knob(0.5, "Gaussian noise std sigma on the latent rating", ge=0)
+    flip_rate: float = knob(0.0, "probability that a rating is flipped (6 - rating)", ge=0, le=1)
+
+
+@dataclass(frozen=True)
+class LoggingConfig(Config):
+    """The trend-driven logging policy (hidden from training code).
+
+    pi_0(i | u, t) = (1 - epsilon) * softmax_i((relevance_weight * (theta~_u . v_i + q~_i)
+                     + trend_weight * trend_i(t)) / temperature) + epsilon / n_items
+    with theta~, q~ a stale, noisy estimate of the truth. Slates are drawn from pi_0 without
+    replacement (Plackett-Luce).
+    """
+
+    slate_size: int = knob(10, "items shown per slate", ge=1)
+    temperature: float = knob(0.5, "softmax temperature of the logger", gt=0)
+    relevance_weight: float = knob(1.0, "weight of the logger's relevance estimate", ge=0)
+    relevance_noise: float = knob(0.7, "noise std of the logger's stale preference estimate", ge=0)
+    trend_weight: float = knob(0.5, "weight of the trend term in the logger", ge=0)
+    epsilon: float = knob(0.05, "uniform exploration mixed into the logger", ge=0, le=1)
+
+
+@dataclass(frozen=True)
+class SimulationConfig(Config):
+    """How long the logger runs."""
+
+    n_rounds: int = knob(30, "rounds of logging; each active user gets one slate per round", ge=1)
+
+
+@dataclass(frozen=True)
+class ScenarioConfig(Config):
+    """A whole scenario: the world, its logger and how long logging runs."""
+
+    name: str = knob("quickstart", "scenario name")
+    description: str = knob("small and fast: the demo's default world", "one-line description")
+    seed: int = knob(0, "root seed of the scenario's random streams", ge=0)
+    catalog: CatalogConfig = knob(CatalogConfig(), "items")
+    users: UserConfig = knob(UserConfig(), "users")
+    trends: TrendConfig = knob(TrendConfig(), "popularity and shocks")
+    satiation: SatiationConfig = knob(SatiationConfig(), "per-genre satiation")
+    choice: ChoiceConfig = knob(ChoiceConfig(), "slate choice model")
+    feedback: FeedbackConfig = knob(FeedbackConfig(), "observed feedback")
+    logging: LoggingConfig = knob(LoggingConfig(), "logging policy")
+    simulation: SimulationConfig = knob(SimulationConfig(), "simulation length")
+
+    def check(self) -> None:
+        if self.logging.slate_size > self.catalog.n_items:
+            raise ConfigError(
+                f"logging.slate_size = {self.logging.slate_size} is out of range: "
+                f"must be <= catalog.n_items = {self.catalog.n_items}"
+            )
+        if self.catalog.n_genres > self.catalog.n_items:
+            raise ConfigError(
+                f"catalog.n_genres = {self.catalog.n_genres} is out of range: "
+                f"must be <= catalog.n_items = {self.catalog.n_items}"
+            )
+
+
+def load_scenario(path: str | Path) -> ScenarioConfig:
+    """Read a scenario TOML; unknown keys and out-of-range values raise ConfigError."""
+    data = read_toml(path)
+    try:
+        return from_dict(ScenarioConfig, data)
+    except ConfigError as err:
+        raise ConfigError(f"{Path(path).name}: {err}") from None

@@ -1,0 +1,220 @@
+"""The simulated world: catalogue, users, trends, satiation, the true reward and the choice model.
+
+Everything here is ground truth. Training code never imports this module (a test enforces it);
+the logs it produces are split into a public part and a sealed part that only evaluation reads.
+
+True reward (ground truth), for user u, item i at time t::
+
+    r*(u, i, t) = theta_u . v_i + q_i - satiation.strength * S_u,genre(i)(t)
+
+What users *engage with* mixes r* with trend pull and hype (see :class:`~.config.ChoiceConfig`),
+and what the logs show is a noisy rating of it (see :class:`~.config.FeedbackConfig`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..seeding import SeedTree
+from . import kernels
+from .config import ScenarioConfig
+
+
+@dataclass
+class Catalog:
+    """Item ground truth and observable features."""
+
+    vectors: np.ndarray  # (I, d) float64 latent item vectors v_i
+    genre: np.ndarray  # (I,) int64 genre of each item
+    quality: np.ndarray  # (I,) float64 true quality q_i
+    hype: np.ndarray  # (I,) float64 hype h_i (engagement without value)
+    features: np.ndarray  # (I, n_features) float32 observable noisy projection of v_i
+    genre_centres: np.ndarray  # (G, d)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.quality)
+
+
+@dataclass
+class Population:
+    """User ground truth."""
+
+    theta: np.ndarray  # (N, d) float64 preference vectors
+    susceptibility: np.ndarray  # (N,) float64 trend susceptibility s_u in (0, 1)
+    activity: np.ndarray  # (N,) float64 probability of asking for a slate in a round
+
+    @property
+    def n_users(self) -> int:
+        return len(self.susceptibility)
+
+
+def make_catalog(cfg: ScenarioConfig, rng: np.random.Generator) -> Catalog:
+    """Items in genre clusters: v_i = c_genre + spread * noise, with unit-norm genre centres."""
+    c = cfg.catalog
+    d = c.latent_dim
+    centres = rng.standard_normal((c.n_genres, d))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    # every genre gets at least one item, the rest are drawn uniformly
+    genre = np.concatenate(
+        [np.arange(c.n_genres), rng.integers(0, c.n_genres, c.n_items - c.n_genres)]
+    )
+    genre = rng.permutation(genre).astype(np.int64)
+    vectors = centres[genre] + c.genre_spread * rng.standard_normal((c.n_items, d)) / np.sqrt(d)
+    quality = c.quality_std * rng.standard_normal(c.n_items)
+    hype = c.hype_std * rng.standard_normal(c.n_items)
+    projection = rng.standard_normal((d, c.n_features)) / np.sqrt(d)
+    features = vectors @ projection + c.feature_noise * rng.standard_normal((c.n_items, c.n_features))
+    return Catalog(vectors, genre, quality, hype, features.astype(np.float32), centres)
+
+
+def make_population(cfg: ScenarioConfig, catalog: Catalog, rng: np.random.Generator) -> Population:
+    """theta_u = scale * (sum of m favourite genre centres) / sqrt(m) + noise; s_u ~ Beta."""
+    u = cfg.users
+    n, d = u.n_users, cfg.catalog.latent_dim
+    m = min(u.favourite_genres, cfg.catalog.n_genres)
+    favourites = np.argsort(rng.random((n, cfg.catalog.n_genres)), axis=1)[:, :m]
+    theta = u.preference_scale * catalog.genre_centres[favourites].sum(axis=1) / np.sqrt(m)
+    theta += u.preference_noise * rng.standard_normal((n, d)) / np.sqrt(d)
+    concentration = 4.0
+    s = rng.beta(concentration * u.trend_susceptibility, concentration * (1 - u.trend_susceptibility), n)
+    # activity varies around its mean so some users are heavy users, clipped to a valid probability
+    activity = np.clip(u.activity * rng.uniform(0.5, 1.5, n), 0.05, 1.0)
+    return Population(theta, s, activity)
+
+
+@dataclass
+class WorldState:
+    """What changes over time: popularity, shocks and per-genre satiation."""
+
+    popularity: np.ndarray  # (I,) sums to 1
+    shock: np.ndarray  # (I,) >= 0
+    satiation: np.ndarray  # (N, G) >= 0
+    round: int = 0
+
+
+@dataclass
+class World:
+    """Catalogue + population + dynamic state, and the rules that move it."""
+
+    cfg: ScenarioConfig
+    catalog: Catalog
+    users: Population
+    state: WorldState
+    position_penalty: np.ndarray = field(init=False)
+    choice_params: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        ch, fb = self.cfg.choice, self.cfg.feedback
+        k = np.arange(max(self.cfg.logging.slate_size, 1), dtype=np.float64)
+        self.position_penalty = ch.position_bias * np.log2(1.0 + k)
+        self.choice_params = np.array(
+            [
+                ch.reward_weight, ch.trend_pull, ch.hype_pull, ch.no_click_utility,
+                self.cfg.satiation.strength, fb.rating_center, fb.rating_scale, fb.noise_std,
+                fb.flip_rate,
+            ],
+            dtype=np.float64,
+        )
+
+    @classmethod
+    def create(cls, cfg: ScenarioConfig, seed: SeedTree | None = None) -> "World":
+        """Build the world from the scenario; ``seed`` defaults to the scenario's own world stream."""
+        seed = seed if seed is not None else SeedTree(cfg.seed).child("world")
+        catalog = make_catalog(cfg, seed.generator("catalog"))
+        users = make_population(cfg, catalog, seed.generator("users"))
+        return cls(cfg, catalog, users, initial_state(cfg, catalog, seed.generator("trends")))
+
+    @property
+    def n_items(self) -> int:
+        return self.catalog.n_items
+
+    @property
+    def n_users(self) -> int:
+        return self.users.n_users
+
+    def trend(self) -> np.ndarray:
+        """trend_i = log(n_items * max(pop_i, floor / n_items)) + shock_i."""
+        n = self.n_items
+        pop = np.maximum(self.state.popularity, self.cfg.trends.floor / n)
+        return np.log(n * pop) + self.state.shock
+
+    def true_reward(self, users: np.ndarray, items: np.ndarray | None = None) -> np.ndarray:
+        """r*(u, i, now) for users (B,) and all items (or ``items`` (M,)): shape (B, I or M)."""
+        items = np.arange(self.n_items) if items is None else np.asarray(items)
+        return true_reward_matrix(
+            self.users.theta[users], self.state.satiation[users], self.catalog.vectors[items],
+            self.catalog.quality[items], self.catalog.genre[items], self.cfg.satiation.strength,
+        )
+
+    def respond(
+        self,
+        users: np.ndarray,
+        slates: np.ndarray,
+        u_choice: np.ndarray,
+        z_noise: np.ndarray,
+        u_flip: np.ndarray,
+        trend: np.ndarray | None = None,
+        reference: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Users (B,) choose from slates (B, K) and rate: see :func:`kernels.choose_and_rate`."""
+        trend = self.trend() if trend is None else trend
+        fn = kernels.choose_and_rate_ref if reference else kernels.choose_and_rate
+        return fn(
+            np.ascontiguousarray(slates, dtype=np.int32),
+            self.users.theta[users], self.users.susceptibility[users], self.state.satiation[users],
+            self.catalog.vectors, self.catalog.quality, self.catalog.hype, self.catalog.genre,
+            trend, self.choice_params, self.position_penalty, u_choice, z_noise, u_flip,
+        )
+
+    def advance(
+        self,
+        shown: np.ndarray,
+        clicked_users: np.ndarray,
+        clicked_items: np.ndarray,
+        rng: np.random.Generator,
+    ) -> None:
+        """End a round: popularity feeds on exposure and clicks, shocks decay/arrive, satiation moves."""
+        t, n = self.cfg.trends, self.n_items
+        st = self.state
+        if shown.size:
+            exposure = np.bincount(shown.ravel(), minlength=n) / shown.size
+            clicks = (
+                np.bincount(clicked_items, minlength=n) / clicked_items.size
+                if clicked_items.size
+                else exposure
+            )
+            target = t.exposure_weight * exposure + (1 - t.exposure_weight) * clicks
+            st.popularity = t.memory * st.popularity + (1 - t.memory) * target
+            st.popularity /= st.popularity.sum()
+        st.shock *= t.shock_decay
+        if rng.random() < t.shock_rate:
+            st.shock[rng.integers(n)] += t.shock_size
+        st.satiation *= self.cfg.satiation.decay
+        np.add.at(st.satiation, (clicked_users, self.catalog.genre[clicked_items]), 1.0)
+        st.round += 1
+
+
+def initial_state(cfg: ScenarioConfig, catalog: Catalog, rng: np.random.Generator) -> WorldState:
+    """Initial popularity ∝ exp(initial_hype_weight * h_i + noise); no shocks; no satiation."""
+    logits = cfg.trends.initial_hype_weight * catalog.hype + rng.standard_normal(catalog.n_items)
+    pop = np.exp(logits - logits.max())
+    return WorldState(
+        popularity=pop / pop.sum(),
+        shock=np.zeros(catalog.n_items),
+        satiation=np.zeros((cfg.users.n_users, cfg.catalog.n_genres)),
+    )
+
+
+def true_reward_matrix(
+    theta: np.ndarray,
+    satiation: np.ndarray,
+    vectors: np.ndarray,
+    quality: np.ndarray,
+    genre: np.ndarray,
+    strength: float,
+) -> np.ndarray:
+    """r*[b, i] = theta_b . v_i + q_i - strength * satiation[b, genre_i] (dense, one matmul)."""
+    return theta @ vectors.T + quality[None, :] - strength * satiation[:, genre]

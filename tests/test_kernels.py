@@ -1,0 +1,142 @@
+"""Numba kernels equal their plain-numpy references, and their outputs obey the model's laws."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recsim_post.world import kernels
+
+SETTINGS = settings(max_examples=60, deadline=None)
+
+
+@st.composite
+def slate_problems(draw):
+    B = draw(st.integers(1, 12))
+    n = draw(st.integers(1, 40))
+    K = draw(st.integers(1, n))
+    seed = draw(st.integers(0, 2**32 - 1))
+    eps = draw(st.sampled_from([0.0, 0.1, 1.0]))
+    peaky = draw(st.booleans())
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 6 if peaky else 1, (B, n))
+    w = np.exp(logits - logits.max(axis=1, keepdims=True)).astype(np.float32)
+    return w, eps, rng.random((B, K))
+
+
+@SETTINGS
+@given(slate_problems())
+def test_sample_slates_matches_reference(problem):
+    w, eps, u = problem
+    cum = np.empty(w.shape)
+    got = kernels.sample_slates(w, eps, u, cum)
+    ref = kernels.sample_slates_ref(w, eps, u)
+    np.testing.assert_array_equal(got[0], ref[0])
+    np.testing.assert_allclose(got[1], ref[1], rtol=1e-12)
+    np.testing.assert_allclose(got[2], ref[2], rtol=1e-12)
+
+
+@SETTINGS
+@given(slate_problems())
+def test_slates_have_no_duplicates_and_valid_propensities(problem):
+    w, eps, u = problem
+    slates, prop, p_item = kernels.sample_slates(w, eps, u, np.empty(w.shape))
+    for row in slates:
+        assert len(set(row.tolist())) == len(row)
+    assert ((prop > 0) & (prop <= 1 + 1e-9)).all()
+    # PL: P(k | earlier) = p_k / (mass of the items not yet shown)
+    p = (1 - eps) * w / w.sum(axis=1, keepdims=True, dtype=np.float64) + eps / w.shape[1]
+    for b, row in enumerate(slates):
+        np.testing.assert_allclose(p_item[b], p[b, row], rtol=1e-6)
+        left = np.array([p[b, np.setdiff1d(np.arange(w.shape[1]), row[:k])].sum() for k in range(len(row))])
+        np.testing.assert_allclose(prop[b], p[b, row] / left, rtol=1e-5)
+
+
+def test_sample_slates_frequencies_match_probabilities():
+    """The first slot is drawn from p = (1-eps) softmax + eps/n: empirical frequencies agree."""
+    rng = np.random.default_rng(3)
+    n, B, eps = 6, 200_000, 0.2
+    w = np.exp(rng.normal(size=n)).astype(np.float32)
+    W = np.tile(w, (B, 1))
+    slates, _, _ = kernels.sample_slates(W, eps, rng.random((B, 2)), np.empty(W.shape))
+    p = (1 - eps) * w / w.sum() + eps / n
+    freq = np.bincount(slates[:, 0], minlength=n) / B
+    np.testing.assert_allclose(freq, p, atol=4 * np.sqrt(p * (1 - p) / B).max())
+    # second slot, conditional on the first being item 0: p_j / (1 - p_0)
+    first0 = slates[:, 0] == 0
+    freq2 = np.bincount(slates[first0, 1], minlength=n) / first0.sum()
+    expected = np.where(np.arange(n) == 0, 0, p / (1 - p[0]))
+    np.testing.assert_allclose(freq2, expected, atol=0.01)
+
+
+@st.composite
+def choice_problems(draw):
+    B = draw(st.integers(1, 10))
+    K = draw(st.integers(1, 6))
+    n = draw(st.integers(K, 20))
+    d = draw(st.integers(1, 5))
+    G = draw(st.integers(1, 3))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    slates = np.stack([rng.permutation(n)[:K] for _ in range(B)]).astype(np.int32)
+    params = np.array(
+        [rng.uniform(0, 3), rng.uniform(0, 2), rng.uniform(0, 1), rng.normal(1, 2), rng.uniform(0, 1),
+         3.0, rng.uniform(0, 2), draw(st.sampled_from([0.0, 0.5, 2.0])),
+         draw(st.sampled_from([0.0, 0.3, 1.0]))]
+    )
+    penalty = rng.uniform(0, 1) * np.log2(1 + np.arange(K))
+    return (
+        slates, rng.normal(size=(B, d)), rng.uniform(size=B), rng.exponential(size=(B, G)),
+        rng.normal(size=(n, d)), rng.normal(size=n), rng.normal(size=n), rng.integers(0, G, n),
+        rng.normal(size=n), params, penalty, rng.random(B), rng.normal(size=B), rng.random(B),
+    )
+
+
+@SETTINGS
+@given(choice_problems())
+def test_choose_and_rate_matches_reference(args):
+    got = kernels.choose_and_rate(*args)
+    ref = kernels.choose_and_rate_ref(*args)
+    np.testing.assert_array_equal(got[0], ref[0])
+    np.testing.assert_array_equal(got[1], ref[1])
+    np.testing.assert_allclose(got[2], ref[2], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got[3], ref[3], rtol=1e-9)
+
+
+@SETTINGS
+@given(choice_problems())
+def test_choices_and_ratings_are_in_bounds(args):
+    choice, rating, rstar, cprob = kernels.choose_and_rate(*args)
+    K = args[0].shape[1]
+    assert ((choice >= -1) & (choice < K)).all()
+    clicked = choice >= 0
+    assert np.isnan(rating[~clicked]).all()
+    assert np.isin(rating[clicked], [1, 2, 3, 4, 5]).all()
+    assert ((cprob > 0) & (cprob <= 1)).all()
+
+
+def test_choice_probabilities_sum_to_one_with_no_click():
+    """Empirical choice frequencies match the MNL formula including the no-click option."""
+    rng = np.random.default_rng(0)
+    B, K, d = 100_000, 3, 2
+    slates = np.tile(np.array([[0, 1, 2]], dtype=np.int32), (B, 1))
+    theta = np.tile([[1.0, 0.0]], (B, 1))
+    vecs = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    zeros3 = np.zeros(3)
+    params = np.array([1.0, 0.0, 0.0, 0.5, 0.0, 3.0, 1.0, 0.0, 0.0])
+    penalty = np.zeros(K)
+    args = (slates, theta, np.zeros(B), np.zeros((B, 1)), vecs, zeros3, zeros3,
+            np.zeros(3, dtype=np.int64), zeros3, params, penalty)
+    choice, rating, rstar, cprob = kernels.choose_and_rate(
+        *args, rng.random(B), np.zeros(B), np.ones(B)
+    )
+    util = np.array([1.0, 0.0, -1.0, 0.5])  # r* of the three items, then the no-click utility
+    p = np.exp(util) / np.exp(util).sum()
+    assert abs(p.sum() - 1) < 1e-12
+    freq = np.bincount(np.where(choice < 0, 3, choice), minlength=4) / B
+    np.testing.assert_allclose(freq, p, atol=0.006)
+    # noise-free ratings: round(3 + r*) for the chosen item
+    np.testing.assert_array_equal(rating[choice == 0], 4.0)
+    np.testing.assert_array_equal(rating[choice == 2], 2.0)
+    np.testing.assert_allclose(rstar[0], [1.0, 0.0, -1.0])

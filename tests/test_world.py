@@ -1,0 +1,151 @@
+"""Properties of the world, the logger and the logs: bounds, probabilities, seeds."""
+
+from __future__ import annotations
+
+import dataclasses
+import filecmp
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recsim_post.behavior.logging_policy import TrendLogger
+from recsim_post.evaluation.ground_truth import GroundTruth
+from recsim_post.logs.public import histories, read_public, split_leave_last_out
+from recsim_post.logs.simulate import simulate, write_logs
+from recsim_post.seeding import SeedTree
+from recsim_post.world.config import FeedbackConfig, LoggingConfig, ScenarioConfig, TrendConfig
+from recsim_post.world.world import World
+
+from .conftest import tiny_scenario
+
+
+def test_seed_tree_streams_are_reproducible_and_independent():
+    a, b = SeedTree(5), SeedTree(5)
+    assert np.array_equal(a.generator("x").random(4), b.generator("x").random(4))
+    assert not np.array_equal(a.generator("x").random(4), a.generator("y").random(4))
+    assert not np.array_equal(a.child("x").generator("z").random(4), a.child("y").generator("z").random(4))
+    assert a.integer("torch") == b.integer("torch") != a.integer("other")
+
+
+def test_world_reward_matches_definition(tiny):
+    w = World.create(tiny)
+    w.state.satiation[:] = np.random.default_rng(0).exponential(size=w.state.satiation.shape)
+    users = np.array([0, 3, 7])
+    r = w.true_reward(users)
+    c, s = w.catalog, tiny.satiation.strength
+    for row, u in enumerate(users):
+        for i in (0, 5, 59):
+            expected = w.users.theta[u] @ c.vectors[i] + c.quality[i] - s * w.state.satiation[u, c.genre[i]]
+            assert r[row, i] == pytest.approx(expected)
+
+
+def test_logger_probabilities_sum_to_one_and_mix_epsilon(tiny):
+    w = World.create(tiny)
+    logger = TrendLogger.create(tiny.logging, w, SeedTree(0).child("logging"))
+    p = logger.probabilities(np.arange(10), w.trend())
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-12)
+    assert (p >= tiny.logging.epsilon / w.n_items - 1e-15).all()
+    # eps = 1 is the uniform policy
+    uniform = TrendLogger(dataclasses.replace(tiny.logging, epsilon=1.0), logger.theta_hat,
+                          logger.quality_hat, logger.vectors)
+    np.testing.assert_allclose(uniform.probabilities(np.arange(3), w.trend()), 1 / w.n_items)
+
+
+def test_trend_feeds_on_exposure(tiny):
+    w = World.create(dataclasses.replace(tiny, trends=TrendConfig(shock_rate=0.0)))
+    before = w.state.popularity.copy()
+    shown = np.full((50, 5), 7, dtype=np.int64)
+    w.advance(shown, np.zeros(0, np.int64), np.zeros(0, np.int64), np.random.default_rng(0))
+    assert w.state.popularity[7] > before[7]
+    assert w.state.popularity.sum() == pytest.approx(1.0)
+
+
+def test_satiation_rises_with_clicks_and_decays(tiny):
+    w = World.create(tiny)
+    g = w.catalog.genre[3]
+    rng = np.random.default_rng(0)
+    none = np.zeros(0, np.int64)
+    w.advance(np.zeros((0, 5), np.int64), np.array([1]), np.array([3]), rng)
+    assert w.state.satiation[1, g] == 1.0
+    w.advance(np.zeros((0, 5), np.int64), none, none, rng)
+    assert w.state.satiation[1, g] == pytest.approx(tiny.satiation.decay)
+    assert w.true_reward(np.array([1]), np.array([3]))[0, 0] < w.true_reward(np.array([0]), np.array([3]))[0, 0] + 10
+
+
+def test_simulation_is_reproducible_and_bounded(tiny):
+    a, b = simulate(tiny), simulate(tiny)
+    pd_a, pd_b = a.public.interactions, b.public.interactions
+    assert pd_a.equals(pd_b)
+    assert a.sealed_impressions.equals(b.sealed_impressions)
+    df = pd_a
+    assert (df.groupby("slate_id")["click"].sum() <= 1).all()
+    assert df.groupby("slate_id")["item_id"].nunique().eq(tiny.logging.slate_size).all()
+    ratings = df.loc[df.click == 1, "rating"]
+    assert ratings.isin([1, 2, 3, 4, 5]).all()
+    assert df.loc[df.click == 0, "rating"].isna().all()
+    s = a.sealed_impressions
+    assert ((s.propensity > 0) & (s.propensity <= 1)).all()
+    assert not simulate(tiny_scenario(seed=1)).public.interactions.equals(df)
+
+
+def test_noise_free_ratings_follow_true_reward(tiny):
+    cfg = dataclasses.replace(tiny, feedback=FeedbackConfig(noise_std=0.0, flip_rate=0.0))
+    sim = simulate(cfg)
+    df, s = sim.public.interactions, sim.sealed_impressions
+    clicked = df.click.to_numpy() == 1
+    expected = np.clip(np.floor(cfg.feedback.rating_center + s.true_reward.to_numpy() + 0.5), 1, 5)
+    np.testing.assert_array_equal(df.rating.to_numpy()[clicked], expected[clicked])
+
+
+def test_label_flips_flip_ratings(tiny):
+    clean = simulate(dataclasses.replace(tiny, feedback=FeedbackConfig(noise_std=0.0, flip_rate=0.0)))
+    flipped = simulate(dataclasses.replace(tiny, feedback=FeedbackConfig(noise_std=0.0, flip_rate=1.0)))
+    a, b = clean.public.interactions, flipped.public.interactions
+    assert a.click.equals(b.click)  # flips change what is observed, not what happens
+    np.testing.assert_array_equal(b.rating[b.click == 1], 6 - a.rating[a.click == 1])
+
+
+def test_changing_logging_only_leaves_world_unchanged(tiny):
+    """The world comes from its own stream: another logger does not change users or items."""
+    a = simulate(tiny)
+    b = simulate(dataclasses.replace(tiny, logging=LoggingConfig(slate_size=5, temperature=3.0)))
+    np.testing.assert_array_equal(a.world.users.theta, b.world.users.theta)
+    np.testing.assert_array_equal(a.world.catalog.vectors, b.world.catalog.vectors)
+    np.testing.assert_array_equal(a.logger.theta_hat, b.logger.theta_hat)
+    assert not a.public.interactions.equals(b.public.interactions)
+
+
+def test_logs_are_byte_identical_and_round_trip(tmp_path: Path, tiny):
+    write_logs(simulate(tiny), tmp_path / "a")
+    write_logs(simulate(tiny), tmp_path / "b")
+    names = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert {str(n) for n in names} >= {"manifest.json", "interactions.parquet", "items.parquet",
+                                       "sealed/impressions.parquet", "sealed/items.parquet", "sealed/users.parquet"}
+    for n in names:
+        assert filecmp.cmp(tmp_path / "a" / n, tmp_path / "b" / n, shallow=False), n
+    logs = read_public(tmp_path / "a")
+    assert logs.n_items == tiny.catalog.n_items and logs.n_users == tiny.users.n_users
+    assert set(logs.items.columns) >= {"item_id", "genre", "f0"}
+    assert not any(c in logs.interactions.columns for c in ("true_reward", "propensity"))
+    truth = GroundTruth.load(tmp_path / "a")
+    sim = simulate(tiny)
+    direct = GroundTruth.from_simulation(sim)
+    np.testing.assert_allclose(truth.true_reward(np.arange(5)), direct.true_reward(np.arange(5)))
+    np.testing.assert_allclose(truth.logger_logits(np.arange(5)), direct.logger_logits(np.arange(5)), rtol=1e-6)
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_splits_are_leave_last_out(tiny):
+    clicks = simulate(tiny).public.clicks()
+    split = split_leave_last_out(clicks)
+    assert len(split.train) + len(split.valid) + len(split.test) == len(clicks)
+    last = clicks.groupby("user_id").tail(1)
+    eligible = clicks.groupby("user_id").size() >= 3
+    assert set(split.test.user_id) == set(eligible[eligible].index)
+    merged = split.test.merge(last, on=["user_id", "timestamp", "position", "item_id"])
+    assert len(merged) == len(split.test)
+    h = histories(clicks, np.array([split.test.user_id.iloc[0]]), 4)
+    u_clicks = clicks[clicks.user_id == split.test.user_id.iloc[0]].item_id.to_numpy()
+    expected = np.concatenate([np.full(max(0, 4 - len(u_clicks)), -1), u_clicks[-4:]])
+    np.testing.assert_array_equal(h[0], expected)
