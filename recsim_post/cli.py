@@ -61,6 +61,7 @@ class _AtomicFolder:
     def __enter__(self) -> Path:
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+        self.tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
@@ -81,33 +82,51 @@ class _AtomicFolder:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole story on one scenario: simulate, pre-train, post-train, score against the truth."""
-    from .evaluation.report import format_table, plot_results, write_csv
+    import pandas as pd
+
+    from .evaluation.report import aggregate_seeds, format_aggregate, format_table, plot_results, write_csv
     from .logs.simulate import write_logs
     from .story import run_story
 
     say = _say(args.quiet)
     start = time.perf_counter()
-    scenario = _scenario(args.scenario, args.seed)
+    seeds = args.seeds or [args.seed]
+    scenario = _scenario(args.scenario, None)
     agents = _agents(args.agents)
     out = Path(args.out)
+    frames = []
     with _AtomicFolder(out, args.overwrite, marker=DEMO_MARKER) as tmp:
-        result = run_story(scenario, agents, progress=not args.quiet, say=say)
-        write_csv(result.frame, tmp / "results.csv")
-        plot_results(result.frame, tmp / "results.png")
-        if not args.no_logs:
-            write_logs(result.simulation, tmp / "logs")
-        for name, policy in result.policies.items():
-            policy.save(tmp / "policies" / f"{name}.pt")
-    print(f"\nrecsim-post demo — scenario '{scenario.name}', seed {scenario.seed}\n")
-    print(format_table(result.frame))
+        for seed in seeds:
+            result = run_story(scenario, agents, seed=seed, progress=not args.quiet, say=say)
+            seed_used = result.simulation.world.cfg.seed
+            frames.append(result.frame.assign(seed=seed_used))
+            sub = "" if len(seeds) == 1 else f"seed-{seed_used}"
+            if not args.no_logs:
+                write_logs(result.simulation, tmp / "logs" / sub)
+            for name, policy in result.policies.items():
+                policy.save(tmp / "policies" / sub / f"{name}.pt")
+        if len(frames) == 1:
+            table = frames[0].drop(columns="seed")
+            write_csv(table, tmp / "results.csv")
+            plot_results(table, tmp / "results.png")
+        else:
+            long = pd.concat(frames, ignore_index=True)
+            summary = aggregate_seeds(long)
+            write_csv(long, tmp / "results.csv")
+            write_csv(summary, tmp / "results_summary.csv")
+            plot_results(summary, tmp / "results.png")
+            table = format_aggregate(summary).drop(columns="n_seeds")
+    which = f"seed {seeds[0] if seeds[0] is not None else scenario.seed}" if len(seeds) == 1 else \
+        f"mean ± std over seeds {', '.join(map(str, seeds))}"
+    print(f"\nrecsim-post demo — scenario '{scenario.name}', {which}\n")
+    print(format_table(table))
     print(
         "\ntrue_value: exact expected true reward of a policy that samples one item;"
         "\ntrue_value_norm: 0 = uniform, 1 = oracle; top10_*: the policy's top 10 shown;"
         "\nndcg@10 / hr@10 / mrr: offline metrics on each user's held-out last click."
     )
-    print(f"\nwrote {out}/results.csv, {out}/results.png"
-          + ("" if args.no_logs else f", {out}/logs/") + f", {out}/policies/"
-          + f"  ({time.perf_counter() - start:.0f} s)")
+    print(f"\nwrote {out}/ (results.csv, results.png"
+          + ("" if args.no_logs else ", logs/") + f", policies/)  in {time.perf_counter() - start:.0f} s")
     return 0
 
 
@@ -222,7 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help=cmd_demo.__doc__)
     d.add_argument("--scenario", default="quickstart", help="preset name or TOML path (default: quickstart)")
     d.add_argument("--agents", nargs="+", default=["bc", "exp-rsft"], help="recipes to compare (names or TOML paths)")
-    d.add_argument("--seed", type=int, default=None, help="overrides the scenario's seed")
+    seed = d.add_mutually_exclusive_group()
+    seed.add_argument("--seed", type=int, default=None, help="overrides the scenario's seed")
+    seed.add_argument("--seeds", type=int, nargs="+", default=None,
+                      help="run every seed and report mean ± std (e.g. --seeds 0 1 2)")
     d.add_argument("--out", default="recsim-post-demo", help="output folder (default: ./recsim-post-demo)")
     d.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     d.add_argument("--no-logs", action="store_true", help="do not keep the simulated logs")

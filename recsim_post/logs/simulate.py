@@ -187,6 +187,7 @@ def write_logs(sim: Simulation, out: str | Path, overwrite: bool = False) -> Pat
         raise LogError(f"output folder {out} already exists and is not empty; pass --overwrite to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
     try:
         (tmp / "sealed").mkdir()
         hashes = {
