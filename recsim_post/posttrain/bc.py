@@ -14,16 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from ..config import Config, knob
-from ..errors import ConfigError
 from ..models.policy import SequencePolicy
 from ..seeding import SeedTree
-from .data import make_windows
-from .loop import TrainConfig, fit
+from .data import PostTrainData
+from .loop import TrainConfig, train_copy
 
 
 @dataclass(frozen=True)
@@ -64,25 +62,18 @@ def bc_loss(
 
 def train(
     policy_ref: SequencePolicy,
-    clicks: pd.DataFrame,
-    n_items: int,
+    data: PostTrainData,
     cfg: BCConfig,
     train_cfg: TrainConfig,
     seed: SeedTree,
     progress: bool = True,
 ) -> SequencePolicy:
-    """A copy of ``policy_ref`` trained by BC on ``clicks`` (``policy_ref`` itself is untouched)."""
-    if n_items != policy_ref.n_items:
-        raise ConfigError(f"n_items = {n_items} does not match the policy's catalogue of {policy_ref.n_items}")
-    policy = policy_ref.clone()
-    windows = make_windows(clicks, policy.max_len, n_items)
+    """A copy of ``policy_ref`` trained by BC on the training clicks (``policy_ref`` itself is untouched)."""
 
-    def loss_fn(logits, batch):
+    def loss_fn(logits, batch):  # noqa: ANN001, ANN202
         return bc_loss(logits, batch.targets, batch.mask)
 
-    history = fit(policy.model, windows, loss_fn, train_cfg, seed, progress, desc=cfg.name)
-    policy.history.extend({"stage": cfg.name, **row} for row in history)
-    return policy
+    return train_copy(policy_ref, data, loss_fn, train_cfg, seed, progress, cfg.name)
 
 
 __all__ = ["BCConfig", "CONFIG", "bc_loss", "token_nll", "train"]

@@ -10,7 +10,7 @@ at the start of a window sees only the earlier clicks inside that window (the us
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -32,16 +32,18 @@ class Batch:
     """float32 observed rating of the target (NaN where padded or not rated)."""
     mask: torch.Tensor
     """bool, True where the position holds a real target."""
+    users: torch.Tensor
+    """int64 ``(B,)`` the user each window belongs to (for per-user baselines)."""
 
     def to(self, device: torch.device | str) -> "Batch":
-        return Batch(*(t.to(device, non_blocking=True) for t in (self.inputs, self.targets, self.rewards, self.mask)))
+        return Batch(*(t.to(device, non_blocking=True) for t in (self.inputs, self.targets, self.rewards, self.mask, self.users)))
 
     def trim(self) -> "Batch":
         """Drop the leading columns that are padding in every row (the model's outputs at real
         positions do not depend on them, and short histories then cost less)."""
         used = self.mask.any(dim=0).nonzero()
         start = int(used[0]) if len(used) else self.mask.shape[1] - 1
-        return Batch(self.inputs[:, start:], self.targets[:, start:], self.rewards[:, start:], self.mask[:, start:])
+        return Batch(self.inputs[:, start:], self.targets[:, start:], self.rewards[:, start:], self.mask[:, start:], self.users)
 
 
 @dataclass(frozen=True, eq=False)
@@ -82,6 +84,7 @@ class Windows:
                 torch.from_numpy(self.targets[idx]),
                 torch.from_numpy(self.rewards[idx]),
                 torch.from_numpy(self.mask[idx]),
+                torch.from_numpy(self.users[idx]),
             )
 
 
@@ -130,4 +133,18 @@ def make_windows(clicks: pd.DataFrame, max_len: int, n_items: int | None = None)
     return Windows(out_inputs, out_targets, out_rewards, out_mask, out_users)
 
 
-__all__ = ["Batch", "Windows", "make_windows"]
+@dataclass(frozen=True, eq=False)
+class PostTrainData:
+    """What post-training may learn from: the public training clicks and the catalogue size, plus a
+    reward model fitted on those same clicks for the methods that need one."""
+
+    clicks: pd.DataFrame
+    n_items: int
+    reward_model: Any = None
+    """A :class:`~recsim_post.posttrain.reward_model.RewardModel`, or None."""
+
+    def windows(self, max_len: int) -> Windows:
+        return make_windows(self.clicks, max_len, self.n_items)
+
+
+__all__ = ["Batch", "PostTrainData", "Windows", "make_windows"]

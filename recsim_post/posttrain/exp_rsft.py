@@ -25,7 +25,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import pandas as pd
 import torch
 
 from ..config import Config, knob
@@ -33,8 +32,8 @@ from ..errors import ConfigError
 from ..models.policy import SequencePolicy
 from ..seeding import SeedTree
 from .bc import token_nll
-from .data import make_windows
-from .loop import TrainConfig, fit
+from .data import PostTrainData
+from .loop import TrainConfig, train_copy
 
 
 @dataclass(frozen=True)
@@ -100,25 +99,18 @@ def exp_rsft_loss(
 
 def train(
     policy_ref: SequencePolicy,
-    clicks: pd.DataFrame,
-    n_items: int,
+    data: PostTrainData,
     cfg: ExpRSFTConfig,
     train_cfg: TrainConfig,
     seed: SeedTree,
     progress: bool = True,
 ) -> SequencePolicy:
-    """A copy of ``policy_ref`` fine-tuned by exponential reward-weighted SFT on ``clicks``."""
-    if n_items != policy_ref.n_items:
-        raise ConfigError(f"n_items = {n_items} does not match the policy's catalogue of {policy_ref.n_items}")
-    policy = policy_ref.clone()
-    windows = make_windows(clicks, policy.max_len, n_items)
+    """A copy of ``policy_ref`` fine-tuned by exponential reward-weighted SFT on the training clicks."""
 
-    def loss_fn(logits, batch):
+    def loss_fn(logits, batch):  # noqa: ANN001, ANN202
         return exp_rsft_loss(logits, batch.targets, batch.rewards, batch.mask, cfg.lam, cfg.r_max, cfg.normalize)
 
-    history = fit(policy.model, windows, loss_fn, train_cfg, seed, progress, desc=cfg.name)
-    policy.history.extend({"stage": cfg.name, **row} for row in history)
-    return policy
+    return train_copy(policy_ref, data, loss_fn, train_cfg, seed, progress, cfg.name)
 
 
 __all__ = ["ExpRSFTConfig", "CONFIG", "exp_rsft_loss", "train"]

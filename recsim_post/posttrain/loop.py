@@ -16,10 +16,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import Config, knob
-from ..errors import LogError
+from ..errors import ConfigError, LogError
 from ..models.device import DevicePref, autocast, pick_device
 from ..seeding import SeedTree
-from .data import Batch, Windows
+from ..models.policy import SequencePolicy
+from .data import Batch, PostTrainData, Windows
 
 LossFn = Callable[[torch.Tensor, Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 """``loss_fn(logits (B, L, n_items), batch) -> (scalar loss, {name: 0-dim detached tensor})``."""
@@ -92,4 +93,23 @@ def fit(
     return history
 
 
-__all__ = ["TrainConfig", "fit", "LossFn"]
+def train_copy(
+    policy_ref: SequencePolicy,
+    data: PostTrainData,
+    loss_fn: LossFn,
+    cfg: TrainConfig,
+    seed: SeedTree,
+    progress: bool,
+    stage: str,
+) -> SequencePolicy:
+    """The plumbing every method shares: copy π_ref, cut the clicks into windows, fit ``loss_fn``
+    and record the per-epoch metrics in the copy's history. ``policy_ref`` is left untouched."""
+    if data.n_items != policy_ref.n_items:
+        raise ConfigError(f"n_items = {data.n_items} does not match the policy's catalogue of {policy_ref.n_items}")
+    policy = policy_ref.clone()
+    history = fit(policy.model, data.windows(policy.max_len), loss_fn, cfg, seed, progress, desc=stage)
+    policy.history.extend({"stage": stage, **row} for row in history)
+    return policy
+
+
+__all__ = ["TrainConfig", "fit", "LossFn", "train_copy"]

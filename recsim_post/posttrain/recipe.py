@@ -32,6 +32,7 @@ from ..seeding import SeedTree
 from . import bc, exp_rsft
 from .bc import BCConfig
 from .exp_rsft import ExpRSFTConfig
+from .data import PostTrainData
 from .loop import TrainConfig
 
 METHODS: dict[str, ModuleType] = {"bc": bc, "exp-rsft": exp_rsft}
@@ -87,7 +88,8 @@ def pretrain(
     """π_ref: a fresh model (initialised from ``seed``) trained by BC with ``cfg.pretrain``."""
     init = torch.Generator().manual_seed(seed.integer("init"))
     policy = SequencePolicy(build_model(cfg.model, n_items, init), n_items, cfg.model.max_len)
-    return bc.train(policy, train_clicks, n_items, BCConfig(), cfg.pretrain, seed.child("pretrain"), progress)
+    data = PostTrainData(train_clicks, n_items)
+    return bc.train(policy, data, BCConfig(), cfg.pretrain, seed.child("pretrain"), progress)
 
 
 def post_train(
@@ -106,7 +108,8 @@ def post_train(
     if dataclasses.asdict(policy_ref.config) != dataclasses.asdict(cfg.model):
         raise ConfigError(f"recipe '{cfg.name}': its [model] section does not match the pre-trained policy's")
     method = METHODS[cfg.method.name]
-    return method.train(policy_ref, train_clicks, n_items, cfg.method, cfg.finetune, seed.child("finetune"), progress)
+    data = PostTrainData(train_clicks, n_items)
+    return method.train(policy_ref, data, cfg.method, cfg.finetune, seed.child("finetune"), progress)
 
 
 __all__ = [

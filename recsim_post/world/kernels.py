@@ -4,11 +4,12 @@ Each kernel takes its random numbers as arguments (drawn by the caller from a na
 the Numba kernel and its numpy reference consume exactly the same randomness and must return the
 same result; ``tests/test_kernels.py`` holds them equal with hypothesis.
 
-Why the work is split this way: the dot products and ``exp`` over the catalogue are done by numpy
-(BLAS and vectorised exp beat a scalar exp inside a loop), and the kernels do what numpy cannot do
-without materialising large temporaries: a cumulative sum per user, inverse-CDF sampling of a slate
-without replacement (K uniforms per user, no Gumbel noise over the whole catalogue), the slate
-choice and the feedback.
+Why the work is split this way: ``exp`` over the catalogue is done by numpy (its vectorised exp
+beats a scalar exp inside a Numba loop), and the kernels do the rest, row by row, without large
+temporaries: the logger's logits (a float32 dot product in a fixed order, see
+:func:`logger_logits`), a cumulative sum per user, inverse-CDF sampling of a slate without
+replacement (K uniforms per user, no Gumbel noise over the whole catalogue), the slate choice and
+the feedback. ``benchmarks/simulate.py`` measures the whole user-step against the references.
 """
 
 from __future__ import annotations
@@ -17,10 +18,164 @@ import numba
 import numpy as np
 
 # ---------------------------------------------------------------------------------------------
+# The logger's shifted logits, one row per user (what goes into exp):
+#   s_i = (dot(theta_u, v_i) * relevance_weight + bias_i) * inv_temperature      (float32)
+#   out_i = max(s_i - max_j s_j, floor)
+# dot(theta_u, v_i) is summed in float32 in the fixed order j = 0, 1, ..., d - 1 (each product
+# rounded, then added), so the kernel and the numpy reference agree bit for bit and the result
+# does not depend on the BLAS build, its thread count or the block size (a BLAS sgemm would).
+# Four users share each pass over the item vectors; the order of the sums is the same.
+# ---------------------------------------------------------------------------------------------
+
+
+@numba.njit(cache=True, inline="always")
+def _dot_rows4(theta, u0, u1, u2, u3, vt, z0, z1, z2, z3):
+    d, n = vt.shape
+    for i in range(n):
+        z0[i] = np.float32(0.0)
+        z1[i] = np.float32(0.0)
+        z2[i] = np.float32(0.0)
+        z3[i] = np.float32(0.0)
+    j = 0
+    while j + 4 <= d:
+        a0 = np.float32(theta[u0, j]); a1 = np.float32(theta[u0, j + 1])
+        a2 = np.float32(theta[u0, j + 2]); a3 = np.float32(theta[u0, j + 3])
+        b0 = np.float32(theta[u1, j]); b1 = np.float32(theta[u1, j + 1])
+        b2 = np.float32(theta[u1, j + 2]); b3 = np.float32(theta[u1, j + 3])
+        c0 = np.float32(theta[u2, j]); c1 = np.float32(theta[u2, j + 1])
+        c2 = np.float32(theta[u2, j + 2]); c3 = np.float32(theta[u2, j + 3])
+        e0 = np.float32(theta[u3, j]); e1 = np.float32(theta[u3, j + 1])
+        e2 = np.float32(theta[u3, j + 2]); e3 = np.float32(theta[u3, j + 3])
+        v0 = vt[j]; v1 = vt[j + 1]; v2 = vt[j + 2]; v3 = vt[j + 3]
+        for i in range(n):
+            x0 = v0[i]; x1 = v1[i]; x2 = v2[i]; x3 = v3[i]
+            z0[i] = (((z0[i] + a0 * x0) + a1 * x1) + a2 * x2) + a3 * x3
+            z1[i] = (((z1[i] + b0 * x0) + b1 * x1) + b2 * x2) + b3 * x3
+            z2[i] = (((z2[i] + c0 * x0) + c1 * x1) + c2 * x2) + c3 * x3
+            z3[i] = (((z3[i] + e0 * x0) + e1 * x1) + e2 * x2) + e3 * x3
+        j += 4
+    while j < d:
+        a0 = np.float32(theta[u0, j]); b0 = np.float32(theta[u1, j])
+        c0 = np.float32(theta[u2, j]); e0 = np.float32(theta[u3, j])
+        v0 = vt[j]
+        for i in range(n):
+            x0 = v0[i]
+            z0[i] = z0[i] + a0 * x0
+            z1[i] = z1[i] + b0 * x0
+            z2[i] = z2[i] + c0 * x0
+            z3[i] = z3[i] + e0 * x0
+        j += 1
+
+
+@numba.njit(cache=True, inline="always")
+def _dot_row(theta, u, vt, z):
+    d, n = vt.shape
+    for i in range(n):
+        z[i] = np.float32(0.0)
+    for j in range(d):
+        a = np.float32(theta[u, j])
+        v = vt[j]
+        for i in range(n):
+            z[i] = z[i] + a * v[i]
+
+
+@numba.njit(cache=True, inline="always")
+def _scale_shift_floor(z, rw, bias, inv_t, floor, lanes):
+    """z <- max(s - max(s), floor) with s = (z * rw + bias) * inv_t, all in float32."""
+    n = z.shape[0]
+    L = lanes.shape[0]
+    for i in range(n):
+        z[i] = (z[i] * rw + bias[i]) * inv_t
+    # the row maximum, in L independent lanes so that the loop vectorises (max is exact, so
+    # the order does not matter)
+    lanes[:] = -np.inf
+    top = n - n % L
+    for i0 in range(0, top, L):
+        for l in range(L):
+            v = z[i0 + l]
+            lanes[l] = v if v > lanes[l] else lanes[l]
+    m = np.float32(-np.inf)
+    for i in range(top, n):
+        m = z[i] if z[i] > m else m
+    for l in range(L):
+        m = lanes[l] if lanes[l] > m else m
+    for i in range(n):
+        v = z[i] - m
+        z[i] = floor if v < floor else v
+
+
+@numba.njit(cache=True, parallel=True)
+def logger_logits(
+    theta: np.ndarray,
+    users: np.ndarray,
+    vectors_t: np.ndarray,
+    relevance_weight: np.float32,
+    bias: np.ndarray,
+    inv_temperature: np.float32,
+    floor: np.float32,
+    out: np.ndarray,
+) -> np.ndarray:
+    """Shifted logits of ``users`` (B,) into ``out`` (B, n) float32, ready for ``np.exp``.
+
+    theta: (N, d) float64 (rows are rounded to float32); vectors_t: (d, n) float32, C-contiguous;
+    bias: (n,) float32; the scalars are float32. Returns ``out``.
+    """
+    B = users.shape[0]
+    n_groups = (B + 3) // 4
+    for g in numba.prange(n_groups):
+        lanes = np.empty(16, dtype=np.float32)
+        b = 4 * g
+        if b + 4 <= B:
+            _dot_rows4(theta, users[b], users[b + 1], users[b + 2], users[b + 3], vectors_t,
+                       out[b], out[b + 1], out[b + 2], out[b + 3])
+            hi = b + 4
+        else:
+            for r in range(b, B):
+                _dot_row(theta, users[r], vectors_t, out[r])
+            hi = B
+        for r in range(b, hi):
+            _scale_shift_floor(out[r], relevance_weight, bias, inv_temperature, floor, lanes)
+    return out
+
+
+def logger_scores_ref(
+    theta: np.ndarray,
+    users: np.ndarray,
+    vectors_t: np.ndarray,
+    relevance_weight: np.float32,
+    bias: np.ndarray,
+    inv_temperature: np.float32,
+) -> np.ndarray:
+    """Plain-numpy s = (dot * relevance_weight + bias) * inv_temperature, (B, n) float32, unshifted."""
+    th = theta[users].astype(np.float32)
+    z = np.zeros((len(users), vectors_t.shape[1]), dtype=np.float32)
+    for j in range(vectors_t.shape[0]):  # sequential over d, as in the kernel, so sums agree exactly
+        z += th[:, j, None] * vectors_t[j][None, :]
+    z *= relevance_weight
+    z += bias[None, :]
+    z *= inv_temperature
+    return z
+
+
+def logger_logits_ref(
+    theta, users, vectors_t, relevance_weight, bias, inv_temperature, floor
+) -> np.ndarray:
+    """Plain-numpy reference of :func:`logger_logits` (returns a new array)."""
+    z = logger_scores_ref(theta, users, vectors_t, relevance_weight, bias, inv_temperature)
+    z -= z.max(axis=1, keepdims=True)
+    np.maximum(z, floor, out=z)
+    return z
+
+
+# ---------------------------------------------------------------------------------------------
 # Slate sampling: Plackett-Luce (sampling without replacement) from
 #   p_i = (1 - eps) * w_i / sum(w) + eps / n_items
 # Each position uses one uniform u: the target t = u * (mass not yet chosen) is mapped back onto
 # the full CDF by skipping the mass of already-chosen items, in ascending item order.
+#   cum_i = w_0 + ... + w_i        (float64, summed left to right)
+#   cdf_i = (1 - eps) * cum_i / cum_{n-1} + eps * (i + 1) / n
+# x = the first index with cdf_x > t (n if none); cdf is non-decreasing, so any exact search
+# finds the same x as the reference's count of cdf <= t.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -28,22 +183,15 @@ RECOMPUTE_BELOW = 1e-6
 
 
 @numba.njit(cache=True, inline="always")
-def _cdf_at(cum: np.ndarray, i: int, total: float, eps: float, n: int) -> float:
-    return (1.0 - eps) * cum[i] / total + eps * (i + 1) / n
-
-
-@numba.njit(cache=True, inline="always")
-def _search(cum: np.ndarray, t: float, total: float, eps: float, n: int) -> int:
-    """First index x with cdf(x) > t (n if none)."""
-    lo = 0
-    hi = n
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if _cdf_at(cum, mid, total, eps, n) <= t:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
+def _first_above(cdf: np.ndarray, t: float, n: int) -> int:
+    """First index x with cdf[x] > t (n if none), for a non-decreasing cdf (branch-free halving)."""
+    base = 0
+    size = n
+    while size > 1:
+        half = size >> 1
+        base = base + half if cdf[base + half] <= t else base
+        size -= half
+    return base + 1 if cdf[base] <= t else base
 
 
 @numba.njit(cache=True, parallel=True)
@@ -52,57 +200,73 @@ def sample_slates(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Draw one slate per row of ``weights`` (B, n) without replacement.
 
-    uniforms: (B, K) in [0, 1); cum: (B, n) float64 scratch for the cumulative sums.
+    uniforms: (B, K) in [0, 1); cum: (R, n) float64 scratch, R >= 1: the rows are split into
+    min(R, B) contiguous groups run in parallel, each with one scratch row, so R = the number of
+    Numba threads is enough (a (B, n) array works too, it only costs memory).
     Returns (slates (B, K) int32, propensity (B, K) = P(item at k | items before k),
     p_item (B, K) = p_i, the item's single-draw probability under the logger).
     """
     B, n = weights.shape
     K = uniforms.shape[1]
+    R = min(cum.shape[0], B)
     slates = np.empty((B, K), dtype=np.int32)
     prop = np.empty((B, K), dtype=np.float64)
     p_item = np.empty((B, K), dtype=np.float64)
-    for b in numba.prange(B):
-        c = cum[b]
-        acc = 0.0
-        for i in range(n):
-            acc += weights[b, i]
-            c[i] = acc
-        total = acc
+    a = 1.0 - eps
+    floor = eps / n
+    ramp = np.empty(n, dtype=np.float64)
+    for i in range(n):
+        ramp[i] = eps * (i + 1) / n
+    per = (B + R - 1) // R if R > 0 else 0
+    for r in numba.prange(R):
+        cdf = cum[r]
         chosen = np.empty(K, dtype=np.int64)  # ascending order of item index
-        remaining = 1.0
-        for k in range(K):
-            t = uniforms[b, k] * remaining
-            x = _search(c, t, total, eps, n)
-            for j in range(k):
-                item = chosen[j]
-                if item <= x:
-                    pj = (1.0 - eps) * weights[b, item] / total + eps / n
-                    t += pj
-                    x = _search(c, t, total, eps, n)
-                else:
-                    break
-            x = _fix_rounding(x, chosen, k, n)
-            px = (1.0 - eps) * weights[b, x] / total + eps / n
-            slates[b, k] = x
-            prop[b, k] = px / remaining
-            p_item[b, k] = px
-            remaining -= px
-            # insert x into the sorted list of chosen items
-            pos = k
-            while pos > 0 and chosen[pos - 1] > x:
-                chosen[pos] = chosen[pos - 1]
-                pos -= 1
-            chosen[pos] = x
-            if remaining < RECOMPUTE_BELOW:
-                # 1 - sum(chosen) cancels catastrophically when the slate has taken almost all
-                # the mass; sum what is left instead (rare: only when K is close to the support)
-                remaining = 0.0
-                j = 0
-                for i in range(n):
-                    if j <= k and chosen[j] == i:
-                        j += 1
-                    else:
-                        remaining += (1.0 - eps) * weights[b, i] / total + eps / n
+        p_chosen = np.empty(K, dtype=np.float64)  # their p_i, in the same order
+        for b in range(r * per, min(B, (r + 1) * per)):
+            w = weights[b]
+            acc = 0.0
+            for i in range(n):
+                acc += w[i]
+                cdf[i] = acc
+            total = acc
+            for i in range(n):
+                cdf[i] = a * cdf[i] / total + ramp[i]
+            remaining = 1.0
+            for k in range(K):
+                t = uniforms[b, k] * remaining
+                # Skip the chosen items at or below the answer, in ascending order: item c_j is
+                # skipped (t += p_cj) while c_j <= first_above(t), i.e. while cdf[c_j - 1] <= t.
+                # This is the reference's search / skip / search-again loop, one probe per item.
+                for j in range(k):
+                    cj = chosen[j]
+                    if cj > 0 and cdf[cj - 1] > t:
+                        break
+                    t += p_chosen[j]
+                x = _first_above(cdf, t, n)
+                x = _fix_rounding(x, chosen, k, n)
+                px = a * w[x] / total + floor
+                slates[b, k] = x
+                prop[b, k] = px / remaining
+                p_item[b, k] = px
+                remaining -= px
+                # insert x into the sorted list of chosen items
+                pos = k
+                while pos > 0 and chosen[pos - 1] > x:
+                    chosen[pos] = chosen[pos - 1]
+                    p_chosen[pos] = p_chosen[pos - 1]
+                    pos -= 1
+                chosen[pos] = x
+                p_chosen[pos] = px
+                if remaining < RECOMPUTE_BELOW:
+                    # 1 - sum(chosen) cancels catastrophically when the slate has taken almost all
+                    # the mass; sum what is left instead (rare: only when K is close to the support)
+                    remaining = 0.0
+                    j = 0
+                    for i in range(n):
+                        if j <= k and chosen[j] == i:
+                            j += 1
+                        else:
+                            remaining += a * w[i] / total + floor
     return slates, prop, p_item
 
 
