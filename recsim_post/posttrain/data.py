@@ -9,7 +9,7 @@ at the start of a window sees only the earlier clicks inside that window (the us
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
@@ -34,6 +34,8 @@ class Batch:
     """bool, True where the position holds a real target."""
     users: torch.Tensor
     """int64 ``(B,)`` the user each window belongs to (for per-user baselines)."""
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    """What a method's ``prepare`` step adds once per batch (sampled actions, old log-probs, ...)."""
 
     def to(self, device: torch.device | str) -> "Batch":
         return Batch(*(t.to(device, non_blocking=True) for t in (self.inputs, self.targets, self.rewards, self.mask, self.users)))

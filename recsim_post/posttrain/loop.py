@@ -25,6 +25,9 @@ from .data import Batch, PostTrainData, Windows
 LossFn = Callable[[torch.Tensor, Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 """``loss_fn(logits (B, L, n_items), batch) -> (scalar loss, {name: 0-dim detached tensor})``."""
 
+Prepare = Callable[[nn.Module, Batch], Batch]
+"""``prepare(model, batch) -> batch`` with ``batch.extra`` filled, run once per batch (no gradients)."""
+
 
 @dataclass(frozen=True)
 class TrainConfig(Config):
@@ -46,9 +49,16 @@ def fit(
     seed: SeedTree,
     progress: bool = True,
     desc: str = "train",
+    prepare: Prepare | None = None,
+    inner_steps: int = 1,
 ) -> list[dict[str, float]]:
     """Train ``model`` in place on ``windows`` with ``loss_fn``; return one metrics dict per epoch
-    (``epoch`` and the batch-mean of every metric the loss reports). The model ends in eval mode."""
+    (``epoch`` and the batch-mean of every metric the loss reports). The model ends in eval mode.
+
+    ``prepare(model, batch) -> batch`` runs once per batch without gradients, before the updates
+    (on-policy methods sample actions and record old log-probabilities there, in ``batch.extra``);
+    ``inner_steps`` optimiser steps are then taken on that batch (PPO's several epochs per sample).
+    """
     if cfg.epochs == 0:
         model.eval()
         return []
@@ -74,19 +84,24 @@ def fit(
             sums: dict[str, torch.Tensor] = {}
             for batch in windows.batches(cfg.batch_size, order_rng):
                 batch = batch.trim().to(device)
-                with autocast(device):
-                    logits = model(batch.inputs, generator=dropout_rng)
-                loss, metrics = loss_fn(logits.float(), batch)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
-                for name, value in {"loss": loss.detach(), **metrics}.items():
-                    sums[name] = sums.get(name, 0.0) + value.detach().float()
+                if prepare is not None:
+                    with torch.no_grad():
+                        batch = prepare(model, batch)
+                for _ in range(inner_steps):
+                    with autocast(device):
+                        logits = model(batch.inputs, generator=dropout_rng)
+                    loss, metrics = loss_fn(logits.float(), batch)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if cfg.grad_clip > 0:
+                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    opt.step()
+                    for name, value in {"loss": loss.detach(), **metrics}.items():
+                        sums[name] = sums.get(name, 0.0) + value.detach().float()
                 bar.update(1)
             # One host sync per epoch, not per step.
-            row = {"epoch": epoch + 1, **{k: float(v) / n_batches for k, v in sums.items()}}
+            steps = n_batches * inner_steps
+            row = {"epoch": epoch + 1, **{k: float(v) / steps for k, v in sums.items()}}
             history.append(row)
             bar.set_postfix(epoch=epoch + 1, loss=f"{row['loss']:.4f}")
     model.eval()
@@ -101,13 +116,17 @@ def train_copy(
     seed: SeedTree,
     progress: bool,
     stage: str,
+    prepare: Prepare | None = None,
+    inner_steps: int = 1,
 ) -> SequencePolicy:
     """The plumbing every method shares: copy π_ref, cut the clicks into windows, fit ``loss_fn``
     and record the per-epoch metrics in the copy's history. ``policy_ref`` is left untouched."""
     if data.n_items != policy_ref.n_items:
         raise ConfigError(f"n_items = {data.n_items} does not match the policy's catalogue of {policy_ref.n_items}")
     policy = policy_ref.clone()
-    history = fit(policy.model, data.windows(policy.max_len), loss_fn, cfg, seed, progress, desc=stage)
+    history = fit(
+        policy.model, data.windows(policy.max_len), loss_fn, cfg, seed, progress, stage, prepare, inner_steps
+    )
     policy.history.extend({"stage": stage, **row} for row in history)
     return policy
 
