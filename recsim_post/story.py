@@ -18,7 +18,8 @@ from .evaluation.ground_truth import GroundTruth
 from .evaluation.report import ResultRow, results_frame
 from .logs.simulate import Simulation, simulate
 from .models.policy import SequencePolicy
-from .posttrain.recipe import AgentConfig, post_train, pretrain
+from .posttrain.recipe import AgentConfig, fit_reward, needs_reward_model, post_train, pretrain
+from .posttrain.reward_model import RewardModel
 from .seeding import SeedTree
 from .world.config import ScenarioConfig
 
@@ -32,6 +33,7 @@ class StoryResult:
     simulation: Simulation
     evaluator: Evaluator
     rows: list[ResultRow] = field(default_factory=list)
+    reward_models: dict[str, RewardModel] = field(default_factory=dict)
 
 
 def _pretrain_key(agent: AgentConfig) -> str:
@@ -62,15 +64,29 @@ def run_story(
     say(f"logged {len(logs.interactions):,} impressions, {len(evaluator.clicks):,} clicks; "
         f"training on {len(evaluator.train):,} clicks (leave-last-out)")
 
-    rows = evaluator.reference_rows()
     policies: dict[str, SequencePolicy] = {}
     refs: dict[str, SequencePolicy] = {}
+    reward_models: dict[str, RewardModel] = {}
+    trained_rows = []
     for agent in agents:
         key = _pretrain_key(agent)
         if key not in refs:
             say(f"pre-training pi_ref by behaviour cloning ({agent.pretrain.epochs} epochs)")
             refs[key] = pretrain(evaluator.train, logs.n_items, agent, tree, progress=progress)
+        rm = None
+        if needs_reward_model(agent):
+            rm_key = key + repr(to_dict(agent.reward_model))
+            if rm_key not in reward_models:
+                say(f"fitting a reward-model ensemble ({agent.reward_model.members} members) on pi_ref's backbone")
+                reward_models[rm_key] = fit_reward(refs[key], evaluator.train, logs.n_items, agent, tree, progress)
+            rm = reward_models[rm_key]
         say(f"post-training '{agent.name}' ({agent.method.name}, {agent.finetune.epochs} epochs)")
-        policies[agent.name] = post_train(refs[key], evaluator.train, logs.n_items, agent, tree, progress=progress)
-        rows.append(evaluator.policy_row(agent.name, policies[agent.name]))
-    return StoryResult(results_frame(rows, k=evaluator.k), policies, sim, evaluator, rows)
+        policies[agent.name] = post_train(
+            refs[key], evaluator.train, logs.n_items, agent, tree, progress=progress, reward_model=rm
+        )
+    # Every row is scored by the first reward model (when any method used one), so its beliefs
+    # about all policies -- the logger and the oracle included -- sit on one scale.
+    evaluator.reward_model = next(iter(reward_models.values()), None)
+    rows = evaluator.reference_rows()
+    rows += [evaluator.policy_row(name, policy) for name, policy in policies.items()]
+    return StoryResult(results_frame(rows, k=evaluator.k), policies, sim, evaluator, rows, reward_models)

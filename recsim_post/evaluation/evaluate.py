@@ -14,16 +14,21 @@ training split), the logging policy at T and the oracle (ranks by the true rewar
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ..logs.public import PublicLogs, histories, split_leave_last_out
 from ..seeding import SeedTree
 from .ground_truth import GroundTruth, References, policy_value, references
 from .offline import ranking_metrics
 from .report import ResultRow
+
+
+HISTORY_LEN = 200
+"""Clicks of history handed to a policy (each policy truncates to its own max_len)."""
 
 
 class Policy(Protocol):
@@ -47,6 +52,8 @@ class Evaluator:
     before_test: pd.DataFrame  # clicks with each user's held-out last click removed
     train: pd.DataFrame
     k: int = 10
+    reward_model: Any = None
+    """Optional reward model (posttrain.reward_model.RewardModel): adds its believed value per row."""
 
     @classmethod
     def prepare(
@@ -81,7 +88,7 @@ class Evaluator:
     def _offline(self, score) -> dict[str, float]:  # noqa: ANN001 - (users, hist) -> logits
         if len(self.test_users) == 0:
             return {f"ndcg@{self.k}": float("nan"), f"hr@{self.k}": float("nan"), "mrr": float("nan")}
-        hist = histories(self.before_test, self.test_users, 200)
+        hist = histories(self.before_test, self.test_users, HISTORY_LEN)
         logits = score(self.test_users, hist)
         return ranking_metrics(logits, self.test_targets, exclude=hist, k=self.k)
 
@@ -89,14 +96,31 @@ class Evaluator:
         """``score(users, hist) -> logits``; hist are public histories at the relevant time."""
 
         def at_t(users: np.ndarray) -> np.ndarray:
-            return score(users, histories(self.clicks, users, 200))
+            return score(users, histories(self.clicks, users, HISTORY_LEN))
 
         v = policy_value(self.truth, at_t, self.users, self.refs)
         m = self._offline(score) if offline else {}
         return ResultRow(
             method, kind, float(v.value), float(v.value_norm), float(v.topk_value), float(v.topk_norm),  # type: ignore[arg-type]
             m.get(f"ndcg@{self.k}"), m.get(f"hr@{self.k}"), m.get("mrr"),
+            self._believed(score) if self.reward_model is not None else None,
         )
+
+    def _believed(self, score, chunk: int = 1024) -> float:  # noqa: ANN001
+        """mean_u sum_y pi(y | h_u) R̂(h_u, y): the reward model's opinion of the policy at T."""
+        rm = self.reward_model
+        max_len = int(getattr(rm, "max_len", HISTORY_LEN))
+        total = 0.0
+        for lo in range(0, len(self.users), chunk):
+            users = self.users[lo : lo + chunk]
+            hist = histories(self.clicks, users, HISTORY_LEN)
+            logits = score(users, hist).astype(np.float64)
+            p = np.exp(logits - logits.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+            with torch.no_grad():
+                r_hat = rm.member_scores(torch.from_numpy(hist[:, -max_len:]))[:, :, -1].mean(dim=0)
+            total += float((p * r_hat.double().cpu().numpy()).sum())
+        return total / len(self.users)
 
     def reference_rows(self) -> list[ResultRow]:
         """uniform, popularity (train-split click counts), the logging policy at T, the oracle."""
@@ -105,16 +129,25 @@ class Evaluator:
         log_pop = np.log1p(counts).astype(np.float32)
         rows = [
             # uniform's top-k is a random k items (every score ties): its value is the mean
-            ResultRow("uniform", "reference", self.refs.uniform, 0.0, self.refs.uniform, 0.0),
+            ResultRow("uniform", "reference", self.refs.uniform, 0.0, self.refs.uniform, 0.0,
+                      rm_value=None if self.reward_model is None else self._believed(
+                          lambda u, h: np.zeros((len(u), n), np.float32))),
             self._row("popularity", "reference", lambda u, h: np.tile(log_pop, (len(u), 1)), True),
             self._row("logging policy", "reference", lambda u, h: self.truth.logger_logits(u), True),
         ]
         # The oracle samples argmax r* (a point mass) and shows the k best items; offline, it ranks
         # held-out clicks by their true reward -- which is not what users clicked on.
         m = self._offline(lambda u, h: self.truth.true_reward(u))
+        believed = None
+        if self.reward_model is not None:  # the oracle's point mass, as the reward model sees it
+            def point_mass(u: np.ndarray, h: np.ndarray) -> np.ndarray:
+                r = self.truth.true_reward(u)
+                return np.where(r >= r.max(axis=1, keepdims=True), 0.0, -np.inf)
+
+            believed = self._believed(point_mass)
         rows.append(
             ResultRow("oracle", "reference", self.refs.oracle, 1.0, self.refs.oracle_topk, 1.0,
-                      m[f"ndcg@{self.k}"], m[f"hr@{self.k}"], m["mrr"])
+                      m[f"ndcg@{self.k}"], m[f"hr@{self.k}"], m["mrr"], believed)
         )
         return rows
 

@@ -64,6 +64,10 @@ class ResultRow:
     ndcg: float | None = None
     hr: float | None = None
     mrr: float | None = None
+    rm_value: float | None = None
+    """What the reward model believes the policy earns: mean_u sum_y pi(y|h_u) R̂(h_u, y), on the
+    observed-rating scale. Shown beside the ground truth so a policy that fools its reward model
+    (believed value up, true value flat or down) is visible."""
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
@@ -86,10 +90,16 @@ def column_names(k: int = 10) -> list[str]:
 
 
 def results_frame(rows: Iterable[ResultRow], k: int = 10) -> pd.DataFrame:
-    """A tidy frame, one row per policy, with the columns of :func:`column_names` (None -> NaN)."""
+    """A tidy frame, one row per policy, with the columns of :func:`column_names` (None -> NaN),
+    plus ``rm_value`` when any row carries a reward model's belief."""
+    rows = list(rows)
     cols = column_names(k)
+    with_rm = any(r.rm_value is not None for r in rows)
+    if with_rm:
+        cols = cols + ["rm_value"]
     records = [
         (r.method, r.kind, r.value, r.value_norm, r.topk_value, r.topk_norm, r.ndcg, r.hr, r.mrr)
+        + ((r.rm_value,) if with_rm else ())
         for r in rows
     ]
     df = pd.DataFrame.from_records(records, columns=cols)

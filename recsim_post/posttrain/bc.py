@@ -34,6 +34,11 @@ class BCConfig(Config):
 CONFIG = BCConfig
 
 
+def needs_reward_model(cfg: BCConfig) -> bool:
+    """BC learns from the logged clicks alone."""
+    return False
+
+
 def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """−log softmax(logits)[target] per position: logits ``(..., V)``, targets ``(...)`` -> ``(...)``.
 
@@ -76,4 +81,4 @@ def train(
     return train_copy(policy_ref, data, loss_fn, train_cfg, seed, progress, cfg.name)
 
 
-__all__ = ["BCConfig", "CONFIG", "bc_loss", "token_nll", "train"]
+__all__ = ["BCConfig", "CONFIG", "bc_loss", "needs_reward_model", "token_nll", "train"]

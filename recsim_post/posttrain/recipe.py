@@ -19,7 +19,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Mapping
+from typing import Any, Mapping, Union
 
 import pandas as pd
 import torch
@@ -31,14 +31,21 @@ from ..models.sasrec import SASRecConfig
 from ..seeding import SeedTree
 from . import bc, exp_rsft
 from .bc import BCConfig
-from .exp_rsft import ExpRSFTConfig
 from .data import PostTrainData
 from .loop import TrainConfig
+from .reward_model import RewardModel, RewardModelConfig, fit_reward_model
 
-METHODS: dict[str, ModuleType] = {"bc": bc, "exp-rsft": exp_rsft}
-"""Post-training methods by name; each module has ``CONFIG`` (its config class) and ``train``."""
+METHODS: dict[str, ModuleType] = {m.CONFIG().name: m for m in (bc, exp_rsft)}
+"""Post-training methods by name; each module has ``CONFIG`` (its config class), ``train`` and
+``needs_reward_model(cfg)``."""
 
-MethodConfig = BCConfig | ExpRSFTConfig
+MethodConfig = Union[tuple(m.CONFIG for m in METHODS.values())]  # type: ignore[valid-type]
+
+
+def needs_reward_model(cfg: AgentConfig) -> bool:
+    """Whether the recipe's method trains against a reward model."""
+    method = METHODS[cfg.method.name]
+    return bool(getattr(method, "needs_reward_model", lambda _: False)(cfg.method))
 
 
 def method_config_from_dict(data: Mapping[str, Any]) -> MethodConfig:
@@ -64,6 +71,9 @@ class AgentConfig(Config):
     pretrain: TrainConfig = knob(TrainConfig(), "BC pre-training that produces π_ref")
     method: MethodConfig = knob(BCConfig(), "post-training method; dispatched on its 'name' key")
     finetune: TrainConfig = knob(TrainConfig(epochs=5), "optimisation of the post-training stage")
+    reward_model: RewardModelConfig = knob(
+        RewardModelConfig(), "ensemble fitted on the training clicks, for methods that need one"
+    )
 
     def __post_init__(self) -> None:
         # The generic union coercion would report the first failed member's error; dispatching on
@@ -99,21 +109,40 @@ def post_train(
     cfg: AgentConfig,
     seed: SeedTree,
     progress: bool = True,
+    reward_model: RewardModel | None = None,
 ) -> SequencePolicy:
     """A copy of π_ref fine-tuned by ``cfg.method`` with ``cfg.finetune`` (π_ref is untouched).
 
     Every method draws its batch order and dropout from the same ``seed.child("finetune")``, so
-    methods compared from one π_ref see the same batches (common random numbers).
+    methods compared from one π_ref see the same batches (common random numbers). A method that
+    needs a reward model gets ``reward_model``, or one fitted here with ``cfg.reward_model``.
     """
     if dataclasses.asdict(policy_ref.config) != dataclasses.asdict(cfg.model):
         raise ConfigError(f"recipe '{cfg.name}': its [model] section does not match the pre-trained policy's")
     method = METHODS[cfg.method.name]
-    data = PostTrainData(train_clicks, n_items)
+    if needs_reward_model(cfg) and reward_model is None:
+        reward_model = fit_reward(policy_ref, train_clicks, n_items, cfg, seed, progress)
+    data = PostTrainData(train_clicks, n_items, reward_model)
     return method.train(policy_ref, data, cfg.method, cfg.finetune, seed.child("finetune"), progress)
+
+
+def fit_reward(
+    policy_ref: SequencePolicy,
+    train_clicks: pd.DataFrame,
+    n_items: int,
+    cfg: AgentConfig,
+    seed: SeedTree,
+    progress: bool = True,
+) -> RewardModel:
+    """The recipe's reward-model ensemble, fitted on the training clicks over π_ref's backbone."""
+    data = PostTrainData(train_clicks, n_items)
+    return fit_reward_model(policy_ref, data, cfg.reward_model, seed.child("reward_model"), progress)
 
 
 __all__ = [
     "AgentConfig",
+    "fit_reward",
+    "needs_reward_model",
     "METHODS",
     "MethodConfig",
     "load_agent",
