@@ -94,12 +94,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     scenario = _scenario(args.scenario, None)
     agents = _agents(args.agents)
     out = Path(args.out)
-    frames = []
+    frames, rm_reports = [], []
     with _AtomicFolder(out, args.overwrite, marker=DEMO_MARKER) as tmp:
         for seed in seeds:
             result = run_story(scenario, agents, seed=seed, progress=not args.quiet, say=say)
             seed_used = result.simulation.world.cfg.seed
             frames.append(result.frame.assign(seed=seed_used))
+            if result.evaluator.reward_model is not None:
+                rm = result.evaluator.reward_model
+                rm_reports.append(result.evaluator.reward_report(rm, rm.max_len).assign(seed=seed_used))
             sub = "" if len(seeds) == 1 else f"seed-{seed_used}"
             if not args.no_logs:
                 write_logs(result.simulation, tmp / "logs" / sub)
@@ -116,6 +119,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             write_csv(summary, tmp / "results_summary.csv")
             plot_results(summary, tmp / "results.png")
             table = format_aggregate(summary).drop(columns="n_seeds")
+        if rm_reports:
+            write_csv(pd.concat(rm_reports, ignore_index=True), tmp / "reward_models.csv")
     which = f"seed {seeds[0] if seeds[0] is not None else scenario.seed}" if len(seeds) == 1 else \
         f"mean ± std over seeds {', '.join(map(str, seeds))}"
     print(f"\nrecsim-post demo — scenario '{scenario.name}', {which}\n")
@@ -125,6 +130,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "\ntrue_value_norm: 0 = uniform, 1 = oracle; top10_*: the policy's top 10 shown;"
         "\nndcg@10 / hr@10 / mrr: offline metrics on each user's held-out last click."
     )
+    if rm_reports:
+        from .evaluation.reward_report import format_reward_report
+
+        print("\n" + format_reward_report(rm_reports[0].drop(columns="seed"))
+              + ("" if len(rm_reports) == 1 else f"\n(seed {seeds[0]}; every seed in reward_models.csv)"))
+        print("rm_value: what the reward model believes a policy earns (rating scale); a method that "
+              "raises it without raising true_value is fooling its reward model.")
     print(f"\nwrote {out}/ (results.csv, results.png"
           + ("" if args.no_logs else ", logs/") + f", policies/)  in {time.perf_counter() - start:.0f} s")
     return 0

@@ -140,3 +140,20 @@ def test_choice_probabilities_sum_to_one_with_no_click():
     np.testing.assert_array_equal(rating[choice == 0], 4.0)
     np.testing.assert_array_equal(rating[choice == 2], 2.0)
     np.testing.assert_allclose(rstar[0], [1.0, 0.0, -1.0])
+
+
+@SETTINGS
+@given(
+    st.integers(1, 9), st.integers(1, 40), st.integers(1, 8), st.integers(0, 2**32 - 1),
+    st.sampled_from([0.25, 1.0, 3.0]),
+)
+def test_logger_logits_match_reference_bit_for_bit(B, n, d, seed, temperature):
+    rng = np.random.default_rng(seed)
+    theta = rng.normal(size=(B + 3, d))
+    users = rng.integers(0, B + 3, B).astype(np.int64)
+    vt = np.ascontiguousarray(rng.normal(size=(d, n)).astype(np.float32))
+    bias = rng.normal(size=n).astype(np.float32)
+    args = (theta, users, vt, np.float32(0.8), bias, np.float32(1 / temperature), np.float32(-80.0))
+    got = kernels.logger_logits(*args, np.empty((B, n), np.float32))
+    np.testing.assert_array_equal(got, kernels.logger_logits_ref(*args))
+    assert (got.max(axis=1) == 0).all() and (got >= -80).all()

@@ -46,7 +46,7 @@ def test_exp_rsft_loss_hand_computed_batch_normalised():
 
 def test_exp_rsft_loss_hand_computed_unnormalised():
     logits, targets, rewards, mask = tiny_batch()
-    loss, _ = exp_rsft_loss(logits, targets, rewards, mask, lam=2.0, r_max=5.0, normalize="none")
+    loss, _ = exp_rsft_loss(logits, targets, rewards, mask, lam=2.0, r_max=5.0, normalize="shifted")
     w0, w1 = 1.0, math.exp((1 - 5) / 2.0)  # e^-2 = 0.135335
     assert loss.item() == pytest.approx((w0 * NLL0 + w1 * NLL1) / 2, rel=1e-6)  # = 0.596209
 
@@ -64,7 +64,7 @@ def test_large_lambda_equals_bc_in_value_and_gradient():
     mask = torch.rand(4, 6, generator=g) > 0.3
     targets[~mask] = -1
     rewards = torch.randint(1, 6, (4, 6), generator=g).float()
-    for normalize in ("batch", "none"):
+    for normalize in ("batch", "shifted"):
         exp_value, exp_grad = _loss_and_grad(
             lambda lg: exp_rsft_loss(lg, targets, rewards, mask, lam=1e9, normalize=normalize)[0]
         )
@@ -77,7 +77,7 @@ def test_nan_rewards_are_excluded():
     logits, targets, rewards, mask = tiny_batch()
     rewards_nan = rewards.clone()
     rewards_nan[0, 1] = float("nan")  # position 1 loses its rating -> only position 0 counts
-    for normalize in ("batch", "none"):
+    for normalize in ("batch", "shifted"):
         loss, metrics = exp_rsft_loss(logits, targets, rewards_nan, mask, lam=1.0, normalize=normalize)
         assert loss.item() == pytest.approx(NLL0, rel=1e-6)
         assert metrics["n"].item() == 1
@@ -94,7 +94,7 @@ def test_small_lambda_weights_stay_finite():
     targets = torch.randint(0, 7, (8, 5), generator=g)
     mask = torch.ones(8, 5, dtype=torch.bool)
     rewards = torch.randint(1, 6, (8, 5), generator=g).float()
-    for normalize in ("batch", "none"):
+    for normalize in ("batch", "shifted"):
         loss, metrics = exp_rsft_loss(logits, targets, rewards, mask, lam=1e-3, normalize=normalize)
         (grad,) = torch.autograd.grad(loss, logits)
         assert torch.isfinite(loss) and torch.isfinite(grad).all()

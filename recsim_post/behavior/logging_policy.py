@@ -10,6 +10,7 @@ once from the logging stream. Slates are drawn without replacement (Plackett-Luc
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numba
@@ -24,9 +25,10 @@ from ..world.world import World
 WEIGHT_FLOOR = np.float32(-80.0)
 """Shifted logits are floored here so that no weight underflows to zero in float32."""
 
-SAMPLE_BLOCK_USERS = 1024
-"""Users per kernel call inside :meth:`TrendLogger.sample`: a (block, n_items) float32 weight
-buffer (4 MB at 1,000 items) stays in cache between the logits kernel, exp and the sampler."""
+SAMPLE_BLOCK_BYTES = 4 * 2**20
+"""Size of the (block, n_items) float32 weight buffer inside :meth:`TrendLogger.sample` (about
+1,000 users at 1,000 items, 100 at 10,000): small enough to stay in cache between the logits
+kernel, numpy's exp and the sampler, large enough that handing blocks to threads costs little."""
 
 
 @dataclass
@@ -65,28 +67,41 @@ class TrendLogger:
         """
         return kernels.logger_scores_ref(self.theta_hat, users, self.vectors_t, *self._terms(trend))
 
-    def weights(
-        self, users: np.ndarray, trend: np.ndarray, reference: bool = False, out: np.ndarray | None = None
-    ) -> np.ndarray:
+    def weights(self, users: np.ndarray, trend: np.ndarray, reference: bool = False) -> np.ndarray:
         """Unnormalised softmax weights exp(z/T - max): (B, I) float32.
 
         Floored at exp(-80) so no weight underflows to zero in float32: every item keeps support.
-        ``reference`` computes the logits with plain numpy (same values, bit for bit); ``out``
-        is an optional (B, I) float32 buffer for the Numba path.
+        ``reference`` computes the logits with plain numpy instead (the same values, bit for bit).
         """
         rw, bias, inv_t = self._terms(trend)
         if reference:
             w = kernels.logger_logits_ref(
                 self.theta_hat, users, self.vectors_t, rw, bias, inv_t, WEIGHT_FLOOR
             )
-        else:
-            if out is None:
-                out = np.empty((len(users), self.vectors_t.shape[1]), dtype=np.float32)
-            w = kernels.logger_logits(
-                self.theta_hat, np.asarray(users), self.vectors_t, rw, bias, inv_t, WEIGHT_FLOOR, out
-            )
-        np.exp(w, out=w)
-        return w
+            np.exp(w, out=w)
+            return w
+        users = np.asarray(users)
+        B, n = len(users), self.vectors_t.shape[1]
+        out = np.empty((B, n), dtype=np.float32)
+        block = self._block(B)
+        starts = range(0, B, block)
+        claim = itertools.count()
+
+        def work() -> None:
+            while (i := next(claim)) < len(starts):
+                lo, hi = starts[i], min(starts[i] + block, B)
+                kernels.logger_logits_rows(
+                    self.theta_hat, users, self.vectors_t, rw, bias, inv_t, WEIGHT_FLOOR, out, lo, hi
+                )
+                np.exp(out[lo:hi], out=out[lo:hi])
+
+        kernels.run_on_threads(work, min(numba.get_num_threads(), len(starts)))
+        return out
+
+    def _block(self, B: int) -> int:
+        """Users per block of work: see SAMPLE_BLOCK_BYTES; at least one block per thread."""
+        n = self.vectors_t.shape[1]
+        return max(1, min(max(64, SAMPLE_BLOCK_BYTES // (4 * n)), -(-B // numba.get_num_threads())))
 
     def probabilities(self, users: np.ndarray, trend: np.ndarray) -> np.ndarray:
         """Exact pi_0(i | u) for users (B,): (B, I) float64, rows sum to one."""
@@ -99,8 +114,9 @@ class TrendLogger:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Slates (B, K) with PL propensities and single-draw probabilities (see kernels).
 
-        The Numba path works through the users in blocks of :data:`SAMPLE_BLOCK_USERS`; every
-        row is computed independently, so the result does not depend on the block size.
+        The Numba path works through the users in blocks (see :data:`SAMPLE_BLOCK_BYTES`) on
+        ``numba.get_num_threads()`` threads; every row is computed on its own, so the result does
+        not depend on the block size or the number of threads.
         """
         eps = self.cfg.epsilon
         if reference:
@@ -111,10 +127,29 @@ class TrendLogger:
         slates = np.empty((B, K), dtype=np.int32)
         prop = np.empty((B, K), dtype=np.float64)
         p_item = np.empty((B, K), dtype=np.float64)
-        buf = np.empty((min(B, SAMPLE_BLOCK_USERS), n), dtype=np.float32)
-        cum = np.empty((numba.get_num_threads(), n), dtype=np.float64)
-        for lo in range(0, B, SAMPLE_BLOCK_USERS):
-            hi = min(lo + SAMPLE_BLOCK_USERS, B)
-            w = self.weights(users[lo:hi], trend, out=buf[: hi - lo])
-            slates[lo:hi], prop[lo:hi], p_item[lo:hi] = kernels.sample_slates(w, eps, uniforms[lo:hi], cum)
+        if B == 0:
+            return slates, prop, p_item
+        rw, bias, inv_t = self._terms(trend)
+        ramp = kernels.cdf_ramp(eps, n)
+        block = self._block(B)
+        starts = range(0, B, block)
+        claim = itertools.count()  # blocks are handed out one at a time: a slow thread holds few
+
+        def work() -> None:
+            buf = np.empty((min(block, B), n), dtype=np.float32)
+            cdf = np.empty(n, dtype=np.float64)
+            while (i := next(claim)) < len(starts):
+                lo = starts[i]
+                hi = min(lo + block, B)
+                w = buf[: hi - lo]
+                kernels.logger_logits_rows(
+                    self.theta_hat, users[lo:hi], self.vectors_t, rw, bias, inv_t, WEIGHT_FLOOR, w, 0, hi - lo
+                )
+                np.exp(w, out=w)
+                kernels.sample_slates_rows(
+                    w, eps, uniforms[lo:hi], ramp, cdf, 0, hi - lo, slates[lo:hi], prop[lo:hi], p_item[lo:hi]
+                )
+
+        kernels.run_on_threads(work, min(numba.get_num_threads(), len(starts)))
         return slates, prop, p_item
+

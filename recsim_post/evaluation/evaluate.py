@@ -25,6 +25,7 @@ from ..seeding import SeedTree
 from .ground_truth import GroundTruth, References, policy_value, references
 from .offline import ranking_metrics
 from .report import ResultRow
+from .reward_report import reward_model_report
 
 
 HISTORY_LEN = 200
@@ -150,6 +151,17 @@ class Evaluator:
                       m[f"ndcg@{self.k}"], m[f"hr@{self.k}"], m["mrr"], believed)
         )
         return rows
+
+    def reward_report(self, reward_model: Any, max_len: int) -> pd.DataFrame:
+        """The reward model against simple baselines on the held-out clicks (validation + test),
+        on observed ratings and on the true reward (see reward_report.py)."""
+        key = ["user_id", "timestamp", "position"]
+        train_keys = pd.MultiIndex.from_frame(self.train[key])
+        heldout = self.clicks[~pd.MultiIndex.from_frame(self.clicks[key]).isin(train_keys)]
+        heldout = heldout.reset_index(drop=True)
+        return reward_model_report(
+            self.clicks, self.train, heldout, self.truth.impression_rewards(heldout), reward_model, max_len
+        )
 
     def policy_row(self, method: str, policy: Policy) -> ResultRow:
         """Ground truth and offline metrics of a trained policy."""

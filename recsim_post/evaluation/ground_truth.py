@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -43,6 +44,7 @@ class GroundTruth:
     genre: np.ndarray  # (I,)
     trend: np.ndarray  # (I,) trend at time T
     logger: TrendLogger
+    impressions: pd.DataFrame | None = None  # slate_id, position, true_reward, propensities
 
     @property
     def n_users(self) -> int:
@@ -57,7 +59,7 @@ class GroundTruth:
         w = sim.world
         return cls(
             w.cfg, w.users.theta, w.state.satiation.copy(), w.catalog.vectors, w.catalog.quality,
-            w.catalog.genre, w.trend(), sim.logger,
+            w.catalog.genre, w.trend(), sim.logger, sim.sealed_impressions,
         )
 
     @classmethod
@@ -69,6 +71,7 @@ class GroundTruth:
             scenario = from_dict(ScenarioConfig, manifest["scenario"])
             items = pq.read_table(folder / "sealed" / "items.parquet").to_pandas()
             users = pq.read_table(folder / "sealed" / "users.parquet").to_pandas()
+            impressions = pq.read_table(folder / "sealed" / "impressions.parquet").to_pandas()
         except FileNotFoundError as err:
             raise LogError(f"{folder} has no sealed ground truth: {Path(err.filename).name} is missing") from None
         except (pa.ArrowException, OSError, KeyError, json.JSONDecodeError) as err:
@@ -87,8 +90,15 @@ class GroundTruth:
         return cls(
             scenario, block(users, "theta"), block(users, "satiation"), vectors,
             items["quality"].to_numpy(), items["genre"].to_numpy(np.int64), items["trend"].to_numpy(),
-            logger,
+            logger, impressions,
         )
+
+    def impression_rewards(self, rows: pd.DataFrame) -> np.ndarray:
+        """r* of logged impressions (rows with ``slate_id`` and ``position``), in their order."""
+        if self.impressions is None:
+            raise LogError("this ground truth has no sealed impressions table")
+        key = self.impressions.set_index(["slate_id", "position"])["true_reward"]
+        return key.reindex(pd.MultiIndex.from_frame(rows[["slate_id", "position"]])).to_numpy(np.float64)
 
     def true_reward(self, users: np.ndarray) -> np.ndarray:
         """r*(u, i, T) for users (B,) over all items: (B, I)."""

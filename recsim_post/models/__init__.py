@@ -1,12 +1,16 @@
 """Sequence policies over item ids. Never imports the world, the logger or the sealed logs."""
 
 from .device import autocast, pick_device
+from .hstu import HSTU, HSTUConfig, pointwise_attention_weights
 from .policy import MODEL_CONFIGS, ModelConfig, SequencePolicy, build_model, model_config_from_dict
 from .sasrec import SASRec, SASRecConfig
 
 __all__ = [
     "autocast",
     "pick_device",
+    "HSTU",
+    "HSTUConfig",
+    "pointwise_attention_weights",
     "SASRec",
     "SASRecConfig",
     "SequencePolicy",

@@ -19,12 +19,13 @@ from ..config import from_dict, to_dict
 from ..errors import ConfigError, LogError
 from ..logs.public import PAD
 from .device import autocast
+from .hstu import HSTU, HSTUConfig
 from .sasrec import SASRec, SASRecConfig
 
-ModelConfig = SASRecConfig
-"""Union of the model configs (one kind for now; an HSTU config joins it here)."""
+ModelConfig = SASRecConfig | HSTUConfig
+"""Union of the model configs, dispatched on their ``kind`` key."""
 
-MODEL_CONFIGS: dict[str, type[ModelConfig]] = {"sasrec": SASRecConfig}
+MODEL_CONFIGS: dict[str, type[ModelConfig]] = {"sasrec": SASRecConfig, "hstu": HSTUConfig}
 
 FORMAT = "recsim-post/sequence-policy/1"
 
@@ -33,6 +34,8 @@ def build_model(cfg: ModelConfig, n_items: int, generator: torch.Generator | Non
     """The sequence model for ``cfg`` over ``n_items`` items, initialised from ``generator``."""
     if cfg.kind == "sasrec":
         return SASRec(cfg, n_items, generator)
+    if cfg.kind == "hstu":
+        return HSTU(cfg, n_items, generator)
     raise ConfigError(f"model.kind = {cfg.kind!r} is not allowed: must be one of {', '.join(MODEL_CONFIGS)}")
 
 
@@ -60,6 +63,9 @@ class SequencePolicy:
             raise ConfigError(f"n_items = {n_items} does not match the model's catalogue of {model.n_items}")
         self.model, self.n_items, self.max_len, self.batch_size = model, n_items, max_len, batch_size
         self.history: list[dict[str, Any]] = []
+        self.logit_scale: float = 1.0
+        """Multiplies the model's scores in :meth:`logits`: π(·|x) = softmax(logit_scale · scores).
+        1 for a policy trained on log-probabilities; 1/T for CQL's softmax(Q/T) over Q-values."""
 
     @property
     def config(self) -> ModelConfig:
@@ -102,7 +108,7 @@ class SequencePolicy:
                 with autocast(device):
                     h = self.model.encode(items)[:, -1]
                     scores = self.model.score(h)
-                out[start : start + len(items)] = scores.float().cpu().numpy()
+                out[start : start + len(items)] = (scores.float() * self.logit_scale).cpu().numpy()
         finally:
             self.model.train(was_training)
         return out
@@ -112,7 +118,7 @@ class SequencePolicy:
         return copy.deepcopy(self)
 
     def save(self, path: str | Path) -> None:
-        """Write config, catalogue size, max_len, history and weights to ``path`` (one torch file)."""
+        """Write config, catalogue size, max_len, history, logit_scale and weights to ``path`` (one torch file)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {
@@ -121,6 +127,7 @@ class SequencePolicy:
             "n_items": self.n_items,
             "max_len": self.max_len,
             "history": self.history,
+            "logit_scale": float(self.logit_scale),
             "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
         }
         torch.save(payload, path)
@@ -147,6 +154,7 @@ class SequencePolicy:
             first = str(err).strip().splitlines()[0]
             raise LogError(f"{path} is a corrupt policy file: {first}") from None
         policy.history = list(payload.get("history", []))
+        policy.logit_scale = float(payload.get("logit_scale", 1.0))
         return policy.to(device)
 
 

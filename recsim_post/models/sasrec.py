@@ -38,7 +38,7 @@ from ..errors import ConfigError
 class SASRecConfig(Config):
     """Architecture of a SASRec sequence model."""
 
-    kind: Literal["sasrec"] = knob("sasrec", "model family (an HSTU-style backbone will be another kind)")
+    kind: Literal["sasrec"] = knob("sasrec", "model family")
     dim: int = knob(64, "embedding and hidden width", ge=8, le=4096)
     n_layers: int = knob(2, "number of transformer blocks", ge=1, le=48)
     n_heads: int = knob(2, "attention heads per block (must divide dim)", ge=1, le=64)

@@ -1,54 +1,120 @@
 r"""Exponential reward-weighted SFT: imitate the logged clicks, weighted by exp(reward / λ).
 
-Objective over the positions t that hold a target with an observed reward r_t (padding and
-unrated targets are left out)::
+Objective over the N positions t that hold a target with an observed reward r_t (padding and
+unrated targets are left out; r_t is clipped at r_max, the top of the rating scale)::
 
-    normalize = "batch":   L = −Σ_t w_t log π(y_t | x_t) / Σ_t w_t
-    normalize = "none":    L = −(1/N) Σ_t w_t log π(y_t | x_t)
+    normalize = "raw":      L = −(1/N) Σ_t exp(r_t/λ) log π(y_t | x_t)
+    normalize = "shifted":  L = −(1/N) Σ_t exp((r_t − r_max)/λ) log π(y_t | x_t)
+    normalize = "batch":    L = −Σ_t w_t log π(y_t | x_t) / Σ_t w_t,          w_t = exp(r_t/λ)
+    normalize = "context":  L = −(1/N) Σ_t [exp(r_t/λ) / Z(x_t)] log π(y_t | x_t),
+                            Z(x) = Σ_y π_ref(y|x) exp(R̂(x, y)/λ)
 
-    with  w_t = exp((min(r_t, r_max) − r_max) / λ)
+Where it comes from: the KL-regularised policy improvement max_π E_π[r] − λ KL(π ‖ π_ref) is solved
+per context by π*(y|x) = π_ref(y|x) exp(r(x,y)/λ) / Z(x) (Peters, Mülling & Altün 2010, REPS;
+Peng et al. 2019, "Advantage-Weighted Regression", Sec. 3). Projecting π* onto the model by
+weighted maximum likelihood on logged clicks (drawn from π_β ≈ π_ref) gives the weights above:
+reward-weighted regression (Peters & Schaal 2007, ICML) and AWR without a baseline. λ is the
+temperature: λ → ∞ gives every rated target weight 1, i.e. BC on the rated targets; small λ
+concentrates the fit on the best-rated clicks.
 
-This is the weighted-regression form of the KL-regularised policy improvement
-π*(y|x) ∝ π_β(y|x) exp(r/λ) (Peters & Schaal 2007, RWR; Peng et al. 2019, AWR without a baseline).
-λ sets the temperature: λ → ∞ gives every rated target weight 1, i.e. BC on the rated targets;
-small λ concentrates the fit on the best-rated clicks.
+The four variants (``normalize``):
 
-The shift by r_max (the top of the rating scale; rewards above it are clipped to it) keeps exp()
-from overflowing for small λ. In the self-normalised "batch" form any shift cancels, so there the
-weights are computed as a softmax over the batch's rated targets (shift by the batch's largest
-reward), which also cannot underflow to 0/0. The "none" form is the raw weighted objective up to the
-constant factor exp(−r_max/λ).
+* ``"raw"`` — the textbook exp(r/λ). It overflows float32 once r/λ > 88.72 (for r = 5: λ < 0.0564).
+  The config refuses such a (lam, r_max) up front, and the loss raises ConfigError if any weight or
+  the loss is not finite, rather than training on inf.
+* ``"shifted"`` — every weight times the constant exp(−r_max/λ): the same optimum and gradient
+  direction, weights in (0, 1] so nothing overflows (at tiny λ low ratings underflow to weight 0,
+  which is the λ → 0 limit anyway). Raw and shifted differ in practice only through the optimiser:
+  AdamW is nearly scale-invariant, but gradient-norm clipping is not (raw's gradients are
+  exp(r_max/λ) times larger, so with clipping on they are always clipped).
+* ``"batch"`` — self-normalised per batch: divide by Σ_t w_t, a softmax over the batch's rated
+  targets (any shift cancels, and it cannot underflow to 0/0). Biased but consistent; a batch of
+  only poorly rated clicks gets the same total weight as a batch of well rated ones. The default.
+* ``"context"`` — per-context normalised: log w = r/λ − log Z(x), with log Z(x) =
+  logsumexp_y(log π_ref(y|x) + R̂(x,y)/λ) computed in log space from the frozen π_ref and the reward
+  model's ensemble mean R̂ (clipped at r_max like r). Needs a reward model.
+
+Why Z(x) matters. With a tabular model (a separate π(·|x) per context) a per-context factor is
+harmless: each context's minimiser of Σ_y q(y|x) w(x,y)(−log π(y|x)) is π ∝ q·w whatever the
+factor. SASRec shares every parameter across histories, so the fit trades errors between contexts
+in proportion to each context's total weight Σ_y π_β(y|x) exp(r/λ) ≈ Z(x). Dropping Z(x) (raw,
+shifted, and batch, which divides every context in a batch by the same number) therefore reweights
+contexts: histories whose typical reward is high (generous raters, well-liked genres) get
+exponentially more say — at λ = 1 a user who rates everything 5 outweighs one who rates
+everything 3 by e² ≈ 7.4 — and the capacity goes to them. Dividing by Z(x) makes every context's
+total weight ≈ 1 (when π_ref ≈ π_β and R̂ ≈ E[r | x, y]), so contexts keep their data frequency as
+in BC and only the distribution within a context is tilted: this is the form whose optimum is
+π*(y|x) ∝ π_ref(y|x) exp(r/λ) per context. (Equivalently, it is AWR with the soft value
+V(x) = λ log Z(x) as the baseline: exp(r/λ)/Z(x) = exp((r − V(x))/λ).)
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from ..config import Config, knob
 from ..errors import ConfigError
+from ..models.device import autocast
 from ..models.policy import SequencePolicy
 from ..seeding import SeedTree
 from .bc import token_nll
-from .data import PostTrainData
+from .data import Batch, PostTrainData
 from .loop import TrainConfig, train_copy
+from .reward_model import RewardModel, mean_std
+
+Normalize = Literal["raw", "shifted", "batch", "context"]
+NORMALIZE = ("raw", "shifted", "batch", "context")
+
+LOG_FLOAT32_MAX = math.log(torch.finfo(torch.float32).max)  # 88.72: exp() of more is inf in float32
 
 
 @dataclass(frozen=True)
 class ExpRSFTConfig(Config):
-    """Exponential reward-weighted SFT: weights w = exp((r − r_max)/λ)."""
+    """Exponential reward-weighted SFT: weights w = exp(r/λ), in one of four normalisations."""
 
     name: Literal["exp-rsft"] = knob("exp-rsft", "method name")
     lam: float = knob(1.0, "temperature λ of the weights exp(r/λ); large λ approaches BC", gt=0.0)
-    r_max: float = knob(5.0, "top of the reward scale: the shift that keeps exp(r/λ) finite")
-    normalize: Literal["batch", "none"] = knob(
-        "batch", "'batch': divide by the sum of weights; 'none': mean of w·nll over rated targets"
+    r_max: float = knob(5.0, "top of the reward scale: rewards are clipped to it; 'shifted' divides by exp(r_max/λ)")
+    normalize: Normalize = knob(
+        "batch",
+        "'raw': mean of exp(r/λ)·nll; 'shifted': mean of exp((r − r_max)/λ)·nll; 'batch': divide by "
+        "the batch's sum of weights; 'context': exp(r/λ)/Z(x) with Z from π_ref and the reward model",
     )
+
+    def check(self) -> None:
+        if self.normalize == "raw" and self.r_max / self.lam > LOG_FLOAT32_MAX:
+            raise ConfigError(
+                f"lam = {self.lam!r} overflows normalize = 'raw': exp(r_max/lam) = exp({self.r_max / self.lam:.4g}) "
+                f"exceeds float32 (needs lam >= {self.r_max / LOG_FLOAT32_MAX:.4g}); use normalize = 'shifted' "
+                "(same optimum) or a larger lam"
+            )
 
 
 CONFIG = ExpRSFTConfig
+
+
+def needs_reward_model(cfg: ExpRSFTConfig) -> bool:
+    """Only the per-context normalisation needs R̂, for Z(x)."""
+    return cfg.normalize == "context"
+
+
+def context_log_normalizer(
+    ref_logits: torch.Tensor, reward_hat: torch.Tensor, lam: float, r_max: float = math.inf
+) -> torch.Tensor:
+    """log Z(x) = logsumexp_y(log π_ref(y|x) + min(R̂(x, y), r_max)/λ), computed in log space.
+
+    ``ref_logits`` and ``reward_hat`` ``(..., V)`` (π_ref's logits and the predicted reward of every
+    item) -> ``(...)``. Exact sum over the catalogue; no gradient flows to π_ref's logits in training
+    because they come from a frozen copy.
+    """
+    log_ref = F.log_softmax(ref_logits.float(), dim=-1)
+    return torch.logsumexp(log_ref + reward_hat.float().clamp(max=r_max) / lam, dim=-1)
 
 
 def exp_rsft_loss(
@@ -58,43 +124,94 @@ def exp_rsft_loss(
     mask: torch.Tensor,
     lam: float,
     r_max: float = 5.0,
-    normalize: Literal["batch", "none"] = "batch",
+    normalize: Normalize = "batch",
+    log_z: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Reward-weighted NLL (see the module docstring) over positions with ``mask`` and a finite reward.
 
-    ``logits`` ``(..., V)``; ``targets``, ``rewards``, ``mask`` ``(...)``. Metrics (0-dim detached
-    tensors): ``nll`` (unweighted mean NLL, comparable with BC), ``ess`` (effective sample size
-    (Σw)²/Σw² of the weights), ``ess_frac`` (ess / rated targets), ``mean_w`` (mean of
-    w = exp((r − r_max)/λ)), ``n`` (rated targets).
+    ``logits`` ``(..., V)``; ``targets``, ``rewards``, ``mask`` ``(...)``; ``log_z`` ``(...)`` is
+    log Z(x) from :func:`context_log_normalizer`, required by (and only used by) ``"context"``.
+    A batch without rated targets gives a zero loss with zero gradient.
+
+    Metrics (0-dim detached tensors): ``nll`` (unweighted mean NLL, comparable with BC), ``ess``
+    (effective sample size (Σw)²/Σw²), ``ess_frac`` (ess / rated targets), ``mean_w`` and ``max_w``
+    (of the variant's weights before any batch normalisation: exp(r/λ) for raw, exp((r − r_max)/λ)
+    for shifted and batch, exp(r/λ)/Z(x) for context), ``n`` (rated targets); context adds
+    ``log_z`` (mean log Z(x) over rated targets).
     """
     if not lam > 0:
         raise ConfigError(f"lam = {lam!r} is out of range: must be > 0")
-    if normalize not in ("batch", "none"):
-        raise ConfigError(f"normalize = {normalize!r} is not allowed: must be one of 'batch', 'none'")
+    if normalize not in NORMALIZE:
+        raise ConfigError(f"normalize = {normalize!r} is not allowed: must be one of {', '.join(map(repr, NORMALIZE))}")
+    if normalize == "context" and log_z is None:
+        raise ConfigError("normalize = 'context' needs log_z = log Z(x) (see context_log_normalizer)")
     nll = token_nll(logits, targets)
     r = rewards.float()
     valid = mask & torch.isfinite(r)
     n = valid.float().sum()
-    # Log-weights; NaN rewards are replaced before any arithmetic so no NaN reaches the graph.
-    a = torch.where(valid, (torch.clamp(torch.nan_to_num(r), max=r_max) - r_max) / lam, -torch.inf)
+    r = torch.clamp(torch.nan_to_num(r), max=r_max)  # NaN replaced before any arithmetic reaches the graph
+    # Log-weights, −inf where the position does not count.
+    if normalize == "raw":
+        a = r / lam
+    elif normalize == "context":
+        a = r / lam - log_z.float()
+    else:  # shifted, batch
+        a = (r - r_max) / lam
+    a = torch.where(valid, a, -torch.inf)
+    w = torch.exp(a)  # 0 where invalid
     a_top = a.max()
     a_top = torch.where(torch.isfinite(a_top), a_top, torch.zeros_like(a_top))  # no rated target: -inf
-    w_rel = torch.exp(a - a_top)  # weights divided by the largest one: in (0, 1], 0 where invalid
+    w_rel = torch.exp(a - a_top)  # weights divided by the largest one: in [0, 1]
     if normalize == "batch":
         loss = (w_rel * nll).sum() / w_rel.sum().clamp(min=1e-30)
     else:
-        loss = (torch.exp(a) * nll).sum() / n.clamp(min=1.0)
+        loss = (w * nll).sum() / n.clamp(min=1.0)
+        if normalize in ("raw", "context"):  # unbounded weights: refuse to train on inf
+            if not bool(torch.isfinite(w).all() & torch.isfinite(loss)):
+                raise ConfigError(
+                    f"lam = {lam!r}: the weights of normalize = {normalize!r} overflowed float32 "
+                    f"(largest log-weight {a_top.item():.4g} > {LOG_FLOAT32_MAX:.4g}); use a larger lam"
+                    + (" or normalize = 'shifted' (same optimum)" if normalize == "raw" else "")
+                )
     with torch.no_grad():
         ess = w_rel.sum() ** 2 / (w_rel**2).sum().clamp(min=1e-30)
-        nll_mean = (nll * valid).sum() / n.clamp(min=1.0)
         metrics = {
-            "nll": nll_mean,
+            "nll": (nll * valid).sum() / n.clamp(min=1.0),
             "ess": ess,
             "ess_frac": ess / n.clamp(min=1.0),
-            "mean_w": torch.exp(a).sum() / n.clamp(min=1.0),
+            "mean_w": w.sum() / n.clamp(min=1.0),
+            "max_w": w.max(),
             "n": n,
         }
+        if normalize == "context":
+            metrics["log_z"] = torch.where(valid, log_z.float(), 0.0).sum() / n.clamp(min=1.0)
     return loss, metrics
+
+
+def reference_and_reward(
+    ref: nn.Module, reward_model: RewardModel, inputs: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """π_ref's logits and the ensemble-mean R̂ of every next item after every position of ``inputs``.
+
+    ``ref`` is a frozen eval-mode model (moved to ``inputs.device`` here); both outputs are
+    ``(B, L, n_items)`` float32 without gradients.
+    """
+    with torch.no_grad():
+        ref.to(inputs.device)
+        with autocast(inputs.device):
+            ref_logits = ref(inputs)
+        r_hat, _ = mean_std(reward_model.member_scores(inputs))
+    return ref_logits.float(), r_hat.float()
+
+
+def check_reward_model(method: str, data: PostTrainData, policy_ref: SequencePolicy) -> RewardModel:
+    """``data.reward_model``, or a one-line ConfigError saying why it is missing or does not fit."""
+    rm = data.reward_model
+    if rm is None:
+        raise ConfigError(f"{method} needs a reward model, but data.reward_model is None; fit one on the training clicks")
+    if rm.n_items != policy_ref.n_items:
+        raise ConfigError(f"{method}: the reward model scores {rm.n_items} items, the policy {policy_ref.n_items}")
+    return rm
 
 
 def train(
@@ -106,11 +223,32 @@ def train(
     progress: bool = True,
 ) -> SequencePolicy:
     """A copy of ``policy_ref`` fine-tuned by exponential reward-weighted SFT on the training clicks."""
+    prepare = None
+    if cfg.normalize == "context":
+        reward_model = check_reward_model("exp-rsft with normalize = 'context'", data, policy_ref)
+        ref = policy_ref.clone().model.eval().requires_grad_(False)  # frozen π_ref, never trained
+
+        def prepare(model: nn.Module, batch: Batch) -> Batch:
+            ref_logits, r_hat = reference_and_reward(ref, reward_model, batch.inputs)
+            batch.extra["log_z"] = context_log_normalizer(ref_logits, r_hat, cfg.lam, cfg.r_max)
+            return batch
 
     def loss_fn(logits, batch):  # noqa: ANN001, ANN202
-        return exp_rsft_loss(logits, batch.targets, batch.rewards, batch.mask, cfg.lam, cfg.r_max, cfg.normalize)
+        return exp_rsft_loss(
+            logits, batch.targets, batch.rewards, batch.mask, cfg.lam, cfg.r_max, cfg.normalize, batch.extra.get("log_z")
+        )
 
-    return train_copy(policy_ref, data, loss_fn, train_cfg, seed, progress, cfg.name)
+    return train_copy(policy_ref, data, loss_fn, train_cfg, seed, progress, cfg.name, prepare=prepare)
 
 
-__all__ = ["ExpRSFTConfig", "CONFIG", "exp_rsft_loss", "train"]
+__all__ = [
+    "CONFIG",
+    "ExpRSFTConfig",
+    "Normalize",
+    "check_reward_model",
+    "context_log_normalizer",
+    "exp_rsft_loss",
+    "needs_reward_model",
+    "reference_and_reward",
+    "train",
+]

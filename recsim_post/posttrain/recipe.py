@@ -4,7 +4,7 @@ A recipe file reads::
 
     name = "exp-rsft"
     description = "..."
-    [model]      # SASRecConfig
+    [model]      # SASRecConfig | HSTUConfig (dispatched on `kind`)
     [pretrain]   # TrainConfig of the BC pre-training that produces π_ref
     [method]     # name = "bc" | "exp-rsft", plus that method's knobs
     [finetune]   # TrainConfig of the post-training stage
@@ -26,16 +26,18 @@ import torch
 
 from ..config import Config, from_dict, knob, read_toml
 from ..errors import ConfigError
-from ..models.policy import SequencePolicy, build_model
+from ..models.policy import ModelConfig, SequencePolicy, build_model, model_config_from_dict
 from ..models.sasrec import SASRecConfig
 from ..seeding import SeedTree
-from . import bc, exp_rsft
+from . import asft, bc, cql, dpo, exp_rsft, grpo, ipo, linear_rsft, ppo
 from .bc import BCConfig
 from .data import PostTrainData
 from .loop import TrainConfig
 from .reward_model import RewardModel, RewardModelConfig, fit_reward_model
 
-METHODS: dict[str, ModuleType] = {m.CONFIG().name: m for m in (bc, exp_rsft)}
+METHODS: dict[str, ModuleType] = {
+    m.CONFIG().name: m for m in (bc, linear_rsft, exp_rsft, asft, dpo, ipo, cql, ppo, grpo)
+}
 """Post-training methods by name; each module has ``CONFIG`` (its config class), ``train`` and
 ``needs_reward_model(cfg)``."""
 
@@ -67,7 +69,7 @@ class AgentConfig(Config):
 
     name: str = knob("agent", "short name of the recipe (used in result tables)")
     description: str = knob("", "one or two sentences on what the recipe does")
-    model: SASRecConfig = knob(SASRecConfig(), "sequence model architecture")
+    model: ModelConfig = knob(SASRecConfig(), "sequence model architecture; dispatched on its 'kind' key")
     pretrain: TrainConfig = knob(TrainConfig(), "BC pre-training that produces π_ref")
     method: MethodConfig = knob(BCConfig(), "post-training method; dispatched on its 'name' key")
     finetune: TrainConfig = knob(TrainConfig(epochs=5), "optimisation of the post-training stage")
@@ -80,6 +82,8 @@ class AgentConfig(Config):
         # the method's name gives a message that lists the known methods instead.
         if isinstance(self.method, Mapping):
             object.__setattr__(self, "method", method_config_from_dict(self.method))
+        if isinstance(self.model, Mapping):
+            object.__setattr__(self, "model", model_config_from_dict(self.model))
         super().__post_init__()
 
     def check(self) -> None:

@@ -9,13 +9,47 @@ beats a scalar exp inside a Numba loop), and the kernels do the rest, row by row
 temporaries: the logger's logits (a float32 dot product in a fixed order, see
 :func:`logger_logits`), a cumulative sum per user, inverse-CDF sampling of a slate without
 replacement (K uniforms per user, no Gumbel noise over the whole catalogue), the slate choice and
-the feedback. ``benchmarks/simulate.py`` measures the whole user-step against the references.
+the feedback. Each kernel has a serial ``*_rows`` form that releases the GIL; the simulator runs
+those on a few Python threads (:func:`run_on_threads`), the ``parallel=True`` forms are for
+callers that want one call per batch. ``benchmarks/simulate.py`` measures the whole user-step.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
 import numba
 import numpy as np
+
+# ---------------------------------------------------------------------------------------------
+# Threads for the row kernels. The ``*_rows`` kernels release the GIL, and so does numpy's exp,
+# so plain Python threads run them in parallel. Unlike a ``parallel=True`` kernel (an OpenMP
+# fork-join per call), threads that claim blocks of rows one at a time need no barrier per call:
+# on a busy machine a thread that the OS deschedules delays only its own block, and no idle
+# OpenMP worker spins on a core that the other threads need.
+# ---------------------------------------------------------------------------------------------
+
+_POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, pool)
+
+
+def run_on_threads(work: Callable[[], None], n: int) -> None:
+    """Run ``work`` on n threads (this one and n - 1 pool threads) and wait for all of them."""
+    global _POOL
+    if n <= 1:
+        work()
+        return
+    if _POOL is None or _POOL[0] != os.getpid() or _POOL[1] < n - 1:  # new after fork, or too small
+        _POOL = (os.getpid(), n - 1, ThreadPoolExecutor(n - 1, thread_name_prefix="recsim-kernels"))
+    futures = [_POOL[2].submit(work) for _ in range(n - 1)]
+    try:
+        work()
+    finally:
+        for f in futures:
+            f.result()
+
 
 # ---------------------------------------------------------------------------------------------
 # The logger's shifted logits, one row per user (what goes into exp):
@@ -104,6 +138,34 @@ def _scale_shift_floor(z, rw, bias, inv_t, floor, lanes):
         z[i] = floor if v < floor else v
 
 
+@numba.njit(cache=True, nogil=True)
+def logger_logits_rows(
+    theta: np.ndarray,
+    users: np.ndarray,
+    vectors_t: np.ndarray,
+    relevance_weight: np.float32,
+    bias: np.ndarray,
+    inv_temperature: np.float32,
+    floor: np.float32,
+    out: np.ndarray,
+    lo: int,
+    hi: int,
+) -> None:
+    """Rows lo..hi of :func:`logger_logits`, serially and without the GIL (for callers that run
+    their own threads)."""
+    lanes = np.empty(16, dtype=np.float32)
+    b = lo
+    while b + 4 <= hi:
+        _dot_rows4(theta, users[b], users[b + 1], users[b + 2], users[b + 3], vectors_t,
+                   out[b], out[b + 1], out[b + 2], out[b + 3])
+        b += 4
+    while b < hi:
+        _dot_row(theta, users[b], vectors_t, out[b])
+        b += 1
+    for r in range(lo, hi):
+        _scale_shift_floor(out[r], relevance_weight, bias, inv_temperature, floor, lanes)
+
+
 @numba.njit(cache=True, parallel=True)
 def logger_logits(
     theta: np.ndarray,
@@ -121,20 +183,9 @@ def logger_logits(
     bias: (n,) float32; the scalars are float32. Returns ``out``.
     """
     B = users.shape[0]
-    n_groups = (B + 3) // 4
-    for g in numba.prange(n_groups):
-        lanes = np.empty(16, dtype=np.float32)
-        b = 4 * g
-        if b + 4 <= B:
-            _dot_rows4(theta, users[b], users[b + 1], users[b + 2], users[b + 3], vectors_t,
-                       out[b], out[b + 1], out[b + 2], out[b + 3])
-            hi = b + 4
-        else:
-            for r in range(b, B):
-                _dot_row(theta, users[r], vectors_t, out[r])
-            hi = B
-        for r in range(b, hi):
-            _scale_shift_floor(out[r], relevance_weight, bias, inv_temperature, floor, lanes)
+    for g in numba.prange((B + 3) // 4):
+        logger_logits_rows(theta, users, vectors_t, relevance_weight, bias, inv_temperature, floor,
+                           out, 4 * g, min(4 * g + 4, B))
     return out
 
 
@@ -194,6 +245,85 @@ def _first_above(cdf: np.ndarray, t: float, n: int) -> int:
     return base + 1 if cdf[base] <= t else base
 
 
+@numba.njit(cache=True)
+def cdf_ramp(eps: float, n: int) -> np.ndarray:
+    """eps * (i + 1) / n for i < n: the uniform part of the CDF, shared by every row."""
+    ramp = np.empty(n, dtype=np.float64)
+    for i in range(n):
+        ramp[i] = eps * (i + 1) / n
+    return ramp
+
+
+@numba.njit(cache=True, nogil=True)
+def sample_slates_rows(
+    weights: np.ndarray,
+    eps: float,
+    uniforms: np.ndarray,
+    ramp: np.ndarray,
+    cdf: np.ndarray,
+    lo: int,
+    hi: int,
+    slates: np.ndarray,
+    prop: np.ndarray,
+    p_item: np.ndarray,
+) -> None:
+    """Rows lo..hi of :func:`sample_slates` into its outputs, serially and without the GIL.
+
+    ramp = cdf_ramp(eps, n); cdf: (n,) float64 scratch, one per thread.
+    """
+    n = weights.shape[1]
+    K = uniforms.shape[1]
+    a = 1.0 - eps
+    floor = eps / n
+    chosen = np.empty(K, dtype=np.int64)  # ascending order of item index
+    p_chosen = np.empty(K, dtype=np.float64)  # their p_i, in the same order
+    for b in range(lo, hi):
+        w = weights[b]
+        acc = 0.0
+        for i in range(n):
+            acc += w[i]
+            cdf[i] = acc
+        total = acc
+        for i in range(n):
+            cdf[i] = a * cdf[i] / total + ramp[i]
+        remaining = 1.0
+        for k in range(K):
+            t = uniforms[b, k] * remaining
+            # Skip the chosen items at or below the answer, in ascending order: item c_j is
+            # skipped (t += p_cj) while c_j <= first_above(t), i.e. while cdf[c_j - 1] <= t.
+            # This is the reference's search / skip / search-again loop, one probe per item.
+            for j in range(k):
+                cj = chosen[j]
+                if cj > 0 and cdf[cj - 1] > t:
+                    break
+                t += p_chosen[j]
+            x = _first_above(cdf, t, n)
+            x = _fix_rounding(x, chosen, k, n)
+            px = a * w[x] / total + floor
+            slates[b, k] = x
+            prop[b, k] = px / remaining
+            p_item[b, k] = px
+            remaining -= px
+            # insert x into the sorted list of chosen items
+            pos = k
+            while pos > 0 and chosen[pos - 1] > x:
+                chosen[pos] = chosen[pos - 1]
+                p_chosen[pos] = p_chosen[pos - 1]
+                pos -= 1
+            chosen[pos] = x
+            p_chosen[pos] = px
+            if remaining < RECOMPUTE_BELOW:
+                # 1 - sum(chosen) cancels catastrophically when the slate has taken almost all
+                # the mass; sum what is left instead (rare: only when K is close to the support)
+                remaining = 0.0
+                j = 0
+                for i in range(n):
+                    if j <= k and chosen[j] == i:
+                        j += 1
+                    else:
+                        remaining += a * w[i] / total + floor
+
+
 @numba.njit(cache=True, parallel=True)
 def sample_slates(
     weights: np.ndarray, eps: float, uniforms: np.ndarray, cum: np.ndarray
@@ -212,61 +342,11 @@ def sample_slates(
     slates = np.empty((B, K), dtype=np.int32)
     prop = np.empty((B, K), dtype=np.float64)
     p_item = np.empty((B, K), dtype=np.float64)
-    a = 1.0 - eps
-    floor = eps / n
-    ramp = np.empty(n, dtype=np.float64)
-    for i in range(n):
-        ramp[i] = eps * (i + 1) / n
+    ramp = cdf_ramp(eps, n)
     per = (B + R - 1) // R if R > 0 else 0
     for r in numba.prange(R):
-        cdf = cum[r]
-        chosen = np.empty(K, dtype=np.int64)  # ascending order of item index
-        p_chosen = np.empty(K, dtype=np.float64)  # their p_i, in the same order
-        for b in range(r * per, min(B, (r + 1) * per)):
-            w = weights[b]
-            acc = 0.0
-            for i in range(n):
-                acc += w[i]
-                cdf[i] = acc
-            total = acc
-            for i in range(n):
-                cdf[i] = a * cdf[i] / total + ramp[i]
-            remaining = 1.0
-            for k in range(K):
-                t = uniforms[b, k] * remaining
-                # Skip the chosen items at or below the answer, in ascending order: item c_j is
-                # skipped (t += p_cj) while c_j <= first_above(t), i.e. while cdf[c_j - 1] <= t.
-                # This is the reference's search / skip / search-again loop, one probe per item.
-                for j in range(k):
-                    cj = chosen[j]
-                    if cj > 0 and cdf[cj - 1] > t:
-                        break
-                    t += p_chosen[j]
-                x = _first_above(cdf, t, n)
-                x = _fix_rounding(x, chosen, k, n)
-                px = a * w[x] / total + floor
-                slates[b, k] = x
-                prop[b, k] = px / remaining
-                p_item[b, k] = px
-                remaining -= px
-                # insert x into the sorted list of chosen items
-                pos = k
-                while pos > 0 and chosen[pos - 1] > x:
-                    chosen[pos] = chosen[pos - 1]
-                    p_chosen[pos] = p_chosen[pos - 1]
-                    pos -= 1
-                chosen[pos] = x
-                p_chosen[pos] = px
-                if remaining < RECOMPUTE_BELOW:
-                    # 1 - sum(chosen) cancels catastrophically when the slate has taken almost all
-                    # the mass; sum what is left instead (rare: only when K is close to the support)
-                    remaining = 0.0
-                    j = 0
-                    for i in range(n):
-                        if j <= k and chosen[j] == i:
-                            j += 1
-                        else:
-                            remaining += a * w[i] / total + floor
+        sample_slates_rows(weights, eps, uniforms, ramp, cum[r], r * per, min(B, (r + 1) * per),
+                           slates, prop, p_item)
     return slates, prop, p_item
 
 
@@ -346,8 +426,8 @@ def sample_slates_ref(
 # ---------------------------------------------------------------------------------------------
 
 
-@numba.njit(cache=True, parallel=True)
-def choose_and_rate(
+@numba.njit(cache=True, nogil=True)
+def choose_and_rate_rows(
     slates: np.ndarray,
     theta: np.ndarray,
     susceptibility: np.ndarray,
@@ -362,23 +442,20 @@ def choose_and_rate(
     u_choice: np.ndarray,
     z_noise: np.ndarray,
     u_flip: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Users choose from their slates (B, K) and rate what they chose.
-
-    theta (B, d), susceptibility (B,), satiation (B, n_genres) are the rows of the users in the batch.
-    Returns (choice (B,) int32: slate position or -1 for no click, rating (B,) float32: NaN when no
-    click, true_reward (B, K) float64 of every shown item, choice_prob (B,) of what happened).
-    """
-    B, K = slates.shape
+    lo: int,
+    hi: int,
+    choice: np.ndarray,
+    rating: np.ndarray,
+    rstar: np.ndarray,
+    cprob: np.ndarray,
+) -> None:
+    """Rows lo..hi of :func:`choose_and_rate` into its outputs, serially and without the GIL."""
+    K = slates.shape[1]
     d = theta.shape[1]
     reward_w, trend_pull, hype_pull, u0 = params[0], params[1], params[2], params[3]
     sat_s, center, scale, sigma, flip = params[4], params[5], params[6], params[7], params[8]
-    choice = np.empty(B, dtype=np.int32)
-    rating = np.empty(B, dtype=np.float32)
-    rstar = np.empty((B, K), dtype=np.float64)
-    cprob = np.empty(B, dtype=np.float64)
-    for b in numba.prange(B):
-        util = np.empty(K + 1, dtype=np.float64)
+    util = np.empty(K + 1, dtype=np.float64)
+    for b in range(lo, hi):
         for k in range(K):
             i = slates[b, k]
             acc = 0.0
@@ -421,6 +498,53 @@ def choose_and_rate(
             if u_flip[b] < flip:
                 x = 6.0 - x
             rating[b] = x
+
+
+CHOICE_BLOCK_USERS = 1024
+"""Rows per piece of work in :func:`choose_and_rate` (threads claim pieces one at a time)."""
+
+
+def choose_and_rate(
+    slates: np.ndarray,
+    theta: np.ndarray,
+    susceptibility: np.ndarray,
+    satiation: np.ndarray,
+    item_vecs: np.ndarray,
+    quality: np.ndarray,
+    hype: np.ndarray,
+    genre: np.ndarray,
+    trend: np.ndarray,
+    params: np.ndarray,
+    position_penalty: np.ndarray,
+    u_choice: np.ndarray,
+    z_noise: np.ndarray,
+    u_flip: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Users choose from their slates (B, K) and rate what they chose.
+
+    theta (B, d), susceptibility (B,), satiation (B, n_genres) are the rows of the users in the batch.
+    Returns (choice (B,) int32: slate position or -1 for no click, rating (B,) float32: NaN when no
+    click, true_reward (B, K) float64 of every shown item, choice_prob (B,) of what happened).
+    Runs :func:`choose_and_rate_rows` on ``numba.get_num_threads()`` threads (see
+    :func:`run_on_threads`).
+    """
+    B, K = slates.shape
+    choice = np.empty(B, dtype=np.int32)
+    rating = np.empty(B, dtype=np.float32)
+    rstar = np.empty((B, K), dtype=np.float64)
+    cprob = np.empty(B, dtype=np.float64)
+    args = (slates, theta, susceptibility, satiation, item_vecs, quality, hype, genre, trend, params,
+            position_penalty, u_choice, z_noise, u_flip)
+    starts = range(0, B, CHOICE_BLOCK_USERS)
+    claim = itertools.count()
+
+    def work() -> None:
+        while (i := next(claim)) < len(starts):
+            lo = starts[i]
+            hi = min(lo + CHOICE_BLOCK_USERS, B)
+            choose_and_rate_rows(*args, lo, hi, choice, rating, rstar, cprob)
+
+    run_on_threads(work, min(numba.get_num_threads(), len(starts)))
     return choice, rating, rstar, cprob
 
 

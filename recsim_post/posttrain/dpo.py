@@ -1,0 +1,99 @@
+r"""DPO: direct preference optimisation on pairs mined by a reward-model ensemble.
+
+Objective (Rafailov et al. 2023, "Direct Preference Optimization: Your Language Model is Secretly a
+Reward Model", eq. 7), averaged over the mined pairs (x, y_w, y_l)::
+
+    L_DPO = −E[ log σ(β · h) ]
+
+    h = [log π(y_w|x) − log π_ref(y_w|x)] − [log π(y_l|x) − log π_ref(y_l|x)]
+
+It is the Bradley-Terry likelihood of the preference y_w ≻ y_l under the implicit reward
+β log π(y|x)/π_ref(y|x), whose maximiser is the KL(β)-regularised optimum π ∝ π_ref exp(r/β). β
+sets how far π may move from the frozen reference π_ref (small β: far). At h = 0 (π = π_ref) the
+loss is log 2, and it keeps pushing h up for ever on pairs it already ranks right (IPO's objection).
+
+Pairs come from pairs.py: offline (the logged click plus samples from π_ref, the best and worst by
+the ensemble mean, kept when the ensemble's confidence rule holds) or online (two samples from the
+current π each batch, "online DPO").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from ..config import Config, knob
+from ..errors import ConfigError
+from ..models.policy import SequencePolicy
+from ..seeding import SeedTree
+from .data import PostTrainData
+from .loop import TrainConfig
+from .pairs import PairSource, Rule, log_ratio_margin, masked_mean, preference_metrics, preference_train
+
+
+@dataclass(frozen=True)
+class DPOConfig(Config):
+    """DPO: −log σ(β h) on pairs mined with a reward-model ensemble."""
+
+    name: Literal["dpo"] = knob("dpo", "method name")
+    beta: float = knob(0.1, "β: weight of the KL pull towards π_ref (larger stays closer; 0.1 as in TRL)", gt=0.0)
+    pairs: PairSource = knob(
+        "offline", "'offline': logged click + samples from π_ref; 'online': two samples from the current π per batch"
+    )
+    n_candidates: int = knob(
+        8, "offline: items sampled from π_ref beside the logged click (online always draws 2)", ge=1, le=100_000
+    )
+    z: float = knob(1.0, "width of the ensemble confidence intervals μ ± z·s (strict rule)", ge=0.0)
+    rule: Rule = knob("strict", "'strict': keep a pair if LCB(y_w) > UCB(y_l); 'loose': if μ(y_w) > μ(y_l)")
+    disable_dropout: bool = knob(True, "run the policy without dropout during updates (as TRL does)")
+
+
+CONFIG = DPOConfig
+
+
+def needs_reward_model(cfg: DPOConfig) -> bool:
+    """DPO mines its pairs with the reward-model ensemble."""
+    return True
+
+
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    mask: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mean of −log σ(β h) over the pairs where ``mask`` is True.
+
+    Inputs are log π(y_w|x), log π(y_l|x), log π_ref(y_w|x), log π_ref(y_l|x), all ``(...)``.
+    Metrics: see :func:`~recsim_post.posttrain.pairs.preference_metrics`.
+    """
+    if not beta > 0:
+        raise ConfigError(f"beta = {beta!r} is out of range: must be > 0")
+    h, chosen, rejected = log_ratio_margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+    per_pair = -F.logsigmoid(beta * h)  # = softplus(−βh), stable for any h
+    loss = masked_mean(per_pair, mask)
+    return loss, preference_metrics(h, chosen, rejected, policy_chosen, policy_rejected, mask)
+
+
+def train(
+    policy_ref: SequencePolicy,
+    data: PostTrainData,
+    cfg: DPOConfig,
+    train_cfg: TrainConfig,
+    seed: SeedTree,
+    progress: bool = True,
+) -> SequencePolicy:
+    """A copy of ``policy_ref`` fine-tuned by DPO on pairs mined with ``data.reward_model``."""
+
+    def pair_loss(pc, pr, rc, rr, mask):  # noqa: ANN001, ANN202
+        return dpo_loss(pc, pr, rc, rr, mask, cfg.beta)
+
+    return preference_train(policy_ref, data, cfg, train_cfg, seed, progress, pair_loss)
+
+
+__all__ = ["CONFIG", "DPOConfig", "dpo_loss", "needs_reward_model", "train"]
