@@ -86,13 +86,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from .evaluation.report import aggregate_seeds, format_aggregate, format_table, plot_results, write_csv
     from .logs.simulate import write_logs
+    from .posttrain.recipe import METHODS
+    from .presets import preset_names
     from .story import run_story
 
     say = _say(args.quiet)
     start = time.perf_counter()
-    seeds = args.seeds or [args.seed]
+    seeds = [args.seed] if args.seed is not None else (args.seeds or [None])
     scenario = _scenario(args.scenario, None)
-    agents = _agents(args.agents)
+    agents = _agents(args.agents or preset_names("agents"))
+    if not args.agents:  # every preset, in the order of the method registry: BC first, RL last
+        order = {name: i for i, name in enumerate(METHODS)}
+        agents.sort(key=lambda a: (order[a.method.name], a.model.kind != "sasrec", a.name))
     out = Path(args.out)
     frames, rm_reports = [], []
     with _AtomicFolder(out, args.overwrite, marker=DEMO_MARKER) as tmp:
@@ -250,18 +255,24 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--quiet", "-q", action="store_true", help="no progress output")
 
-    d = sub.add_parser("demo", help=cmd_demo.__doc__)
-    d.add_argument("--scenario", default="quickstart", help="preset name or TOML path (default: quickstart)")
-    d.add_argument("--agents", nargs="+", default=["bc", "exp-rsft"], help="recipes to compare (names or TOML paths)")
-    seed = d.add_mutually_exclusive_group()
-    seed.add_argument("--seed", type=int, default=None, help="overrides the scenario's seed")
-    seed.add_argument("--seeds", type=int, nargs="+", default=None,
-                      help="run every seed and report mean ± std (e.g. --seeds 0 1 2)")
-    d.add_argument("--out", default="recsim-post-demo", help="output folder (default: ./recsim-post-demo)")
-    d.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
-    d.add_argument("--no-logs", action="store_true", help="do not keep the simulated logs")
-    common(d)
-    d.set_defaults(func=cmd_demo)
+    def story_parser(name: str, help_text: str, out: str, seeds: list[int] | None) -> None:
+        d = sub.add_parser(name, help=help_text)
+        d.add_argument("--scenario", default="quickstart", help="preset name or TOML path (default: quickstart)")
+        d.add_argument("--agents", nargs="+", default=None,
+                       help="recipes to compare, names or TOML paths (default: every preset recipe)")
+        seed = d.add_mutually_exclusive_group()
+        seed.add_argument("--seed", type=int, default=None, help="overrides the scenario's seed")
+        seed.add_argument("--seeds", type=int, nargs="+", default=seeds,
+                          help="run every seed and report mean ± std" + (f" (default: {' '.join(map(str, seeds))})" if seeds else " (e.g. --seeds 0 1 2)"))
+        d.add_argument("--out", default=out, help=f"output folder (default: ./{out})")
+        d.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+        d.add_argument("--no-logs", action="store_true", help="do not keep the simulated logs")
+        common(d)
+        d.set_defaults(func=cmd_demo)
+
+    story_parser("demo", cmd_demo.__doc__, "recsim-post-demo", None)
+    story_parser("compare", "the demo over several seeds: every recipe, mean ± std of each column",
+                 "recsim-post-compare", [0, 1, 2])
 
     s = sub.add_parser("simulate", help=cmd_simulate.__doc__)
     s.add_argument("--scenario", default="quickstart", help="preset name or TOML path")

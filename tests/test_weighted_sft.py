@@ -439,7 +439,6 @@ def good_mass(policy: SequencePolicy, hist: np.ndarray) -> float:
     return float(p[:, : N_ITEMS // 2].sum(axis=1).mean())
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "module, cfg, with_rm, gain",
     [

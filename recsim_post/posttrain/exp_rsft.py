@@ -66,7 +66,7 @@ from ..seeding import SeedTree
 from .bc import token_nll
 from .data import Batch, PostTrainData
 from .loop import TrainConfig, train_copy
-from .reward_model import RewardModel, mean_std
+from .reward_model import RewardModel
 
 Normalize = Literal["raw", "shifted", "batch", "context"]
 NORMALIZE = ("raw", "shifted", "batch", "context")
@@ -200,7 +200,7 @@ def reference_and_reward(
         ref.to(inputs.device)
         with autocast(inputs.device):
             ref_logits = ref(inputs)
-        r_hat, _ = mean_std(reward_model.member_scores(inputs))
+        r_hat = reward_model.member_scores(inputs).mean(dim=0)  # ensemble mean (the spread is not needed)
     return ref_logits.float(), r_hat.float()
 
 
