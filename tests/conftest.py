@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from recsim_post.world.config import (
@@ -27,3 +29,17 @@ def tiny_scenario(seed: int = 0, **sections) -> ScenarioConfig:
 @pytest.fixture
 def tiny() -> ScenarioConfig:
     return tiny_scenario()
+
+
+def clicks_frame(users, items, ratings=None, timestamps=None) -> pd.DataFrame:  # noqa: ANN001
+    """A clicks frame in history order (one click per timestamp), as the public logs give them."""
+    n = len(users)
+    return pd.DataFrame(
+        {
+            "user_id": np.asarray(users, np.int32),
+            "timestamp": np.asarray(timestamps if timestamps is not None else np.arange(n), np.int32),
+            "position": np.zeros(n, np.int16),
+            "item_id": np.asarray(items, np.int32),
+            "rating": np.asarray(ratings if ratings is not None else np.ones(n), np.float32),
+        }
+    )

@@ -27,21 +27,12 @@ from recsim_post.posttrain import (
 )
 from recsim_post.seeding import SeedTree
 
+from .conftest import clicks_frame
+
 ROOT = Path(__file__).resolve().parents[1]
 PAD = -1
 
 
-def clicks_frame(users, items, ratings=None) -> pd.DataFrame:
-    n = len(users)
-    return pd.DataFrame(
-        {
-            "user_id": np.asarray(users, np.int32),
-            "timestamp": np.arange(n, dtype=np.int32),
-            "position": np.zeros(n, np.int16),
-            "item_id": np.asarray(items, np.int32),
-            "rating": np.asarray(ratings if ratings is not None else np.ones(n), np.float32),
-        }
-    )
 
 
 # ---------------------------------------------------------------- windows

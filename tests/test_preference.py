@@ -31,6 +31,8 @@ from recsim_post.posttrain.pairs import (
 from recsim_post.posttrain.reward_model import TableRewardModel
 from recsim_post.seeding import SeedTree
 
+from .conftest import clicks_frame
+
 ROOT = Path(__file__).resolve().parents[1]
 LN2 = math.log(2.0)
 
@@ -322,17 +324,6 @@ def test_recipes_parse_and_share_pi_ref_with_bc(stem, method):
 N_ITEMS = 20
 
 
-def clicks_frame(users, items, ratings) -> pd.DataFrame:
-    n = len(users)
-    return pd.DataFrame(
-        {
-            "user_id": np.asarray(users, np.int32),
-            "timestamp": np.arange(n, dtype=np.int32),
-            "position": np.zeros(n, np.int16),
-            "item_id": np.asarray(items, np.int32),
-            "rating": np.asarray(ratings, np.float32),
-        }
-    )
 
 
 @pytest.fixture(scope="module")

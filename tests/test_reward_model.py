@@ -29,23 +29,14 @@ from recsim_post.posttrain.reward_model import (
 )
 from recsim_post.seeding import SeedTree
 
+from .conftest import clicks_frame
+
 PAD = -1
 N_ITEMS = 20
 MAX_LEN = 8
 GOOD = np.arange(N_ITEMS) < N_ITEMS // 2  # items 0..9 are good (rating ≈ 5), 10..19 bad (≈ 1)
 
 
-def clicks_frame(users, items, ratings) -> pd.DataFrame:
-    n = len(users)
-    return pd.DataFrame(
-        {
-            "user_id": np.asarray(users, np.int32),
-            "timestamp": np.arange(n, dtype=np.int32),
-            "position": np.zeros(n, np.int16),
-            "item_id": np.asarray(items, np.int32),
-            "rating": np.asarray(ratings, np.float32),
-        }
-    )
 
 
 def bandit_clicks(n_users=100, n_clicks=12, seed=0, noise=0.5) -> pd.DataFrame:

@@ -23,21 +23,12 @@ from recsim_post.evaluation.reward_report import (
 )
 from recsim_post.logs.public import split_leave_last_out
 
+from .conftest import clicks_frame
+
 PAD = -1
 MODELS = [ENSEMBLE, "user mean", "item mean", "user + item mean", "global mean", ORACLE]
 
 
-def clicks_frame(users, items, ratings=None, timestamps=None) -> pd.DataFrame:
-    n = len(users)
-    return pd.DataFrame(
-        {
-            "user_id": np.asarray(users, np.int32),
-            "timestamp": np.asarray(timestamps if timestamps is not None else np.arange(n), np.int32),
-            "position": np.zeros(n, np.int16),
-            "item_id": np.asarray(items, np.int32),
-            "rating": np.asarray(ratings if ratings is not None else np.ones(n), np.float32),
-        }
-    )
 
 
 class Lookup:

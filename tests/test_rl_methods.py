@@ -24,6 +24,8 @@ from recsim_post.posttrain.recipe import AgentConfig, pretrain
 from recsim_post.posttrain.reward_model import TableRewardModel
 from recsim_post.seeding import SeedTree
 
+from .conftest import clicks_frame
+
 NAN = float("nan")
 
 
@@ -261,17 +263,6 @@ MODEL = SASRecConfig(dim=16, n_layers=1, n_heads=2, max_len=8, dropout=0.1)
 FINETUNE = TrainConfig(epochs=8, batch_size=16, lr=3e-3, device="cpu")  # ~56 steps
 
 
-def clicks_frame(users, items, ratings) -> pd.DataFrame:
-    n = len(users)
-    return pd.DataFrame(
-        {
-            "user_id": np.asarray(users, np.int32),
-            "timestamp": np.arange(n, dtype=np.int32),
-            "position": np.zeros(n, np.int16),
-            "item_id": np.asarray(items, np.int32),
-            "rating": np.asarray(ratings, np.float32),
-        }
-    )
 
 
 @pytest.fixture(scope="module")

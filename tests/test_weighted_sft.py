@@ -35,6 +35,8 @@ from recsim_post.posttrain.recipe import AgentConfig, pretrain
 from recsim_post.posttrain.reward_model import TableRewardModel, UserMeanReward, mean_std
 from recsim_post.seeding import SeedTree
 
+from .conftest import clicks_frame
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # One window of three positions over V = 3 items; the last position is padding.
@@ -405,17 +407,6 @@ FINETUNE = TrainConfig(epochs=4, batch_size=32, lr=3e-3, device="cpu")
 TABLE = torch.tensor([5.0] * 10 + [1.0] * 10)
 
 
-def clicks_frame(users, items, ratings) -> pd.DataFrame:
-    n = len(users)
-    return pd.DataFrame(
-        {
-            "user_id": np.asarray(users, np.int32),
-            "timestamp": np.arange(n, dtype=np.int32),
-            "position": np.zeros(n, np.int16),
-            "item_id": np.asarray(items, np.int32),
-            "rating": np.asarray(ratings, np.float32),
-        }
-    )
 
 
 @pytest.fixture(scope="module")

@@ -25,30 +25,21 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ..config import Config, knob
+from ..config import knob
 from ..errors import ConfigError
 from ..models.policy import SequencePolicy
 from ..seeding import SeedTree
 from .data import PostTrainData
 from .loop import TrainConfig
-from .pairs import PairSource, Rule, log_ratio_margin, masked_mean, preference_metrics, preference_train
+from .pairs import PairMiningConfig, log_ratio_margin, masked_mean, preference_metrics, preference_train
 
 
 @dataclass(frozen=True)
-class DPOConfig(Config):
+class DPOConfig(PairMiningConfig):
     """DPO: −log σ(β h) on pairs mined with a reward-model ensemble."""
 
     name: Literal["dpo"] = knob("dpo", "method name")
     beta: float = knob(0.1, "β: weight of the KL pull towards π_ref (larger stays closer; 0.1 as in TRL)", gt=0.0)
-    pairs: PairSource = knob(
-        "offline", "'offline': logged click + samples from π_ref; 'online': two samples from the current π per batch"
-    )
-    n_candidates: int = knob(
-        8, "offline: items sampled from π_ref beside the logged click (online always draws 2)", ge=1, le=100_000
-    )
-    z: float = knob(1.0, "width of the ensemble confidence intervals μ ± z·s (strict rule)", ge=0.0)
-    rule: Rule = knob("strict", "'strict': keep a pair if LCB(y_w) > UCB(y_l); 'loose': if μ(y_w) > μ(y_l)")
-    disable_dropout: bool = knob(True, "run the policy without dropout during updates (as TRL does)")
 
 
 CONFIG = DPOConfig

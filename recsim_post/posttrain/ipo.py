@@ -22,30 +22,21 @@ from typing import Literal
 
 import torch
 
-from ..config import Config, knob
+from ..config import knob
 from ..errors import ConfigError
 from ..models.policy import SequencePolicy
 from ..seeding import SeedTree
 from .data import PostTrainData
 from .loop import TrainConfig
-from .pairs import PairSource, Rule, log_ratio_margin, masked_mean, preference_metrics, preference_train
+from .pairs import PairMiningConfig, log_ratio_margin, masked_mean, preference_metrics, preference_train
 
 
 @dataclass(frozen=True)
-class IPOConfig(Config):
+class IPOConfig(PairMiningConfig):
     """IPO: (h − 1/(2τ))² on pairs mined with a reward-model ensemble."""
 
     name: Literal["ipo"] = knob("ipo", "method name")
     tau: float = knob(0.1, "τ: regularisation strength; the target log-ratio margin is 1/(2τ) (TRL default 0.1)", gt=0.0)
-    pairs: PairSource = knob(
-        "offline", "'offline': logged click + samples from π_ref; 'online': two samples from the current π per batch"
-    )
-    n_candidates: int = knob(
-        8, "offline: items sampled from π_ref beside the logged click (online always draws 2)", ge=1, le=100_000
-    )
-    z: float = knob(1.0, "width of the ensemble confidence intervals μ ± z·s (strict rule)", ge=0.0)
-    rule: Rule = knob("strict", "'strict': keep a pair if LCB(y_w) > UCB(y_l); 'loose': if μ(y_w) > μ(y_l)")
-    disable_dropout: bool = knob(True, "run the policy without dropout during updates (as TRL does)")
 
 
 CONFIG = IPOConfig

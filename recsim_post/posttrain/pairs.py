@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import Config, knob
 from ..errors import ConfigError
 from ..models.device import autocast
 from ..models.policy import SequencePolicy
@@ -50,6 +51,21 @@ from .reward_model import RewardModel, mean_std
 
 Rule = Literal["strict", "loose"]
 PairSource = Literal["offline", "online"]
+
+
+@dataclass(frozen=True)
+class PairMiningConfig(Config):
+    """How DPO and IPO mine their pairs (the knobs the two methods share)."""
+
+    pairs: PairSource = knob(
+        "offline", "'offline': logged click + samples from π_ref; 'online': two samples from the current π per batch"
+    )
+    n_candidates: int = knob(
+        8, "offline: items sampled from π_ref beside the logged click (online always draws 2)", ge=1, le=100_000
+    )
+    z: float = knob(1.0, "width of the ensemble confidence intervals μ ± z·s (strict rule)", ge=0.0)
+    rule: Rule = knob("strict", "'strict': keep a pair if LCB(y_w) > UCB(y_l); 'loose': if μ(y_w) > μ(y_l)")
+    disable_dropout: bool = knob(True, "run the policy without dropout during updates (as TRL does)")
 
 PairLoss = Callable[
     [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
