@@ -26,6 +26,7 @@ def register_envs() -> list[str]:
             gymnasium.register(
                 id=eid,
                 entry_point="recsim_post.envs.recsim_env:RecSimEnv",
+                vector_entry_point="recsim_post.envs.vector_env:RecSimVectorEnv",
                 kwargs={"scenario": name},
                 max_episode_steps=None,
             )
