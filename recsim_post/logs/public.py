@@ -11,7 +11,11 @@ slate_id    int64   one id per slate (request); rows of a slate share it
 position    int16   0-based position in the slate (0 is the top)
 item_id     int32   the item shown
 click       int8    1 if the user chose this item, else 0 (at most one click per slate)
-rating      float32 observed 1-5 rating of a clicked item (noisy, maybe flipped); NaN otherwise
+rating      float32 observed 1-5 rating of a clicked item (noisy, maybe flipped, whole stars
+                    unless ``feedback.quantize = false``); NaN otherwise, and NaN for a click
+                    whose rating is missing (``feedback.missing_rate``)
+watch       float32 observed watch fraction in [0, 1] of a clicked item (noisy, censored at
+                    ``feedback.watch_censor``); NaN otherwise
 =========== ======= =====================================================================
 
 ``items.parquet`` has the observable item features: ``item_id``, ``genre`` and ``f0..f{k-1}``
@@ -44,6 +48,7 @@ INTERACTION_SCHEMA = pa.schema(
         ("item_id", pa.int32()),
         ("click", pa.int8()),
         ("rating", pa.float32()),
+        ("watch", pa.float32()),
     ]
 )
 
@@ -158,6 +163,8 @@ def read_public(folder: str | Path) -> PublicLogs:
             raise LogError(
                 f"{path} is corrupt: {len(frames[name])} rows, the manifest says {expected}"
             )
+    if "watch" not in frames["interactions"].columns:  # logs written before the watch signal existed
+        frames["interactions"]["watch"] = np.float32(np.nan)
     missing = set(INTERACTION_SCHEMA.names) - set(frames["interactions"].columns)
     if missing:
         raise LogError(f"{folder / 'interactions.parquet'} lacks columns: {', '.join(sorted(missing))}")

@@ -58,7 +58,9 @@ def simulate(cfg: ScenarioConfig, progress: bool = False) -> Simulation:
 
     Streams (all children of ``SeedTree(cfg.seed)``): ``world`` builds the world and its shocks,
     ``logging`` the logger's estimate and its slates, ``users`` who is active and what they choose,
-    ``feedback`` the rating noise. Changing how one stream is consumed leaves the others unchanged.
+    ``feedback`` the rating noise, ``feedback-extra`` the watch noise and missing ratings,
+    ``users/dynamics`` who comes back after leaving (``world/arrivals``, in World.create, who
+    arrives late). Changing how one stream is consumed leaves the others unchanged.
     """
     tree = SeedTree(cfg.seed)
     world = World.create(cfg, tree.child("world"))
@@ -68,17 +70,21 @@ def simulate(cfg: ScenarioConfig, progress: bool = False) -> Simulation:
     rng_active = tree.child("users").generator("activity")
     rng_choice = tree.child("users").generator("choice")
     rng_feedback = tree.generator("feedback")
+    rng_extra = tree.generator("feedback-extra")
+    rng_dynamics = tree.child("users").generator("dynamics")
     K = cfg.logging.slate_size
 
     parts: list[dict[str, np.ndarray]] = []
     next_slate = 0
     for t in tqdm(range(cfg.simulation.n_rounds), desc="simulate", disable=not progress, unit="round"):
-        users = np.flatnonzero(rng_active.random(world.n_users) < world.users.activity)
+        users = world.active_users(rng_active.random(world.n_users))
         n = len(users)
         uniforms = rng_slate.random((n, K))
         u_choice = rng_choice.random(n)
         z_noise = rng_feedback.standard_normal(n)
         u_flip = rng_feedback.random(n)
+        z_watch = rng_extra.standard_normal(n)
+        u_missing = rng_extra.random(n)
         trend = world.trend()
         slates = np.empty((n, K), dtype=np.int32)
         prop = np.empty((n, K))
@@ -94,12 +100,17 @@ def simulate(cfg: ScenarioConfig, progress: bool = False) -> Simulation:
             )
         clicked = choice >= 0
         clicked_items = slates[clicked, choice[clicked]]
-        world.advance(slates, users[clicked], clicked_items, rng_shock)
+        watch, rating = world.observe(
+            rstar[np.arange(n), np.maximum(choice, 0)], clicked, rating, z_watch, u_missing
+        )
+        world.advance(slates, users[clicked], clicked_items, rng_shock, users, rng_dynamics)
 
         click = np.zeros((n, K), dtype=np.int8)
         click[np.flatnonzero(clicked), choice[clicked]] = 1
         rating_rows = np.full((n, K), np.nan, dtype=np.float32)
         rating_rows[np.flatnonzero(clicked), choice[clicked]] = rating[clicked]
+        watch_rows = np.full((n, K), np.nan, dtype=np.float32)
+        watch_rows[np.flatnonzero(clicked), choice[clicked]] = watch[clicked]
         parts.append(
             dict(
                 user_id=np.repeat(users, K).astype(np.int32),
@@ -109,6 +120,7 @@ def simulate(cfg: ScenarioConfig, progress: bool = False) -> Simulation:
                 item_id=slates.ravel(),
                 click=click.ravel(),
                 rating=rating_rows.ravel(),
+                watch=watch_rows.ravel(),
                 true_reward=rstar.ravel(),
                 propensity=prop.ravel(),
                 propensity_item=p_item.ravel(),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from ..config import Config, from_dict, knob, read_toml
 from ..errors import ConfigError
@@ -68,10 +69,20 @@ class SatiationConfig(Config):
 
 @dataclass(frozen=True)
 class ChoiceConfig(Config):
-    """Multinomial logit over the slate plus a no-click option, on an engagement utility.
+    """How a user picks (at most) one item of a slate, on an engagement utility.
 
     utility_k = reward_weight * r*(u, i_k) + trend_pull * s_u * trend_i + hype_pull * h_i
                 - position_bias * log2(1 + k)
+
+    ``click_model = "mnl"``: multinomial logit over the slate plus a no-click option u_0 =
+    no_click_utility, P(k) = exp(utility_k) / (exp(u_0) + sum_j exp(utility_j)); position bias is
+    the position-based term above.
+
+    ``click_model = "cascade"`` (Craswell et al., 2008): the user scans the slate top-down and
+    clicks position k with probability p_k = sigmoid(utility_k - u_0), stopping at the first click:
+    P(k) = p_k * prod_{j<k} (1 - p_j),  P(no click) = prod_j (1 - p_j).  The position-based term
+    still applies on top of the examination order (set position_bias = 0 for a pure cascade).
+    Trend pull and hype add engagement, never true reward, under either model.
     """
 
     reward_weight: float = knob(1.5, "weight of the true reward in engagement utility", ge=0)
@@ -79,20 +90,55 @@ class ChoiceConfig(Config):
     hype_pull: float = knob(0.5, "weight of hype h_i: engagement that adds no true value", ge=0)
     position_bias: float = knob(0.5, "utility lost by slate position k: bias * log2(1 + k)", ge=0)
     no_click_utility: float = knob(5.0, "utility of choosing nothing")
+    click_model: Literal["mnl", "cascade"] = knob(
+        "mnl", "mnl: logit over the slate and no click; cascade: top-down scan, first click stops"
+    )
 
 
 @dataclass(frozen=True)
 class FeedbackConfig(Config):
-    """Observed rating of a clicked item from the true reward with controlled noise.
+    """Observed signals of a clicked item (click, watch fraction, rating), from the true reward r*.
 
-    rating = clip(round(center + scale * r* + noise_std * z), 1, 5),  z ~ N(0, 1);
-    with probability flip_rate the rating is flipped to 6 - rating.
+    rating = clip(round(center + scale * r* + noise_std * z), 1, 5),  z ~ N(0, 1)
+             (quantize = false: clip(center + scale * r* + noise_std * z, 1, 5), not rounded);
+    with probability flip_rate the rating is flipped to 6 - rating; then, with probability
+    missing_rate, it is missing (NaN; the click and the watch fraction are still logged).
+
+    watch = clip(sigmoid(watch_offset + watch_scale * r*) + watch_noise_std * z2, 0, 1),
+            z2 ~ N(0, 1), then censored: watch >= watch_censor is recorded as watch_censor
+            (watch_censor = 1 is no censoring). NaN when there was no click.
     """
 
     rating_center: float = knob(1.5, "rating of an item with true reward 0")
     rating_scale: float = knob(1.0, "rating points per unit of true reward", ge=0)
     noise_std: float = knob(0.5, "Gaussian noise std sigma on the latent rating", ge=0)
     flip_rate: float = knob(0.0, "probability that a rating is flipped (6 - rating)", ge=0, le=1)
+    quantize: bool = knob(True, "round ratings to whole stars 1..5; false keeps the clipped value")
+    missing_rate: float = knob(0.0, "probability that a clicked item's rating is missing (NaN)", ge=0, le=1)
+    watch_offset: float = knob(0.0, "a in watch = sigmoid(a + b * r*) + noise: watch at r* = 0")
+    watch_scale: float = knob(1.0, "b in watch = sigmoid(a + b * r*) + noise", ge=0)
+    watch_noise_std: float = knob(0.1, "Gaussian noise std on the watch fraction", ge=0)
+    watch_censor: float = knob(1.0, "watch fractions >= this are recorded as this (1 = off)", gt=0, le=1)
+
+
+@dataclass(frozen=True)
+class DynamicsConfig(Config):
+    """Slow user dynamics during logging (every one is off by default).
+
+    drift: after a click on item i, theta_u <- (1 - drift_rate) * theta_u + drift_rate * v_i,
+           so preferences move toward consumed items (the distance to v_i shrinks by 1 - drift_rate).
+    sessions: a user leaves after session_budget slates in a row (0 = never); each round after
+           that she returns with probability return_prob, so she stays away L >= 1 rounds with
+           P(L = l) = (1 - return_prob)^(l - 1) * return_prob; her session count then restarts.
+    arrivals: a fraction ``arrival`` of the users (chosen at random) is absent at round 0 and
+           arrives in a round drawn uniformly from 1 .. n_rounds - 1.
+    A user asks for a slate in a round with probability activity_u if she is present.
+    """
+
+    drift_rate: float = knob(0.0, "eta: step of theta_u toward the clicked item's vector v_i", ge=0, le=1)
+    session_budget: int = knob(0, "slates in a row before a user leaves (0 = users never leave)", ge=0)
+    return_prob: float = knob(0.5, "per-round probability that a user who left comes back", ge=0, le=1)
+    arrival: float = knob(0.0, "fraction of users absent at round 0 who arrive later", ge=0, le=1)
 
 
 @dataclass(frozen=True)
@@ -131,6 +177,7 @@ class ScenarioConfig(Config):
     users: UserConfig = knob(UserConfig(), "users")
     trends: TrendConfig = knob(TrendConfig(), "popularity and shocks")
     satiation: SatiationConfig = knob(SatiationConfig(), "per-genre satiation")
+    dynamics: DynamicsConfig = knob(DynamicsConfig(), "preference drift, leaving and returning, arrivals")
     choice: ChoiceConfig = knob(ChoiceConfig(), "slate choice model")
     feedback: FeedbackConfig = knob(FeedbackConfig(), "observed feedback")
     logging: LoggingConfig = knob(LoggingConfig(), "logging policy")

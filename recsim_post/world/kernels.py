@@ -417,11 +417,16 @@ def sample_slates_ref(
 #   r*_k   = theta_u . v_{i_k} + q_{i_k} - satiation_strength * S_{u, genre(i_k)}
 #   util_k = reward_weight * r*_k + trend_pull * s_u * trend_{i_k} + hype_pull * h_{i_k}
 #            - position_bias * log2(1 + k)
-#   P(k) = exp(util_k) / (exp(u_0) + sum_j exp(util_j)),  P(no click) = exp(u_0) / (...)
-#   rating = clip(floor(center + scale * r*_c + sigma * z + 1/2), 1, 5), flipped to 6 - rating
-#            with probability flip_rate.
+#   mnl:     P(k) = exp(util_k) / (exp(u_0) + sum_j exp(util_j)),  P(no click) = exp(u_0) / (...)
+#   cascade: p_k = 1 / (1 + exp(u_0 - util_k)),  P(k) = p_k * prod_{j<k} (1 - p_j),
+#            P(no click) = prod_j (1 - p_j)   (Craswell et al. 2008: scan top-down, stop at a click)
+#   Either way one uniform per user picks the outcome by inverse CDF over [slot 0..K-1, no click].
+#   rating = clip(floor(center + scale * r*_c + sigma * z + 1/2), 1, 5)   (quantize = 1)
+#            clip(center + scale * r*_c + sigma * z, 1, 5)                 (quantize = 0)
+#            then flipped to 6 - rating with probability flip_rate.
 # params = [reward_weight, trend_pull, hype_pull, no_click_utility, satiation_strength,
-#           rating_center, rating_scale, noise_std, flip_rate]
+#           rating_center, rating_scale, noise_std, flip_rate, cascade, quantize]
+# (a 9-element params array means mnl with quantised ratings, as before the last two existed)
 # position_penalty[k] = position_bias * log2(1 + k), computed once by the caller.
 # ---------------------------------------------------------------------------------------------
 
@@ -454,6 +459,8 @@ def choose_and_rate_rows(
     d = theta.shape[1]
     reward_w, trend_pull, hype_pull, u0 = params[0], params[1], params[2], params[3]
     sat_s, center, scale, sigma, flip = params[4], params[5], params[6], params[7], params[8]
+    cascade = params.shape[0] > 9 and params[9] != 0.0
+    quantize = params.shape[0] <= 10 or params[10] != 0.0
     util = np.empty(K + 1, dtype=np.float64)
     for b in range(lo, hi):
         for k in range(K):
@@ -469,15 +476,25 @@ def choose_and_rate_rows(
                 + hype_pull * hype[i]
                 - position_penalty[k]
             )
-        util[K] = u0
-        m = util[0]
-        for k in range(1, K + 1):
-            if util[k] > m:
-                m = util[k]
-        total = 0.0
-        for k in range(K + 1):
-            util[k] = np.exp(util[k] - m)
-            total += util[k]
+        if cascade:
+            # util[k] <- P(click at k) = p_k * (probability of reaching k); util[K] <- P(no click)
+            reach = 1.0
+            for k in range(K):
+                p = 1.0 / (1.0 + np.exp(u0 - util[k]))
+                util[k] = reach * p
+                reach = reach * (1.0 - p)
+            util[K] = reach
+            total = 1.0
+        else:
+            util[K] = u0
+            m = util[0]
+            for k in range(1, K + 1):
+                if util[k] > m:
+                    m = util[k]
+            total = 0.0
+            for k in range(K + 1):
+                util[k] = np.exp(util[k] - m)
+                total += util[k]
         # inverse CDF over [slot 0, ..., slot K-1, no click]
         t = u_choice[b] * total
         acc = 0.0
@@ -493,7 +510,9 @@ def choose_and_rate_rows(
             rating[b] = np.nan
         else:
             choice[b] = c
-            x = np.floor(center + scale * rstar[b, c] + sigma * z_noise[b] + 0.5)
+            x = center + scale * rstar[b, c] + sigma * z_noise[b]
+            if quantize:
+                x = np.floor(x + 0.5)
             x = min(max(x, 1.0), 5.0)
             if u_flip[b] < flip:
                 x = 6.0 - x
@@ -554,7 +573,9 @@ def choose_and_rate_ref(
 ):
     """Plain-numpy reference of :func:`choose_and_rate`, vectorised over users and slots."""
     B, K = slates.shape
-    reward_w, trend_pull, hype_pull, u0, sat_s, center, scale, sigma, flip = params
+    reward_w, trend_pull, hype_pull, u0, sat_s, center, scale, sigma, flip = params[:9]
+    cascade = len(params) > 9 and params[9] != 0.0
+    quantize = len(params) <= 10 or params[10] != 0.0
     vecs = item_vecs[slates]  # (B, K, d)
     dot = np.zeros((B, K))
     for j in range(theta.shape[1]):  # sequential over d, as in the kernel, so sums agree exactly
@@ -567,11 +588,22 @@ def choose_and_rate_ref(
         + hype_pull * hype[slates]
         - position_penalty[None, :K]
     )
-    util = np.concatenate([util, np.full((B, 1), u0)], axis=1)
-    e = np.exp(util - util.max(axis=1, keepdims=True))
-    total = np.zeros(B)
-    for k in range(K + 1):  # sequential, as in the kernel
-        total = total + e[:, k]
+    if cascade:
+        with np.errstate(over="ignore"):  # exp overflows to inf: p = 0, as in the kernel
+            p = 1.0 / (1.0 + np.exp(u0 - util))
+        e = np.empty((B, K + 1))
+        reach = np.ones(B)
+        for k in range(K):  # sequential, as in the kernel
+            e[:, k] = reach * p[:, k]
+            reach = reach * (1.0 - p[:, k])
+        e[:, K] = reach
+        total = np.ones(B)
+    else:
+        util = np.concatenate([util, np.full((B, 1), u0)], axis=1)
+        e = np.exp(util - util.max(axis=1, keepdims=True))
+        total = np.zeros(B)
+        for k in range(K + 1):  # sequential, as in the kernel
+            total = total + e[:, k]
     t = u_choice * total
     acc = np.zeros(B)
     c = np.full(B, K)
@@ -582,9 +614,45 @@ def choose_and_rate_ref(
     cprob = e[np.arange(B), c] / total
     clicked = c < K
     safe_c = np.where(clicked, c, 0)
-    x = np.floor(center + scale * rstar[np.arange(B), safe_c] + sigma * z_noise + 0.5)
+    x = center + scale * rstar[np.arange(B), safe_c] + sigma * z_noise
+    if quantize:
+        x = np.floor(x + 0.5)
     x = np.clip(x, 1.0, 5.0)
     x = np.where(u_flip < flip, 6.0 - x, x)
     rating = np.where(clicked, x, np.nan).astype(np.float32)
     choice = np.where(clicked, c, -1).astype(np.int32)
     return choice, rating, rstar, cprob
+
+
+# ---------------------------------------------------------------------------------------------
+# The other observed signals of a click: watch fraction and missing ratings (O(B), plain numpy).
+#   watch = clip(sigmoid(offset + scale * r*_c) + noise_std * z2, 0, 1); watch >= censor -> censor
+#   rating -> NaN where u_missing < missing_rate
+# ---------------------------------------------------------------------------------------------
+
+
+def watch_and_missing(
+    rstar_chosen: np.ndarray,
+    clicked: np.ndarray,
+    rating: np.ndarray,
+    offset: float,
+    scale: float,
+    noise_std: float,
+    censor: float,
+    missing_rate: float,
+    z_watch: np.ndarray,
+    u_missing: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Watch fraction (B,) float32 of each clicked item (NaN without a click) and the ratings (B,)
+    float32 with the missing ones set to NaN (``rating`` itself is not changed).
+
+    rstar_chosen (B,) is the true reward of the chosen item (any value where ``clicked`` is False).
+    """
+    clicked = np.asarray(clicked, dtype=bool)
+    r = np.where(clicked, rstar_chosen, 0.0)
+    w = 1.0 / (1.0 + np.exp(-(offset + scale * r))) + noise_std * z_watch
+    w = np.clip(w, 0.0, 1.0)
+    w = np.where(w >= censor, censor, w)
+    watch = np.where(clicked, w, np.nan).astype(np.float32)
+    rating = np.where(clicked & (u_missing < missing_rate), np.nan, rating).astype(np.float32)
+    return watch, rating

@@ -8,7 +8,9 @@ True reward (ground truth), for user u, item i at time t::
     r*(u, i, t) = theta_u . v_i + q_i - satiation.strength * S_u,genre(i)(t)
 
 What users *engage with* mixes r* with trend pull and hype (see :class:`~.config.ChoiceConfig`),
-and what the logs show is a noisy rating of it (see :class:`~.config.FeedbackConfig`).
+and what the logs show is a noisy rating and watch fraction of it (see
+:class:`~.config.FeedbackConfig`). Users drift toward what they consume, leave after a session
+and come back, and arrive over time (see :class:`~.config.DynamicsConfig`; all off by default).
 """
 
 from __future__ import annotations
@@ -87,12 +89,21 @@ def make_population(cfg: ScenarioConfig, catalog: Catalog, rng: np.random.Genera
 
 @dataclass
 class WorldState:
-    """What changes over time: popularity, shocks and per-genre satiation."""
+    """What changes over time: popularity, shocks, per-genre satiation and who is present."""
 
     popularity: np.ndarray  # (I,) sums to 1
     shock: np.ndarray  # (I,) >= 0
     satiation: np.ndarray  # (N, G) >= 0
     round: int = 0
+    arrival_round: np.ndarray | None = None  # (N,) int64: the round a user joins (0: from the start)
+    away: np.ndarray | None = None  # (N,) bool: left after a session and not yet back
+    session_slates: np.ndarray | None = None  # (N,) int64: slates seen in the current session
+
+    def present(self) -> np.ndarray:
+        """(N,) bool: users who have arrived and are not away."""
+        n = len(self.satiation)
+        arrived = np.ones(n, bool) if self.arrival_round is None else self.arrival_round <= self.round
+        return arrived if self.away is None else arrived & ~self.away
 
 
 @dataclass
@@ -114,7 +125,7 @@ class World:
             [
                 ch.reward_weight, ch.trend_pull, ch.hype_pull, ch.no_click_utility,
                 self.cfg.satiation.strength, fb.rating_center, fb.rating_scale, fb.noise_std,
-                fb.flip_rate,
+                fb.flip_rate, float(ch.click_model == "cascade"), float(fb.quantize),
             ],
             dtype=np.float64,
         )
@@ -125,7 +136,14 @@ class World:
         seed = seed if seed is not None else SeedTree(cfg.seed).child("world")
         catalog = make_catalog(cfg, seed.generator("catalog"))
         users = make_population(cfg, catalog, seed.generator("users"))
-        return cls(cfg, catalog, users, initial_state(cfg, catalog, seed.generator("trends")))
+        state = initial_state(cfg, catalog, seed.generator("trends"))
+        dyn = cfg.dynamics
+        if dyn.arrival > 0:  # its own stream, so the other streams are drawn exactly as without it
+            rng = seed.generator("arrivals")
+            n = users.n_users
+            late = rng.permutation(n)[: int(round(dyn.arrival * n))]
+            state.arrival_round[late] = rng.integers(1, max(cfg.simulation.n_rounds, 2), len(late))
+        return cls(cfg, catalog, users, state)
 
     @property
     def n_items(self) -> int:
@@ -169,14 +187,44 @@ class World:
             trend, self.choice_params, self.position_penalty, u_choice, z_noise, u_flip,
         )
 
+    def active_users(self, u_activity: np.ndarray) -> np.ndarray:
+        """Users asking for a slate this round: present and u_activity (N,) < activity_u."""
+        want = u_activity < self.users.activity
+        dyn = self.cfg.dynamics
+        if dyn.arrival > 0 or dyn.session_budget > 0:
+            want &= self.state.present()
+        return np.flatnonzero(want)
+
+    def observe(
+        self,
+        rstar_chosen: np.ndarray,
+        clicked: np.ndarray,
+        rating: np.ndarray,
+        z_watch: np.ndarray,
+        u_missing: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Watch fraction and ratings with missing ones NaN: see :func:`kernels.watch_and_missing`."""
+        fb = self.cfg.feedback
+        return kernels.watch_and_missing(
+            rstar_chosen, clicked, rating, fb.watch_offset, fb.watch_scale, fb.watch_noise_std,
+            fb.watch_censor, fb.missing_rate, z_watch, u_missing,
+        )
+
     def advance(
         self,
         shown: np.ndarray,
         clicked_users: np.ndarray,
         clicked_items: np.ndarray,
         rng: np.random.Generator,
+        shown_users: np.ndarray | None = None,
+        rng_dynamics: np.random.Generator | None = None,
     ) -> None:
-        """End a round: popularity feeds on exposure and clicks, shocks decay/arrive, satiation moves."""
+        """End a round: popularity feeds on exposure and clicks, shocks decay/arrive, satiation moves.
+
+        With :class:`~.config.DynamicsConfig` on: preferences drift toward the clicked items, and
+        the users shown a slate (``shown_users``, one slate each) count down their session; those
+        away come back with probability return_prob (uniforms from ``rng_dynamics``).
+        """
         t, n = self.cfg.trends, self.n_items
         st = self.state
         if shown.size:
@@ -194,6 +242,25 @@ class World:
             st.shock[rng.integers(n)] += t.shock_size
         st.satiation *= self.cfg.satiation.decay
         np.add.at(st.satiation, (clicked_users, self.catalog.genre[clicked_items]), 1.0)
+        dyn = self.cfg.dynamics
+        if dyn.drift_rate > 0 and len(clicked_users):
+            # theta_u <- (1 - eta) theta_u + eta v_i (a user clicks at most once per round)
+            theta = self.users.theta
+            theta[clicked_users] = (
+                (1.0 - dyn.drift_rate) * theta[clicked_users]
+                + dyn.drift_rate * self.catalog.vectors[clicked_items]
+            )
+        if dyn.session_budget > 0:
+            if rng_dynamics is None:
+                raise ValueError("advance: session_budget > 0 needs rng_dynamics")
+            back = st.away & (rng_dynamics.random(len(st.away)) < dyn.return_prob)
+            st.away &= ~back
+            st.session_slates[back] = 0
+            if shown_users is not None and len(shown_users):
+                st.session_slates[shown_users] += 1
+                done = shown_users[st.session_slates[shown_users] >= dyn.session_budget]
+                st.away[done] = True
+                st.session_slates[done] = 0
         st.round += 1
 
 
@@ -205,6 +272,9 @@ def initial_state(cfg: ScenarioConfig, catalog: Catalog, rng: np.random.Generato
         popularity=pop / pop.sum(),
         shock=np.zeros(catalog.n_items),
         satiation=np.zeros((cfg.users.n_users, cfg.catalog.n_genres)),
+        arrival_round=np.zeros(cfg.users.n_users, dtype=np.int64),
+        away=np.zeros(cfg.users.n_users, dtype=bool),
+        session_slates=np.zeros(cfg.users.n_users, dtype=np.int64),
     )
 
 
