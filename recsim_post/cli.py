@@ -219,6 +219,38 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ope(args: argparse.Namespace) -> int:
+    """Off-policy estimates (IPS, SNIPS, DM, DR, Switch-DR) next to the exact value, with true and
+    estimated propensities."""
+    from .evaluation.ground_truth import GroundTruth
+    from .evaluation.ope_report import UniformPolicy, format_report, format_summary, ope_report, summarise
+    from .logs.public import read_public
+    from .models.policy import SequencePolicy
+
+    logs = read_public(args.logs)
+    policies = {"uniform": UniformPolicy(logs.n_items)}
+    for path in args.policy or []:
+        policy = SequencePolicy.load(path)
+        if policy.n_items != logs.n_items:
+            raise ConfigError(f"policy '{Path(path).stem}' scores {policy.n_items} items but the logs have {logs.n_items}")
+        policies[Path(path).stem] = policy
+    report = ope_report(
+        logs, GroundTruth.load(args.logs), policies, n_bootstrap=args.bootstrap, seed=args.seed,
+        propensity=args.propensity,
+    )
+    if args.json:
+        records = [
+            {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+            for r in report.to_dict(orient="records")
+        ]
+        print(json.dumps({"logs": str(args.logs), "results": records}, indent=2, default=str))
+    else:
+        print(format_report(report))
+        print()
+        print(format_summary(summarise(report)))
+    return 0
+
+
 def cmd_envs(args: argparse.Namespace) -> int:
     """List the scenario presets and their Gymnasium ids."""
     from .envs.registration import env_id
@@ -298,6 +330,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="machine-readable output")
     e.set_defaults(func=cmd_evaluate)
 
+    o = sub.add_parser("ope", help=cmd_ope.__doc__.splitlines()[0])
+    o.add_argument("--logs", required=True, help="log folder written by 'simulate' (with sealed/)")
+    o.add_argument("--policy", nargs="*", default=None, help="policy files written by 'train' (uniform is always included)")
+    o.add_argument("--propensity", choices=["bc", "frequency"], default="bc",
+                   help="how propensities are estimated from the public logs (default: bc)")
+    o.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples per interval")
+    o.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the propensity model")
+    o.add_argument("--json", action="store_true", help="machine-readable output")
+    o.set_defaults(func=cmd_ope)
+
     sub.add_parser("envs", help=cmd_envs.__doc__).set_defaults(func=cmd_envs)
     sub.add_parser("agents", help=cmd_agents.__doc__).set_defaults(func=cmd_agents)
     return p
@@ -309,6 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "k", 1) < 1:
         parser.error(f"--k = {args.k} is out of range: must be >= 1")
+    if getattr(args, "bootstrap", 1) < 1:
+        parser.error(f"--bootstrap = {args.bootstrap} is out of range: must be >= 1")
     try:
         return int(args.func(args) or 0)
     except RecsimError as err:

@@ -178,3 +178,25 @@ def test_console_script_exits_2_without_traceback(tmp_path):
         assert proc.returncode == 2, argv
         assert "Traceback" not in proc.stderr
         assert proc.stderr.startswith("recsim-post") or "usage:" in proc.stderr
+
+
+def test_ope_command(tmp_path, capsys, scenario_file):
+    logs = tmp_path / "logs"
+    assert run(capsys, "simulate", "--scenario", str(scenario_file), "--out", str(logs), "-q")[0] == 0
+    code, out, _ = run(capsys, "ope", "--logs", str(logs), "--bootstrap", "20", "--propensity", "frequency", "--json")
+    assert code == 0
+    rows = json.loads(out)["results"]
+    assert {(r["estimator"], r["pscore"]) for r in rows} >= {("ips", "true"), ("dr", "estimated")}
+    ips = next(r for r in rows if r["estimator"] == "ips" and r["pscore"] == "true")
+    assert ips["ci_low"] <= ips["estimate"] <= ips["ci_high"] and ips["truth"] is not None
+
+
+def test_ope_refuses_drifting_preferences(tmp_path, capsys):
+    data = to_dict(tiny_scenario())
+    data["dynamics"]["drift_rate"] = 0.1
+    path = tmp_path / "drift.toml"
+    path.write_text(dumps_toml(data))
+    logs = tmp_path / "logs"
+    assert run(capsys, "simulate", "--scenario", str(path), "--out", str(logs), "-q")[0] == 0
+    code, _, err = run(capsys, "ope", "--logs", str(logs), "--bootstrap", "5")
+    assert code == 2 and "dynamics.drift_rate = 0.1" in err and "Traceback" not in err
