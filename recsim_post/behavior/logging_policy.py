@@ -1,7 +1,11 @@
 """The trend-driven logging policy: what produced the logs, with exact (sealed) propensities.
 
-    pi_0(i | u, t) = (1 - eps) * softmax_i(z_ui(t) / T) + eps / n_items
-    z_ui(t)        = relevance_weight * (theta~_u . v_i + q~_i) + trend_weight * trend_i(t)
+    pi_0(i | u, t) = (1 - eps) * softmax_{i in S}(z_ui(t) / T) + eps / |S|   (i in S; 0 outside)
+    z_ui(t)        = relevance_weight * (theta~_u . v_i + q~_i) + trend_weight * trend_i(t) + b_i(t)
+
+S is the logger's support (all items unless ``support < 1``); b_i(t) is the external-suggestion
+boost (:class:`Suggestions`); with ``switch_every > 0`` the logger alternates between two
+parameterisations (:meth:`LoggingConfig.active_logger`). See :class:`LoggingConfig`.
 
 theta~ and q~ are a stale, noisy estimate of the users' preferences and the items' quality (as a
 production model trained long ago would have): theta~_u = theta_u + relevance_noise * noise, drawn
@@ -39,10 +43,29 @@ class TrendLogger:
     theta_hat: np.ndarray  # (N, d) the logger's estimate of user preferences
     quality_hat: np.ndarray  # (I,) the logger's estimate of item quality
     vectors: np.ndarray  # (I, d) float32 copy of item vectors
+    support_idx: np.ndarray | None = None  # sorted ids of the items the logger can show (None = all)
+    boost: np.ndarray | None = None  # (I,) external-suggestion boost b_i(t) of the current round
+    active: int = 0  # which logger acts in the current round (0 or 1)
 
     def __post_init__(self) -> None:
-        # (d, I) layout: the logits kernel streams one latent dimension across all items at a time
-        self.vectors_t = np.ascontiguousarray(self.vectors.T, dtype=np.float32)
+        # (d, I) layout: the logits kernel streams one latent dimension across all items at a time.
+        # With deficient support only the supported columns are kept: the kernels then work on S
+        # alone (no zero weights ever reach the sampler) and item ids are mapped back afterwards.
+        vt = self.vectors.T if self.support_idx is None else self.vectors.T[:, self.support_idx]
+        self.vectors_t = np.ascontiguousarray(vt, dtype=np.float32)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.quality_hat)
+
+    @property
+    def epsilon(self) -> float:
+        return self.cfg.epsilon
+
+    def set_round(self, t: int, boost: np.ndarray | None) -> None:
+        """Put the logger in its state of round t: the active parameterisation and the boost."""
+        self.active = self.cfg.active_logger(t)
+        self.boost = boost
 
     @classmethod
     def create(cls, cfg: LoggingConfig, world: World, seed: SeedTree) -> "TrendLogger":
@@ -52,15 +75,30 @@ class TrendLogger:
         theta_hat = theta + cfg.relevance_noise * rng.standard_normal(theta.shape) / np.sqrt(d)
         q = world.catalog.quality
         quality_hat = q + cfg.relevance_noise * rng.standard_normal(q.shape) * max(q.std(), 1e-12)
-        return cls(cfg, theta_hat, quality_hat, world.catalog.vectors.astype(np.float32))
+        support_idx = None
+        n_sup = cfg.n_supported(len(q))
+        if n_sup < len(q):  # a new stream: drawing it leaves every other stream unchanged
+            support_idx = np.sort(seed.generator("support").choice(len(q), n_sup, replace=False))
+        return cls(cfg, theta_hat, quality_hat, world.catalog.vectors.astype(np.float32), support_idx)
 
     def _terms(self, trend: np.ndarray) -> tuple[np.float32, np.ndarray, np.float32]:
         c = self.cfg
-        bias = (c.relevance_weight * self.quality_hat + c.trend_weight * trend).astype(np.float32)
-        return np.float32(c.relevance_weight), bias, np.float32(1.0 / c.temperature)
+        tw, temp = (c.alt_trend_weight, c.alt_temperature) if self.active == 1 else (c.trend_weight, c.temperature)
+        z = c.relevance_weight * self.quality_hat + tw * trend
+        if self.boost is not None:
+            z = z + self.boost
+        if self.support_idx is not None:
+            z = z[self.support_idx]
+        return np.float32(c.relevance_weight), z.astype(np.float32), np.float32(1.0 / temp)
+
+    def _to_items(self, slates: np.ndarray) -> np.ndarray:
+        """Map slates over the supported columns back to item ids."""
+        if self.support_idx is None:
+            return slates
+        return self.support_idx[slates].astype(np.int32)
 
     def logits(self, users: np.ndarray, trend: np.ndarray) -> np.ndarray:
-        """z / T for users (B,) over the whole catalogue: (B, I) float32.
+        """z / T for users (B,) over the supported items (the whole catalogue by default): (B, |S|).
 
         theta~_u . v_i is summed in float32 in a fixed order over the latent dimensions (not by
         BLAS), so these are exactly the values the Numba kernel works with.
@@ -68,7 +106,7 @@ class TrendLogger:
         return kernels.logger_scores_ref(self.theta_hat, users, self.vectors_t, *self._terms(trend))
 
     def weights(self, users: np.ndarray, trend: np.ndarray, reference: bool = False) -> np.ndarray:
-        """Unnormalised softmax weights exp(z/T - max): (B, I) float32.
+        """Unnormalised softmax weights exp(z/T - max) over the supported items: (B, |S|) float32.
 
         Floored at exp(-80) so no weight underflows to zero in float32: every item keeps support.
         ``reference`` computes the logits with plain numpy instead (the same values, bit for bit).
@@ -104,10 +142,15 @@ class TrendLogger:
         return max(1, min(max(64, SAMPLE_BLOCK_BYTES // (4 * n)), -(-B // numba.get_num_threads())))
 
     def probabilities(self, users: np.ndarray, trend: np.ndarray) -> np.ndarray:
-        """Exact pi_0(i | u) for users (B,): (B, I) float64, rows sum to one."""
+        """Exact pi_0(i | u) for users (B,): (B, I) float64, rows sum to one, 0 outside the support."""
         w = self.weights(users, trend).astype(np.float64)
         eps, n = self.cfg.epsilon, w.shape[1]
-        return (1.0 - eps) * w / w.sum(axis=1, keepdims=True) + eps / n
+        p = (1.0 - eps) * w / w.sum(axis=1, keepdims=True) + eps / n
+        if self.support_idx is None:
+            return p
+        full = np.zeros((p.shape[0], self.n_items))
+        full[:, self.support_idx] = p
+        return full
 
     def sample(
         self, users: np.ndarray, trend: np.ndarray, uniforms: np.ndarray, reference: bool = False
@@ -120,7 +163,8 @@ class TrendLogger:
         """
         eps = self.cfg.epsilon
         if reference:
-            return kernels.sample_slates_ref(self.weights(users, trend, reference=True), eps, uniforms)
+            slates, prop, p_item = kernels.sample_slates_ref(self.weights(users, trend, reference=True), eps, uniforms)
+            return self._to_items(slates), prop, p_item
         users = np.asarray(users)
         B, K = uniforms.shape
         n = self.vectors_t.shape[1]
@@ -151,5 +195,39 @@ class TrendLogger:
                 )
 
         kernels.run_on_threads(work, min(numba.get_num_threads(), len(starts)))
-        return slates, prop, p_item
+        return self._to_items(slates), prop, p_item
+
+
+@dataclass
+class Suggestions:
+    """External suggestions: campaigns that push a few items for a while (stream logging/suggestions).
+
+    At the start of round t, with probability ``suggestion_rate``, a campaign starts that pushes
+    ``suggestion_items`` items (uniform, without replacement) for rounds t .. t + duration - 1.
+    b_i(t) = suggestion_size * (number of campaigns active at t that push i).
+    """
+
+    cfg: LoggingConfig
+    n_items: int
+    rng: np.random.Generator
+    campaigns: list[tuple[int, np.ndarray]]
+
+    @classmethod
+    def create(cls, cfg: LoggingConfig, n_items: int, seed: SeedTree) -> "Suggestions | None":
+        if cfg.suggestion_rate <= 0:
+            return None
+        return cls(cfg, n_items, seed.generator("suggestions"), [])
+
+    def draw(self, t: int) -> None:
+        """Maybe start a campaign in round t (one uniform per round, one choice per campaign)."""
+        if self.rng.random() < self.cfg.suggestion_rate:
+            self.campaigns.append((t, self.rng.choice(self.n_items, self.cfg.suggestion_items, replace=False)))
+
+    def boost(self, t: int) -> np.ndarray:
+        """b(t): (I,) float64, from the campaigns started so far."""
+        b = np.zeros(self.n_items)
+        for start, items in self.campaigns:
+            if start <= t < start + self.cfg.suggestion_duration:
+                b[items] += self.cfg.suggestion_size
+        return b
 

@@ -83,10 +83,16 @@ class GroundTruth:
             return df[cols].to_numpy(np.float64)
 
         vectors = block(items, "v")
+        support_idx = None
+        if "logger_supported" in items.columns:
+            support_idx = np.flatnonzero(items["logger_supported"].to_numpy(bool))
         logger = TrendLogger(
             scenario.logging, block(users, "theta_hat"), items["quality_hat"].to_numpy(),
-            vectors.astype(np.float32),
+            vectors.astype(np.float32), support_idx,
         )
+        # the logger's state at T: the active parameterisation and the suggestion boost of round T
+        boost = items["logger_boost"].to_numpy(np.float64) if "logger_boost" in items.columns else None
+        logger.set_round(scenario.simulation.n_rounds, boost)
         return cls(
             scenario, block(users, "theta"), block(users, "satiation"), vectors,
             items["quality"].to_numpy(), items["genre"].to_numpy(np.int64), items["trend"].to_numpy(),
@@ -108,8 +114,13 @@ class GroundTruth:
         )
 
     def logger_logits(self, users: np.ndarray) -> np.ndarray:
-        """Logits whose softmax is the logging policy at T (eps-mixing included, exactly)."""
-        return np.log(self.logger.probabilities(users, self.trend))
+        """Logits whose softmax is the logging policy at T (eps-mixing included, exactly).
+
+        The logger is in its state at T (active parameterisation, suggestion boost of round T);
+        items outside a deficient support get probability 0, hence logit -inf.
+        """
+        with np.errstate(divide="ignore"):
+            return np.log(self.logger.probabilities(users, self.trend))
 
 
 @dataclass(frozen=True)

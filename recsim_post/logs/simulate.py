@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..behavior.logging_policy import TrendLogger
+from ..behavior.logging_policy import Suggestions, TrendLogger
 from ..config import to_dict
 from ..errors import LogError
 from ..seeding import SeedTree
@@ -61,6 +61,9 @@ def simulate(cfg: ScenarioConfig, progress: bool = False) -> Simulation:
     ``feedback`` the rating noise, ``feedback-extra`` the watch noise and missing ratings,
     ``users/dynamics`` who comes back after leaving (``world/arrivals``, in World.create, who
     arrives late). Changing how one stream is consumed leaves the others unchanged.
+    ``logging/support`` and ``logging/suggestions`` (only drawn when those knobs are on) pick the
+    logger's support and the external-suggestion campaigns. After the loop the logger is left in
+    its state at T = n_rounds (active logger and suggestion boost of round T, no new campaign).
     """
     tree = SeedTree(cfg.seed)
     world = World.create(cfg, tree.child("world"))
@@ -72,6 +75,8 @@ def simulate(cfg: ScenarioConfig, progress: bool = False) -> Simulation:
     rng_feedback = tree.generator("feedback")
     rng_extra = tree.generator("feedback-extra")
     rng_dynamics = tree.child("users").generator("dynamics")
+    suggestions = Suggestions.create(cfg.logging, world.n_items, tree.child("logging"))
+    switching = cfg.logging.switch_every > 0
     K = cfg.logging.slate_size
 
     parts: list[dict[str, np.ndarray]] = []
@@ -86,6 +91,9 @@ def simulate(cfg: ScenarioConfig, progress: bool = False) -> Simulation:
         z_watch = rng_extra.standard_normal(n)
         u_missing = rng_extra.random(n)
         trend = world.trend()
+        if suggestions is not None:
+            suggestions.draw(t)
+        logger.set_round(t, suggestions.boost(t) if suggestions is not None else None)
         slates = np.empty((n, K), dtype=np.int32)
         prop = np.empty((n, K))
         p_item = np.empty((n, K))
@@ -111,8 +119,10 @@ def simulate(cfg: ScenarioConfig, progress: bool = False) -> Simulation:
         rating_rows[np.flatnonzero(clicked), choice[clicked]] = rating[clicked]
         watch_rows = np.full((n, K), np.nan, dtype=np.float32)
         watch_rows[np.flatnonzero(clicked), choice[clicked]] = watch[clicked]
+        extra = {"logger_id": np.full(n * K, logger.active, dtype=np.int8)} if switching else {}
         parts.append(
             dict(
+                **extra,
                 user_id=np.repeat(users, K).astype(np.int32),
                 timestamp=np.full(n * K, t, dtype=np.int32),
                 slate_id=np.repeat(np.arange(next_slate, next_slate + n, dtype=np.int64), K),
@@ -128,11 +138,13 @@ def simulate(cfg: ScenarioConfig, progress: bool = False) -> Simulation:
         )
         next_slate += n
 
+    logger.set_round(cfg.simulation.n_rounds, suggestions.boost(cfg.simulation.n_rounds) if suggestions is not None else None)
     cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     interactions = pd.DataFrame({k: cols[k] for k in INTERACTION_SCHEMA.names})
-    sealed = pd.DataFrame(
-        {k: cols[k] for k in ("slate_id", "position", "true_reward", "propensity", "propensity_item")}
-    )
+    if cfg.logging.propensity_mode == "logged":  # a company that logs its propensities
+        interactions["pscore"] = cols["propensity_item"]
+    sealed_cols = ["slate_id", "position", "true_reward", "propensity", "propensity_item"]
+    sealed = pd.DataFrame({k: cols[k] for k in sealed_cols + (["logger_id"] if switching else [])})
     items = pd.DataFrame({"item_id": np.arange(world.n_items, dtype=np.int32), "genre": world.catalog.genre.astype(np.int32)})
     for j in range(world.catalog.features.shape[1]):
         items[f"f{j}"] = world.catalog.features[:, j]
@@ -164,6 +176,13 @@ def _sealed_items(sim: Simulation) -> pd.DataFrame:
     )
     for j in range(c.vectors.shape[1]):
         df[f"v{j}"] = c.vectors[:, j]
+    lg = sim.logger
+    if lg.support_idx is not None:  # the logger's state at T, for GroundTruth.load
+        supported = np.zeros(w.n_items, dtype=bool)
+        supported[lg.support_idx] = True
+        df["logger_supported"] = supported
+    if lg.boost is not None:
+        df["logger_boost"] = lg.boost
     return df
 
 
@@ -202,8 +221,11 @@ def write_logs(sim: Simulation, out: str | Path, overwrite: bool = False) -> Pat
     tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
     try:
         (tmp / "sealed").mkdir()
+        schema = INTERACTION_SCHEMA
+        if "pscore" in sim.public.interactions.columns:
+            schema = schema.append(pa.field("pscore", pa.float64()))
         hashes = {
-            "interactions.parquet": _write_parquet(sim.public.interactions, tmp / "interactions.parquet", INTERACTION_SCHEMA),
+            "interactions.parquet": _write_parquet(sim.public.interactions, tmp / "interactions.parquet", schema),
             "items.parquet": _write_parquet(sim.public.items, tmp / "items.parquet"),
             "sealed/impressions.parquet": _write_parquet(sim.sealed_impressions, tmp / "sealed" / "impressions.parquet"),
             "sealed/items.parquet": _write_parquet(_sealed_items(sim), tmp / "sealed" / "items.parquet"),

@@ -145,10 +145,22 @@ class DynamicsConfig(Config):
 class LoggingConfig(Config):
     """The trend-driven logging policy (hidden from training code).
 
-    pi_0(i | u, t) = (1 - epsilon) * softmax_i((relevance_weight * (theta~_u . v_i + q~_i)
-                     + trend_weight * trend_i(t)) / temperature) + epsilon / n_items
+    pi_0(i | u, t) = (1 - epsilon) * softmax_{i in S}(z_ui(t) / temperature) + epsilon / |S|
+                     for i in S, and exactly 0 for i outside S
+    z_ui(t)        = relevance_weight * (theta~_u . v_i + q~_i) + trend_weight * trend_i(t) + b_i(t)
     with theta~, q~ a stale, noisy estimate of the truth. Slates are drawn from pi_0 without
-    replacement (Plackett-Luce).
+    replacement (Plackett-Luce). Every knob below the first six is off by default:
+
+    support S: a random subset of round(support * n_items) items (stream logging/support); the
+        logger never shows the rest (deficient support), and eps-mixing spreads over S only.
+    external suggestions b_i(t) = suggestion_size * #{campaigns c active at t with i in c}: at
+        the start of each round, with probability suggestion_rate, a campaign starts that pushes
+        suggestion_items items (uniform, without replacement; stream logging/suggestions) for
+        rounds t .. t + suggestion_duration - 1.
+    switching: with switch_every > 0 the logger in round t is logger (t // switch_every) % 2;
+        logger 1 uses alt_trend_weight and alt_temperature instead of trend_weight, temperature.
+    propensity_mode: "hidden" keeps propensities in the sealed tables only; "logged" also writes
+        the single-draw probability pi_0(item | u, t) as a public ``pscore`` column.
     """
 
     slate_size: int = knob(10, "items shown per slate", ge=1)
@@ -157,6 +169,25 @@ class LoggingConfig(Config):
     relevance_noise: float = knob(0.7, "noise std of the logger's stale preference estimate", ge=0)
     trend_weight: float = knob(0.5, "weight of the trend term in the logger", ge=0)
     epsilon: float = knob(0.05, "uniform exploration mixed into the logger", ge=0, le=1)
+    support: float = knob(1.0, "fraction of the catalogue the logger can show (1 = all)", gt=0, le=1)
+    suggestion_rate: float = knob(0.0, "per-round probability of an external-suggestion campaign (0 = off)", ge=0, le=1)
+    suggestion_size: float = knob(2.0, "logit boost b added to each suggested item's z while pushed", ge=0)
+    suggestion_items: int = knob(3, "items pushed by one suggestion campaign", ge=1)
+    suggestion_duration: int = knob(5, "rounds a suggestion campaign lasts", ge=1)
+    switch_every: int = knob(0, "rounds between switches to the other logger (0 = never switch)", ge=0)
+    alt_trend_weight: float = knob(2.0, "trend_weight of the second logger (used when switch_every > 0)", ge=0)
+    alt_temperature: float = knob(1.0, "temperature of the second logger (used when switch_every > 0)", gt=0)
+    propensity_mode: Literal["hidden", "logged"] = knob(
+        "hidden", "hidden: propensities sealed only; logged: also a public pscore column"
+    )
+
+    def n_supported(self, n_items: int) -> int:
+        """|S|: the number of items the logger can show."""
+        return n_items if self.support >= 1.0 else max(1, int(round(self.support * n_items)))
+
+    def active_logger(self, t: int) -> int:
+        """Which logger (0 or 1) acts in round t."""
+        return (t // self.switch_every) % 2 if self.switch_every > 0 else 0
 
 
 @dataclass(frozen=True)
@@ -187,6 +218,17 @@ class ScenarioConfig(Config):
         if self.logging.slate_size > self.catalog.n_items:
             raise ConfigError(
                 f"logging.slate_size = {self.logging.slate_size} is out of range: "
+                f"must be <= catalog.n_items = {self.catalog.n_items}"
+            )
+        n_sup = self.logging.n_supported(self.catalog.n_items)
+        if self.logging.slate_size > n_sup:
+            raise ConfigError(
+                f"logging.slate_size = {self.logging.slate_size} is out of range: must be <= the "
+                f"{n_sup} items the logger supports (logging.support * catalog.n_items)"
+            )
+        if self.logging.suggestion_rate > 0 and self.logging.suggestion_items > self.catalog.n_items:
+            raise ConfigError(
+                f"logging.suggestion_items = {self.logging.suggestion_items} is out of range: "
                 f"must be <= catalog.n_items = {self.catalog.n_items}"
             )
         if self.catalog.n_genres > self.catalog.n_items:
