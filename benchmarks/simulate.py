@@ -198,12 +198,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--chunk", type=int, default=CHUNK_USERS, help="users per kernel call (as simulate.py)")
     ap.add_argument("--no-reference", action="store_true", help="time the Numba path only")
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    ap.add_argument("--no-extras", action="store_true",
+                    help="skip the vector-env and large-catalogue log-generation sections")
     ap.add_argument("--_row", help=argparse.SUPPRESS)
+    ap.add_argument("--_loggen", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args._row:  # child process: one row, printed as JSON
         spec = json.loads(args._row)
         print(json.dumps(measure_row(**spec)))
+        return
+    if args._loggen:  # child process: log generation for one preset, printed as JSON
+        print(json.dumps(log_generation(args._loggen)))
         return
 
     if args.quick:
@@ -240,6 +246,50 @@ def main(argv: list[str] | None = None) -> None:
             differ = ", ".join(f"{k} (max rel. diff {v:.1e})" for k, v in r["differ"].items()) or "none"
             print(f"check at {r['n_items']:,} items, {r['timed_users']:,} users, same random numbers: "
                   f"identical: {', '.join(r['identical'])}; differ: {differ}")
+    if args.no_extras:
+        return
+
+    print("\nvector env (benchmarks/vector_env.py): one kernel call per step for all users", flush=True)
+    users = ["1", "64"] if args.quick else ["1", "64", "4096"]
+    out = subprocess.run(
+        [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "vector_env.py"),
+         "--users", *users, "--slates", "1", "10"],
+        check=True, capture_output=True, text=True,
+    )
+    print(out.stdout.rstrip())
+
+    preset = "quickstart" if args.quick else "large-catalog"
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--_loggen", preset],
+                         check=True, capture_output=True, text=True)
+    g = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"\nlog generation, preset '{preset}' ({g['n_items']:,} items, {g['n_users']:,} users, "
+          f"{g['n_rounds']} rounds): {g['rows']:,} impressions in {g['seconds']:.1f} s = "
+          f"{g['rows'] / g['seconds']:,.0f} impressions/s ({g['slates'] / g['seconds']:,.0f} user-steps/s), "
+          f"write to Parquet {g['write_seconds']:.1f} s, peak RSS {g['peak_rss_mb']:.0f} MB")
+
+
+def log_generation(preset: str) -> dict:
+    """Simulate a preset's whole logging run and write it (in a child process: its own peak RSS)."""
+    import tempfile
+
+    from recsim_post.logs.simulate import simulate, write_logs
+    from recsim_post.presets import resolve
+    from recsim_post.world.config import load_scenario
+
+    cfg = load_scenario(resolve("envs", preset))
+    start = time.perf_counter()
+    sim = simulate(cfg)
+    seconds = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        write_logs(sim, os.path.join(tmp, "logs"))
+        write_seconds = time.perf_counter() - start
+    inter = sim.public.interactions
+    return dict(
+        n_items=cfg.catalog.n_items, n_users=cfg.users.n_users, n_rounds=cfg.simulation.n_rounds,
+        rows=len(inter), slates=int(inter["slate_id"].nunique()), seconds=seconds,
+        write_seconds=write_seconds, peak_rss_mb=rss_now_mb(),
+    )
 
 
 if __name__ == "__main__":
