@@ -49,9 +49,9 @@ from ..models.policy import SequencePolicy
 from ..seeding import SeedTree
 from .bc import token_nll
 from .data import Batch, PostTrainData
-from .exp_rsft import check_reward_model, reference_and_reward
+from .exp_rsft import reference_and_reward
 from .loop import TrainConfig, train_copy
-from .reward_model import UserMeanReward
+from .reward_model import UserMeanReward, check_reward_model
 
 Baseline = Literal["user-mean", "reward-model", "batch-mean"]
 
@@ -190,7 +190,7 @@ def train(
             return user_mean_baseline(batch.users, table, mu)[:, None]  # (B, 1): one value per window
 
     elif cfg.baseline == "reward-model":
-        reward_model = check_reward_model("asft with baseline = 'reward-model'", data, policy_ref)
+        reward_model = check_reward_model("asft with baseline = 'reward-model'", data)
         ref = policy_ref.clone().model.eval().requires_grad_(False)  # frozen π_ref, never trained
 
         def baseline(batch: Batch) -> torch.Tensor:

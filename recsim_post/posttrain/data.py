@@ -135,6 +135,14 @@ def make_windows(clicks: pd.DataFrame, max_len: int, n_items: int | None = None)
     return Windows(out_inputs, out_targets, out_rewards, out_mask, out_users)
 
 
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` over the entries where ``mask`` is True (0 when there are none; broadcasts;
+    the graph is kept)."""
+    mask = mask.expand_as(x)
+    # where(), not x * mask: an inf/NaN at a masked-out position must not leak into the mean.
+    return torch.where(mask, x, torch.zeros_like(x)).sum() / mask.to(x.dtype).sum().clamp(min=1.0)
+
+
 @dataclass(frozen=True, eq=False)
 class PostTrainData:
     """What post-training may learn from: the public training clicks and the catalogue size, plus a
@@ -149,4 +157,4 @@ class PostTrainData:
         return make_windows(self.clicks, max_len, self.n_items)
 
 
-__all__ = ["Batch", "PostTrainData", "Windows", "make_windows"]
+__all__ = ["Batch", "PostTrainData", "Windows", "make_windows", "masked_mean"]

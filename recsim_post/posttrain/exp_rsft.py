@@ -66,7 +66,7 @@ from ..seeding import SeedTree
 from .bc import token_nll
 from .data import Batch, PostTrainData
 from .loop import TrainConfig, train_copy
-from .reward_model import RewardModel
+from .reward_model import RewardModel, check_reward_model
 
 Normalize = Literal["raw", "shifted", "batch", "context"]
 NORMALIZE = ("raw", "shifted", "batch", "context")
@@ -204,16 +204,6 @@ def reference_and_reward(
     return ref_logits.float(), r_hat.float()
 
 
-def check_reward_model(method: str, data: PostTrainData, policy_ref: SequencePolicy) -> RewardModel:
-    """``data.reward_model``, or a one-line ConfigError saying why it is missing or does not fit."""
-    rm = data.reward_model
-    if rm is None:
-        raise ConfigError(f"{method} needs a reward model, but data.reward_model is None; fit one on the training clicks")
-    if rm.n_items != policy_ref.n_items:
-        raise ConfigError(f"{method}: the reward model scores {rm.n_items} items, the policy {policy_ref.n_items}")
-    return rm
-
-
 def train(
     policy_ref: SequencePolicy,
     data: PostTrainData,
@@ -225,7 +215,7 @@ def train(
     """A copy of ``policy_ref`` fine-tuned by exponential reward-weighted SFT on the training clicks."""
     prepare = None
     if cfg.normalize == "context":
-        reward_model = check_reward_model("exp-rsft with normalize = 'context'", data, policy_ref)
+        reward_model = check_reward_model("exp-rsft with normalize = 'context'", data)
         ref = policy_ref.clone().model.eval().requires_grad_(False)  # frozen π_ref, never trained
 
         def prepare(model: nn.Module, batch: Batch) -> Batch:

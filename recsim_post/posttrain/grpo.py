@@ -41,6 +41,7 @@ from ..errors import ConfigError
 from ..models.policy import SequencePolicy
 from ..seeding import SeedTree
 from .data import Batch, PostTrainData
+from .reward_model import check_reward_model
 from .loop import TrainConfig, train_copy
 from .policy_gradient import (
     FrozenReference,
@@ -50,8 +51,7 @@ from .policy_gradient import (
     exact_kl,
     k3_kl,
     masked_mean,
-    old_logits,
-    sample,
+    on_policy_samples,
 )
 
 
@@ -150,20 +150,16 @@ def train(
     progress: bool = True,
 ) -> SequencePolicy:
     """A copy of ``policy_ref`` fine-tuned by GRPO against ``data.reward_model`` (required)."""
-    if data.reward_model is None:
-        raise ConfigError("method 'grpo' needs a reward model: data.reward_model is None")
-    reward_model = data.reward_model
+    reward_model = check_reward_model("method 'grpo'", data)
     ref = FrozenReference(policy_ref)
     sampler = Sampler(seed.integer("actions"))
 
     def prepare(model, batch: Batch) -> Batch:  # noqa: ANN001
-        logits = old_logits(model, batch.inputs)  # π_old: sampled from without dropout
-        model.train(not cfg.disable_dropout)  # the mode of the updates that follow
-        actions = sample(logits, cfg.group_size, sampler.generator(batch.inputs.device))  # (B, L, G)
-        rewards_all = reward_model.member_scores(batch.inputs).mean(dim=0).float()
+        _, actions, old_logp, rewards_all = on_policy_samples(  # actions, old_logp: (B, L, G)
+            model, batch.inputs, cfg.group_size, sampler, reward_model, cfg.disable_dropout
+        )
         rewards = rewards_all.gather(-1, actions)
         adv = group_advantages(rewards, cfg.scale_rewards, cfg.std_eps)
-        old_logp = F.log_softmax(logits, dim=-1).gather(-1, actions)
         extra = dict(
             actions=actions, old_logp=old_logp, advantages=adv, ref_logits=ref.logits(batch.inputs),
             reward=rewards.mean(dim=-1), reward_std=rewards.std(dim=-1),

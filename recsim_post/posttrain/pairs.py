@@ -45,9 +45,9 @@ from ..errors import ConfigError
 from ..models.device import autocast
 from ..models.policy import SequencePolicy
 from ..seeding import SeedTree
-from .data import Batch, PostTrainData
+from .data import Batch, PostTrainData, masked_mean
 from .loop import TrainConfig, train_copy
-from .reward_model import RewardModel, mean_std
+from .reward_model import RewardModel, check_reward_model, mean_std
 
 Rule = Literal["strict", "loose"]
 PairSource = Literal["offline", "online"]
@@ -177,12 +177,6 @@ def log_ratio_margin(
     return chosen - rejected, chosen, rejected
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``x`` over ``mask`` (0 when the mask is empty; the graph is kept)."""
-    # where(), not x * mask: an inf/NaN at a masked-out position must not leak into the mean.
-    return torch.where(mask, x, torch.zeros_like(x)).sum() / mask.to(x.dtype).sum().clamp(min=1.0)
-
-
 def preference_metrics(
     h: torch.Tensor,
     chosen: torch.Tensor,
@@ -272,13 +266,8 @@ def preference_train(
     ``cfg`` is the method's config (``name``, ``pairs``, ``n_candidates``, ``z``, ``rule``,
     ``disable_dropout``). Metrics per epoch: the pair loss's own plus ``pair_yield`` and ``rm_gap``.
     """
-    if data.reward_model is None:
-        raise ConfigError(f"method {cfg.name!r} mines preference pairs with a reward model, but data.reward_model is None")
-    if data.reward_model.n_items != data.n_items:
-        raise ConfigError(
-            f"reward model covers {data.reward_model.n_items} items, but the catalogue has {data.n_items}"
-        )
-    prepare = make_prepare(policy_ref, data.reward_model, cfg, seed)
+    reward_model = check_reward_model(f"method {cfg.name!r} (it mines preference pairs)", data)
+    prepare = make_prepare(policy_ref, reward_model, cfg, seed)
 
     def loss_fn(logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logp = F.log_softmax(logits.float(), dim=-1)

@@ -29,12 +29,8 @@ from torch import nn
 from ..errors import ConfigError
 from ..models.device import autocast
 from ..models.policy import SequencePolicy
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``x`` over the entries where ``mask`` is True (0 when there are none); broadcasts."""
-    m = mask.to(x.dtype).expand_as(x)
-    return (x * m).sum() / m.sum().clamp(min=1.0)
+from .data import masked_mean  # noqa: F401 - re-exported for the methods
+from .reward_model import RewardModel
 
 
 def clipped_surrogate(
@@ -139,8 +135,25 @@ def old_logits(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         return model(inputs).float()
 
 
+@torch.no_grad()
+def on_policy_samples(
+    model: nn.Module, inputs: torch.Tensor, n: int, sampler: Sampler, reward_model: RewardModel,
+    disable_dropout: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What PPO and GRPO draw once per batch: π_old's logits ``(B, L, V)``, ``n`` sampled actions
+    ``(B, L, n)``, their log-probabilities under π_old ``(B, L, n)`` and the reward model's mean
+    R̂(x, ·) over the whole catalogue ``(B, L, V)``. Leaves the model in the mode of the updates."""
+    logits = old_logits(model, inputs)  # π_old: sampled from without dropout
+    model.train(not disable_dropout)
+    actions = sample(logits, n, sampler.generator(inputs.device))
+    old_logp = F.log_softmax(logits, dim=-1).gather(-1, actions)
+    rewards_all = reward_model.member_scores(inputs).mean(dim=0).float()
+    return logits, actions, old_logp, rewards_all
+
+
 __all__ = [
     "FrozenReference",
+    "on_policy_samples",
     "Sampler",
     "clipped_surrogate",
     "entropy",

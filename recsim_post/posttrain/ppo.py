@@ -42,6 +42,7 @@ from ..errors import ConfigError
 from ..models.policy import SequencePolicy
 from ..seeding import SeedTree
 from .data import Batch, PostTrainData
+from .reward_model import check_reward_model
 from .loop import TrainConfig, train_copy
 from .policy_gradient import (
     FrozenReference,
@@ -50,8 +51,7 @@ from .policy_gradient import (
     entropy,
     exact_kl,
     masked_mean,
-    old_logits,
-    sample,
+    on_policy_samples,
 )
 
 
@@ -144,19 +144,16 @@ def train(
     progress: bool = True,
 ) -> SequencePolicy:
     """A copy of ``policy_ref`` fine-tuned by PPO against ``data.reward_model`` (required)."""
-    if data.reward_model is None:
-        raise ConfigError("method 'ppo' needs a reward model: data.reward_model is None")
-    reward_model = data.reward_model
+    reward_model = check_reward_model("method 'ppo'", data)
     ref = FrozenReference(policy_ref)
     sampler = Sampler(seed.integer("actions"))
 
     def prepare(model, batch: Batch) -> Batch:  # noqa: ANN001
-        logits = old_logits(model, batch.inputs)  # π_old: sampled from without dropout
-        model.train(not cfg.disable_dropout)  # the mode of the updates that follow
-        actions = sample(logits, 1, sampler.generator(batch.inputs.device)).squeeze(-1)
-        rewards_all = reward_model.member_scores(batch.inputs).mean(dim=0).float()
+        logits, actions, old_logp, rewards_all = on_policy_samples(
+            model, batch.inputs, 1, sampler, reward_model, cfg.disable_dropout
+        )
+        actions, old_logp = actions.squeeze(-1), old_logp.squeeze(-1)
         reward, value, adv = advantages(rewards_all, logits, actions, batch.mask, cfg.baseline, cfg.advantage_norm)
-        old_logp = F.log_softmax(logits, dim=-1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
         extra = dict(
             actions=actions, old_logp=old_logp, advantages=adv, ref_logits=ref.logits(batch.inputs),
             reward=reward, value=value,

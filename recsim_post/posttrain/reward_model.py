@@ -74,6 +74,17 @@ class RewardModel(Protocol):
         ...
 
 
+def check_reward_model(method: str, data: PostTrainData) -> RewardModel:
+    """``data.reward_model`` (of a PostTrainData), or a one-line ConfigError saying why it is
+    missing or does not fit the catalogue."""
+    rm = data.reward_model
+    if rm is None:
+        raise ConfigError(f"{method} needs a reward model, but data.reward_model is None; fit one on the training clicks")
+    if rm.n_items != data.n_items:
+        raise ConfigError(f"{method}: the reward model covers {rm.n_items} items, but the catalogue has {data.n_items}")
+    return rm
+
+
 def mean_std(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Ensemble mean and (population) standard deviation over members: (E, ...) -> (...), (...)."""
     mean = scores.mean(dim=0)
