@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import settings
+
+# CI explores the same examples on every run (a red CI is then reproducible); locally hypothesis
+# keeps drawing fresh ones.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 from recsim_post.world.config import (
     CatalogConfig, LoggingConfig, ScenarioConfig, SimulationConfig, UserConfig,

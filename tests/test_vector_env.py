@@ -35,7 +35,9 @@ def test_spaces_and_shapes(k):
     assert env.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP
     obs, info = env.reset(seed=0)
     assert obs.shape == (8, 6) and (obs == N_ITEMS).all() and info["user_id"].shape == (8,)
-    obs, r, term, trunc, info = env.step(env.action_space.sample())
+    rng = np.random.default_rng(0)  # valid actions: a slate never repeats an item
+    slates = np.stack([rng.permutation(N_ITEMS)[:k] for _ in range(8)])
+    obs, r, term, trunc, info = env.step(slates[:, 0] if k == 1 else slates)
     assert r.shape == term.shape == trunc.shape == (8,)
     assert info["true_reward"].shape == (8, k) and info["clicked_position"].shape == (8,)
     assert ((info["clicked_position"] >= -1) & (info["clicked_position"] < k)).all()
