@@ -232,4 +232,55 @@ def dumps_toml(data: typing.Mapping[str, Any]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-__all__ = ["Config", "knob", "from_dict", "to_dict", "read_toml", "dumps_toml"]
+def parse_value(text: str) -> Any:
+    """A command-line value read as a TOML value (``1``, ``0.5``, ``true``, ``[1, 2]``, ``"mnl"``);
+    anything that is not valid TOML is taken as a bare string (so ``cascade`` needs no quotes)."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def split_assignment(text: str) -> tuple[str, str]:
+    """``"section.key=value"`` -> ``("section.key", "value")``; a malformed one raises ConfigError."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"setting '{text}' must look like section.key=value (e.g. feedback.noise_std=1.0)")
+    return key, value.strip()
+
+
+def override(cfg: T, assignments: typing.Iterable[str | tuple[str, Any]]) -> T:
+    """A copy of ``cfg`` with dotted keys replaced: ``override(scenario, ["feedback.noise_std=1.0"])``.
+
+    Each assignment is ``"a.b=value"`` (the value read by :func:`parse_value`) or a ``(key, value)``
+    pair. The result is rebuilt through :func:`from_dict`, so an unknown key or a value out of range
+    raises the same one-line ConfigError as a TOML file would.
+    """
+    data = to_dict(cfg)
+    for item in assignments:
+        key, value = split_assignment(item) if isinstance(item, str) else item
+        if isinstance(item, str):
+            value = parse_value(value)
+        *sections, leaf = key.split(".")
+        node, path = data, []
+        for name in sections:
+            path.append(name)
+            child = node.get(name) if isinstance(node, dict) else None
+            if not isinstance(child, dict):
+                allowed = ", ".join(k for k, v in node.items() if isinstance(v, dict))
+                raise ConfigError(f"unknown section '{'.'.join(path)}' in setting '{key}'; sections: {allowed}")
+            node = child
+        if leaf not in node:
+            where = ".".join(sections) or type(cfg).__name__
+            raise ConfigError(f"unknown key '{key}'; allowed keys in {where}: {', '.join(node)}")
+        if isinstance(node[leaf], dict):
+            raise ConfigError(f"'{key}' is a section, not a setting; set one of its keys, e.g. {key}.{next(iter(node[leaf]))}")
+        node[leaf] = value
+    return from_dict(type(cfg), data)
+
+
+__all__ = [
+    "Config", "knob", "from_dict", "to_dict", "read_toml", "dumps_toml", "override", "parse_value",
+    "split_assignment",
+]

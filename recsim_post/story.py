@@ -16,6 +16,7 @@ from .config import to_dict
 from .evaluation.evaluate import Evaluator
 from .evaluation.ground_truth import GroundTruth
 from .evaluation.report import ResultRow, results_frame
+from .evaluation.rollout import ClosedLoop, ClosedLoopConfig
 from .logs.simulate import Simulation, simulate
 from .models.policy import SequencePolicy
 from .posttrain.recipe import AgentConfig, fit_reward, needs_reward_model, post_train, pretrain
@@ -47,11 +48,15 @@ def run_story(
     progress: bool = True,
     say: Callable[[str], None] = lambda _: None,
     eval_users: int | None = 5000,
+    closed_loop: ClosedLoopConfig | None = None,
 ) -> StoryResult:
     """Run the story for ``scenario`` (its seed replaced by ``seed`` if given) and ``agents``.
 
     Agents that share [model] and [pretrain] share one pre-trained pi_ref; each is fine-tuned from
-    it with the same training seed, so the rows differ only by method.
+    it with the same training seed, so the rows differ only by method. ``closed_loop`` (e.g.
+    ``ClosedLoopConfig()``, what ``recsim-post demo`` passes by default) adds the ``closed_loop``
+    column: every row, references included, rolled from the simulated world at T. None (the
+    default here, so callers such as sweeps pay nothing unasked) or ``rounds = 0`` leaves it out.
     """
     if seed is not None:
         scenario = dataclasses.replace(scenario, seed=seed)
@@ -87,6 +92,11 @@ def run_story(
     # Every row is scored by the first reward model (when any method used one), so its beliefs
     # about all policies -- the logger and the oracle included -- sit on one scale.
     evaluator.reward_model = next(iter(reward_models.values()), None)
+    if closed_loop is not None and closed_loop.rounds > 0:
+        evaluator.closed_loop = ClosedLoop(sim.world, evaluator.clicks, closed_loop)
+        say(f"closed-loop rollouts: {evaluator.closed_loop.describe()}")
     rows = evaluator.reference_rows()
     rows += [evaluator.policy_row(name, policy) for name, policy in policies.items()]
+    if evaluator.closed_loop is not None:
+        say(f"closed-loop rollouts took {evaluator.closed_loop.seconds:.1f} s")
     return StoryResult(results_frame(rows, k=evaluator.k), policies, sim, evaluator, rows, reward_models)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -191,12 +192,140 @@ def test_ope_command(tmp_path, capsys, scenario_file):
     assert ips["ci_low"] <= ips["estimate"] <= ips["ci_high"] and ips["truth"] is not None
 
 
-def test_ope_refuses_drifting_preferences(tmp_path, capsys):
+def test_ope_scores_drifting_preferences_exactly(tmp_path, capsys):
+    """With preference drift the sealed theta history gives the exact truth at every logged round."""
     data = to_dict(tiny_scenario())
     data["dynamics"]["drift_rate"] = 0.1
     path = tmp_path / "drift.toml"
     path.write_text(dumps_toml(data))
     logs = tmp_path / "logs"
     assert run(capsys, "simulate", "--scenario", str(path), "--out", str(logs), "-q")[0] == 0
-    code, _, err = run(capsys, "ope", "--logs", str(logs), "--bootstrap", "5")
-    assert code == 2 and "dynamics.drift_rate = 0.1" in err and "Traceback" not in err
+    code, out, _ = run(capsys, "ope", "--logs", str(logs), "--bootstrap", "5", "--propensity", "frequency", "--json")
+    assert code == 0
+    rows = json.loads(out)["results"]
+    assert rows and all(r["truth"] is not None and math.isfinite(r["truth"]) for r in rows)
+
+
+# --------------------------------------------------------------------------------------------- #
+# closed loop: `rollout`, and the demo's closed_loop column
+# --------------------------------------------------------------------------------------------- #
+
+ROLLOUT = ("--rounds", "3", "--seeds", "0", "1", "--users", "40")
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> Path:
+    """A demo on the tiny world with one small recipe and a 3-round, 40-user closed loop."""
+    root = tmp_path_factory.mktemp("closed")
+    scenario = root / "tiny.toml"
+    scenario.write_text(dumps_toml(to_dict(tiny_scenario())))
+    data = to_dict(load_agent(resolve("agents", "exp-rsft")))
+    data["model"].update(dim=16, n_layers=1, n_heads=1, max_len=12)
+    data["pretrain"]["epochs"] = data["finetune"]["epochs"] = 1
+    agent = root / "small-exp-rsft.toml"
+    agent.write_text(dumps_toml(data))
+    out = root / "demo"
+    assert cli.main(["demo", "--scenario", str(scenario), "--agents", str(agent), "--out", str(out), "-q",
+                     "--rollout-rounds", "3", "--rollout-seeds", "0", "1", "--rollout-users", "40"]) == 0
+    return out
+
+
+def test_demo_has_a_closed_loop_column_and_rollout_reproduces_it(demo_run, capsys):
+    import pandas as pd
+
+    table = pd.read_csv(demo_run / "results.csv").set_index("method")
+    assert list(table.index) == ["uniform", "popularity", "logging policy", "oracle", "exp-rsft"]
+    assert table["closed_loop"].notna().all()
+    args = ("rollout", "--logs", str(demo_run / "logs"), "--policy", str(demo_run / "policies" / "exp-rsft.pt"), *ROLLOUT)
+    code, out, _ = run(capsys, *args, "--json", "-q")
+    assert code == 0
+    result = json.loads(out)
+    assert (result["rounds"], result["users"], result["seeds"], result["k"]) == (3, 40, [0, 1], 5)
+    rows = {r["method"]: r for r in result["results"]}
+    assert set(rows) == set(table.index)
+    assert {r["kind"] for m, r in rows.items() if m != "exp-rsft"} == {"reference"}
+    # the world re-simulated from the folder is the demo's world: the same numbers, row by row
+    for method, r in rows.items():
+        assert r["closed_loop_mean"] == pytest.approx(table.loc[method, "closed_loop"], rel=1e-12, abs=1e-12), method
+        assert r["closed_loop_std"] is not None and r["n_seeds"] == 2
+    assert len(result["runs"]) == 2 * len(rows)
+    assert run(capsys, *args, "--json", "-q")[1] == out  # same seeds, same output
+    code, text, _ = run(capsys, *args, "-q")
+    assert code == 0 and "closed_loop" in text and "±" in text and "not an" in text
+
+
+def test_rollout_with_sampled_slates_keeps_the_references_definitions(demo_run, capsys):
+    args = ("rollout", "--logs", str(demo_run / "logs"), "--policy", str(demo_run / "policies" / "exp-rsft.pt"), *ROLLOUT, "--json", "-q")
+    top = {r["method"]: r for r in json.loads(run(capsys, *args)[1])["results"]}
+    sampled = {r["method"]: r for r in json.loads(run(capsys, *args, "--slate", "sample")[1])["results"]}
+    for method in ("logging policy", "oracle"):  # they build their slates their own way either way
+        assert sampled[method]["closed_loop_mean"] == top[method]["closed_loop_mean"], method
+    assert sampled["exp-rsft"]["closed_loop_mean"] != top["exp-rsft"]["closed_loop_mean"]
+
+
+def _foreign_policy(path: Path) -> Path:
+    from recsim_post.models.policy import SequencePolicy, build_model
+    from recsim_post.models.sasrec import SASRecConfig
+
+    SequencePolicy(build_model(SASRecConfig(dim=16, n_layers=1, n_heads=1, max_len=12), 7), 7).save(path)
+    return path
+
+
+def test_rollout_bad_input_exits_2_with_one_line(demo_run, tmp_path, capsys):
+    import shutil
+
+    logs, policy = demo_run / "logs", str(demo_run / "policies" / "exp-rsft.pt")
+    twin = tmp_path / "twin" / "exp-rsft.pt"
+    twin.parent.mkdir()
+    shutil.copy(policy, twin)
+    edited = tmp_path / "edited"
+    shutil.copytree(logs, edited)
+    import pyarrow.parquet as pq
+
+    items = pq.read_table(edited / "items.parquet")  # valid parquet, one feature value changed
+    pq.write_table(items.set_column(2, "f0", [[v + 1.0 for v in items.column("f0").to_pylist()]]),
+                   edited / "items.parquet")
+    cases = [
+        (["--logs", str(tmp_path / "nope"), "--policy", policy], "log folder not found"),
+        (["--logs", str(logs), "--policy", policy, "--rounds", "0"], "--rounds = 0 is out of range: must be >= 1"),
+        (["--logs", str(logs), "--policy", policy, "--seeds", "0", "-1"], "--seeds = [0, -1] is out of range"),
+        (["--logs", str(logs), "--policy", policy, "--users", "-3"], "--users = -3 is out of range: must be >= 0"),
+        (["--logs", str(logs), "--policy", policy, "--slate-size", "61"],
+         "--slate-size = 61 is out of range: must be <= the catalogue size 60"),
+        (["--logs", str(logs), "--policy", str(_foreign_policy(tmp_path / "other.pt"))],
+         "policy 'other' scores 7 items but the logs have 60"),
+        (["--logs", str(logs), "--policy", str(tmp_path / "missing.pt")], "policy file not found"),
+        (["--logs", str(logs), "--policy", policy, str(twin)], "two policy files are named 'exp-rsft'"),
+        (["--logs", str(edited), "--policy", policy], "items.parquet does not match the sha256 in manifest.json"),
+    ]
+    for argv, needle in cases:
+        code, out, err = run(capsys, "rollout", *argv, "-q")
+        assert code == 2, argv
+        assert needle in err, (needle, err)
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and out == ""
+    with pytest.raises(SystemExit) as exc:  # argparse's own errors: exit 2 as well
+        cli.main(["rollout", "--logs", str(logs), "--policy", policy, "--rounds", "three"])
+    assert exc.value.code == 2
+    assert "invalid int value: 'three'" in capsys.readouterr().err
+
+
+def test_demo_checks_its_closed_loop_flags_before_any_work(tmp_path, capsys, scenario_file):
+    out = tmp_path / "never"
+    for flags, needle in [
+        (["--rollout-users", "-1"], "--rollout-users = -1 is out of range: must be >= 0"),
+        (["--rollout-rounds", "-2"], "--rollout-rounds = -2 is out of range: must be >= 0"),
+        (["--rollout-seeds", "-5"], "--rollout-seeds = [-5] is out of range"),
+    ]:
+        code, _, err = run(capsys, "demo", "--scenario", str(scenario_file), "--out", str(out), "-q", *flags)
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
+        assert not out.exists() and not list(tmp_path.glob(".never*"))
+
+
+def test_demo_without_closed_loop_has_no_column(tmp_path, capsys, scenario_file, agent_file):
+    import pandas as pd
+
+    out = tmp_path / "demo"
+    code, stdout, _ = run(capsys, "demo", "--scenario", str(scenario_file), "--agents", str(agent_file),
+                          "--out", str(out), "-q", "--no-logs", "--rollout-rounds", "0")
+    assert code == 0 and "closed_loop" not in stdout.split("\nwrote ")[0]  # the table and its legend
+    assert "closed_loop" not in pd.read_csv(out / "results.csv").columns

@@ -279,3 +279,125 @@ def test_same_seed_reproduces_with_everything_on():
     np.testing.assert_array_equal(a.world.users.theta, b.world.users.theta)
     other = simulate(dataclasses.replace(cfg, seed=1))
     assert not a.public.interactions.equals(other.public.interactions)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact OPE truth under preference drift: theta_u(t) is sealed round by round
+# ---------------------------------------------------------------------------------------------
+
+DRIFT = dict(
+    dynamics=DynamicsConfig(drift_rate=0.3, session_budget=4, arrival=0.2),
+    satiation=SatiationConfig(strength=0.5),
+)
+
+
+def _top_rows(sim):
+    """Position-0 rows: logged contexts and the sealed r* there."""
+    from recsim_post.evaluation.ope import bandit_data_from_logs
+    from recsim_post.evaluation.ope_report import logged_contexts
+
+    ctx = logged_contexts(sim.public.interactions)
+    return ctx, bandit_data_from_logs(sim.public.interactions, sim.sealed_impressions).reward
+
+
+def test_sealed_theta_history_replays_the_drift(tmp_path):
+    from recsim_post.evaluation.ground_truth import GroundTruth
+    from recsim_post.logs.simulate import write_logs
+
+    cfg = tiny_scenario(seed=3, **DRIFT)
+    sim = simulate(cfg)
+    T, eta = cfg.simulation.n_rounds, cfg.dynamics.drift_rate
+    truth = GroundTruth.from_simulation(sim)
+    loaded = GroundTruth.load(write_logs(sim, tmp_path / "logs"))
+    theta0 = World.create(cfg).users.theta
+    np.testing.assert_array_equal(truth.theta_at(0), theta0)
+    np.testing.assert_array_equal(truth.theta_at(T), sim.world.users.theta)
+    clicks = sim.public.clicks()
+    v = sim.world.catalog.vectors
+    moved_total = 0
+    for t in range(T):
+        before, after = truth.theta_at(t), truth.theta_at(t + 1)
+        np.testing.assert_array_equal(loaded.theta_at(t), before)
+        c = clicks[clicks.timestamp == t]
+        u, i = c.user_id.to_numpy(), c.item_id.to_numpy()
+        expect = before.copy()
+        expect[u] = (1.0 - eta) * before[u] + eta * v[i]  # the drift rule, replayed from public clicks
+        np.testing.assert_array_equal(after, expect)
+        moved_total += len(u)
+    assert moved_total > 100
+    # per-row lookups agree with the per-round matrices
+    users = np.array([0, 5, 5, 79, 3])
+    rounds = np.array([0, 0, 7, T, 11])
+    np.testing.assert_array_equal(
+        truth.user_theta(users, rounds), np.stack([truth.theta_at(r)[u] for u, r in zip(users, rounds)])
+    )
+    # the sealed history is float64 and written only when drift is on
+    assert sim.theta_updates["theta0"].dtype == np.float64
+    assert simulate(tiny_scenario(seed=3)).theta_updates is None
+
+
+def test_exact_ope_truth_under_drift_matches_sealed_rewards():
+    from recsim_post.evaluation.ground_truth import GroundTruth
+    from recsim_post.evaluation.ope_report import exact_reward
+
+    sim = simulate(tiny_scenario(seed=4, **DRIFT))
+    truth = GroundTruth.from_simulation(sim)
+    ctx, sealed_r = _top_rows(sim)
+    ex = exact_reward(truth, sim.public, ctx, sealed_r)  # raises if any row is off by > 1e-4
+    r = ex.rows(slice(0, len(ctx)))
+    np.testing.assert_allclose(r[np.arange(len(ctx)), ctx.action], sealed_r, rtol=0, atol=1e-12)
+    # the final preferences would not do: drift moves r* by far more than the tolerance
+    stale = truth.theta[ctx.user] @ truth.vectors.T
+    moved = truth.user_theta(ctx.user, ctx.timestamp) @ truth.vectors.T
+    assert np.abs(stale - moved).max() > 0.5
+
+
+def test_exact_ope_truth_without_sealed_history_fails_clearly(tmp_path):
+    from recsim_post.errors import LogError
+    from recsim_post.evaluation.ground_truth import GroundTruth
+    from recsim_post.evaluation.ope_report import exact_reward
+    from recsim_post.logs.simulate import write_logs
+
+    sim = simulate(tiny_scenario(seed=4, **DRIFT))
+    folder = write_logs(sim, tmp_path / "logs")
+    (folder / "sealed" / "theta_updates.parquet").unlink()  # a folder written before the history existed
+    truth = GroundTruth.load(folder)
+    ctx, sealed_r = _top_rows(sim)
+    with pytest.raises(LogError, match="no sealed theta history") as err:
+        exact_reward(truth, sim.public, ctx, sealed_r)
+    assert "\n" not in str(err.value)
+
+
+def test_ips_with_true_propensities_is_unbiased_under_drift():
+    """IPS on position-0 rows of 60 tiny drifting worlds (seeds 0-59; drift 0.3, satiation 0.5,
+    sessions, arrivals) against the exact V = mean_i sum_a pi(a | u_i) r*(u_i, a, t_i), r* with
+    theta_u(t_i) from the sealed history. Given the past, w_i r_i - V_i is a martingale difference,
+    so D_s = IPS_s - V_s has mean zero; we require |mean D| < 3 standard errors over the 60 worlds.
+    """
+    import math
+
+    from recsim_post.evaluation.ground_truth import GroundTruth
+    from recsim_post.evaluation.ope import IPS, bandit_data_from_logs
+    from recsim_post.evaluation.ope_report import exact_reward, logged_contexts
+
+    diffs, shifts = [], []
+    for seed in range(60):
+        sim = simulate(tiny_scenario(seed=seed, **DRIFT))
+        truth = GroundTruth.from_simulation(sim)
+        d = bandit_data_from_logs(sim.public.interactions, sim.sealed_impressions, n_actions=truth.n_items)
+        ctx = logged_contexts(sim.public.interactions)
+        ex = exact_reward(truth, sim.public, ctx, d.reward)
+        m = np.random.default_rng(1000 + seed).normal(size=(truth.n_users, truth.n_items))
+        z = m[d.context] - m[d.context].max(axis=1, keepdims=True)
+        pi = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        d = d.with_policy(pi_all=pi)
+        r_all = ex.rows(slice(0, len(ctx)))
+        v = float((pi * r_all).sum(axis=1).mean())
+        diffs.append(IPS().estimate(d) - v)
+        shifts.append(v - float((pi * truth.true_reward(d.context)).sum(axis=1).mean()))
+    diffs = np.array(diffs)
+    se = diffs.std(ddof=1) / math.sqrt(len(diffs))
+    assert abs(diffs.mean()) < 3 * se, f"mean IPS - V = {diffs.mean():.4f}, 3 SE = {3 * se:.4f}"
+    # the truth at T (final theta and satiation) is a different estimand, consistently so
+    shifts = np.array(shifts)
+    assert abs(shifts.mean()) > 5 * shifts.std(ddof=1) / math.sqrt(len(shifts))

@@ -22,6 +22,7 @@ SMALL: dict[str, dict[str, object]] = {
     "01-quickstart.ipynb": dict(
         N_USERS=120, N_ITEMS=60, N_ROUNDS=8, PRETRAIN_EPOCHS=2, FINETUNE_EPOCHS=1, SEED=0
     ),
+    "02-off-policy-evaluation.ipynb": dict(N_USERS=150, N_ITEMS=80, N_ROUNDS=10, EPOCHS=1, BOOTSTRAP=20, SEED=0),
 }
 """Small parameters per notebook: enough to run every cell, not to tell a convincing story."""
 
@@ -29,6 +30,9 @@ EXPECTED: dict[str, list[str]] = {
     "01-quickstart.ipynb": [
         "exp-rsft", "oracle", "logging policy", "true_value_norm", "ndcg@10",
         "exp-RSFT", "true reward",
+    ],
+    "02-off-policy-evaluation.ipynb": [
+        "switch-dr", "with true propensities", "with estimated ones", "exact off-support term",
     ],
 }
 """Strings that must appear in a notebook's outputs (the results table, the computed discussion)."""

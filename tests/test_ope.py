@@ -245,24 +245,92 @@ def test_obp_bandit_feedback_keys(three):
     assert obp_action_dist(three.pi_all).shape == (3, 2, 1)
 
 
+OBP_REL, OBP_ABS = 1e-12, 1e-12
+"""Tolerance of the obp parity tests: both sides compute the same sums in a different order, so they
+differ by float rounding only (observed: at most 6e-17 on values of order 0.1-1)."""
+
+
+def _obp_switch_dr(obp_ope, tau: float, name: str):
+    """obp's Switch-DR at weight threshold ``tau``: the keyword is ``lambda_`` from obp 0.5 on, ``tau`` in 0.4."""
+    import dataclasses
+
+    cls = obp_ope.SwitchDoublyRobust
+    key = "lambda_" if "lambda_" in {f.name for f in dataclasses.fields(cls)} else "tau"
+    return cls(**{key: tau}, estimator_name=name)
+
+
+def _obp_parity(obp_ope, d: BanditData, taus) -> dict[str, tuple[float, float]]:
+    """{estimator: (ours, obp's)} on ``to_obp_bandit_feedback(d)``, obp run through its own
+    ``OffPolicyEvaluation``, which reads action, position, reward and pscore from the dict."""
+    fb = to_obp_bandit_feedback(d)
+    ours = {"ipw": IPS(), "snipw": SNIPS(), "dm": DM(), "dr": DR()}
+    theirs = [obp_ope.InverseProbabilityWeighting(), obp_ope.SelfNormalizedInverseProbabilityWeighting(),
+              obp_ope.DirectMethod(), obp_ope.DoublyRobust()]
+    for i, tau in enumerate(taus):
+        ours[f"switch-dr-{i}"] = SwitchDR(tau=tau)
+        theirs.append(_obp_switch_dr(obp_ope, tau, f"switch-dr-{i}"))
+    got = obp_ope.OffPolicyEvaluation(bandit_feedback=fb, ope_estimators=theirs).estimate_policy_values(
+        action_dist=obp_action_dist(d.pi_all), estimated_rewards_by_reg_model=obp_action_dist(d.q_hat_all))
+    assert set(got) == set(ours)
+    return {k: (ours[k].estimate(d), float(got[k])) for k in ours}
+
+
+def _assert_parity(res: dict[str, tuple[float, float]]) -> None:
+    bad = {k: v for k, v in res.items() if v[0] != pytest.approx(v[1], rel=OBP_REL, abs=OBP_ABS)}
+    assert not bad, f"ours vs obp disagree: {bad}"
+
+
 def test_obp_estimators_agree():
+    """Open Bandit Pipeline's own estimators, run unchanged on our export, give our numbers.
+
+    Checked with obp 0.5.7 and 0.4.1 (relative and absolute tolerance 1e-12, see ``OBP_REL``) for
+    IPS (obp's ``InverseProbabilityWeighting``), SNIPS (``SelfNormalizedInverseProbabilityWeighting``),
+    DM (``DirectMethod``), DR (``DoublyRobust``) and Switch-DR (``SwitchDoublyRobust``) at thresholds
+    0, 1, 2, a logged weight at the median (a tie), and inf. Like is compared with like:
+
+    * obp's ``lambda_`` means different things: a clipping cap min(w, lambda_) in IPS and DR (left
+      at its default inf here, i.e. no clipping, which is our IPS and DR), the switching threshold
+      in ``SwitchDoublyRobust`` (keyword ``tau`` in obp 0.4). Both sides keep a row's correction
+      when w <= threshold, so a threshold equal to a logged weight keeps that row in both; the test
+      checks that such a tie is hit (the value moves when the threshold drops just below it).
+    * action_dist and the reward model go to obp as (n, A, len_list=1) arrays, position 0 for every
+      row (:func:`obp_action_dist`, ``bandit_feedback["position"]``).
+    * obp's SNIPS is mean(w r / mean(w)) = sum(w r) / sum(w), ours exactly.
+    * obp's DM and DR average q^ with weights pi (np.average, dividing by sum_a pi); ours sum
+      pi q^. They agree when the rows of pi sum to 1; BanditData accepts rows off by up to
+      PI_SUM_TOL = 1e-6, where the DM terms may differ by that relative amount (here the rows are
+      softmax outputs, exact to rounding).
+    """
     obp_ope = pytest.importorskip("obp.ope")
     mu, pi0, pi, _ = _world(4)
-    rng = np.random.default_rng(0)
-    d = _logs(rng, mu, pi0, pi, 300, q_hat=mu + 0.2)
-    fb = to_obp_bandit_feedback(d)
-    dist, qhat = obp_action_dist(d.pi_all), obp_action_dist(d.q_hat_all)
-    common = dict(reward=fb["reward"], action=fb["action"], position=fb["position"], pscore=fb["pscore"],
-                  action_dist=dist)
-    assert obp_ope.InverseProbabilityWeighting().estimate_policy_value(**common) == pytest.approx(IPS().estimate(d))
-    assert obp_ope.SelfNormalizedInverseProbabilityWeighting().estimate_policy_value(**common) == pytest.approx(
-        SNIPS().estimate(d))
-    assert obp_ope.DirectMethod().estimate_policy_value(
-        action_dist=dist, estimated_rewards_by_reg_model=qhat, position=fb["position"]) == pytest.approx(DM().estimate(d))
-    assert obp_ope.DoublyRobust().estimate_policy_value(
-        **common, estimated_rewards_by_reg_model=qhat) == pytest.approx(DR().estimate(d))
-    assert obp_ope.SwitchDoublyRobust(lambda_=2.0).estimate_policy_value(
-        **common, estimated_rewards_by_reg_model=qhat) == pytest.approx(SwitchDR(tau=2.0).estimate(d))
+    d = _logs(np.random.default_rng(0), mu, pi0, pi, 300, q_hat=mu + 0.2)
+    w = np.sort(d.weight)
+    tie = float(w[len(w) // 2])  # a logged weight: the row sits exactly at the threshold
+    assert 0 < (d.weight <= 2.0).mean() < 1  # tau = 2 switches some rows off and keeps others
+    assert SwitchDR(tau=tie).estimate(d) != SwitchDR(tau=float(np.nextafter(tie, 0))).estimate(d)
+    _assert_parity(_obp_parity(obp_ope, d, taus=[0.0, 1.0, 2.0, tie, math.inf]))
+
+
+def test_obp_estimators_agree_on_simulated_logs():
+    """The same parity on the simulator's own logs: position-0 rows through bandit_data_from_logs,
+    a softmax target per user, q^ = the ground truth's r*(u, a) plus N(0, 0.3^2) noise; Switch-DR at
+    thresholds 0, the median weight and inf."""
+    obp_ope = pytest.importorskip("obp.ope")
+    from recsim_post.evaluation.ground_truth import GroundTruth
+    from recsim_post.logs.simulate import simulate
+    from recsim_post.world.config import SatiationConfig
+    from tests.conftest import tiny_scenario
+
+    sim = simulate(tiny_scenario(seed=0, satiation=SatiationConfig(strength=0.0)))
+    truth = GroundTruth.from_simulation(sim)
+    d = bandit_data_from_logs(sim.public.interactions, sim.sealed_impressions, n_actions=truth.n_items)
+    rng = np.random.default_rng(11)
+    pi = _softmax(rng.normal(size=(truth.n_users, truth.n_items))[d.context])
+    q = truth.true_reward(d.context) + rng.normal(scale=0.3, size=pi.shape)
+    d = d.with_policy(pi_all=pi).with_reward_model(q)
+    tau = float(np.median(d.weight))
+    assert 0 < (d.weight <= tau).mean() < 1
+    _assert_parity(_obp_parity(obp_ope, d, taus=[0.0, tau, math.inf]))
 
 
 # ---------------------------------------------------------------- the simulator's logs

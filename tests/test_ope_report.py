@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recsim_post.errors import ConfigError, LogError
 from recsim_post.evaluation.ground_truth import GroundTruth
 from recsim_post.evaluation.ope import bandit_data_from_logs
 from recsim_post.evaluation.ope_report import (
@@ -164,3 +165,278 @@ def test_past_q_uses_earlier_rounds_only():
     np.testing.assert_allclose(q[1], [(2 + 2) / 2, 2 / 1])  # round 1 sees round 0 only: rbar = 2
     np.testing.assert_allclose(q[1], q[2])
     np.testing.assert_allclose(q[3], [(2 + 4 + 4) / 3, (6 + 4) / 2])  # rbar = 4
+
+
+# ---------------------------------------------------------------- deficient support, by hand
+# One context, four actions; the logger never takes actions 2 and 3 (pi0 = 0 there).
+#   a    pi0    r    q^
+#   0   0.25    1   0.5
+#   1   0.75    2   0.5
+#   2   0       3   1.0
+#   3   0       4   1.0
+# The log holds a = 0 once and a = 1 three times: its empirical distribution IS pi0, so every
+# estimate below equals its expectation over logs.
+SUPPORT_PI0 = np.array([0.25, 0.75, 0.0, 0.0])
+SUPPORT_R = np.array([1.0, 2.0, 3.0, 4.0])
+SUPPORT_Q = np.array([0.5, 0.5, 1.0, 1.0])
+
+
+def _support_data(pi: np.ndarray, actions=np.array([0, 1, 1, 1]), q=SUPPORT_Q):
+    from recsim_post.evaluation.ope import BanditData
+
+    n = len(actions)
+    return BanditData(
+        context=np.zeros(n, np.int64), action=actions, reward=SUPPORT_R[actions], pscore=SUPPORT_PI0[actions],
+        pi_all=np.tile(pi, (n, 1)), q_hat_all=np.tile(q, (n, 1)),
+    )
+
+
+def test_ips_is_exact_when_the_target_stays_on_the_logger_support():
+    from recsim_post.evaluation.ope import IPS
+
+    pi = np.array([0.6, 0.4, 0.0, 0.0])  # V = 0.6 * 1 + 0.4 * 2 = 1.4
+    # IPS = (1/4) (0.6/0.25 * 1 + 3 * 0.4/0.75 * 2) = (2.4 + 3.2) / 4 = 1.4
+    assert IPS().estimate(_support_data(pi)) == pytest.approx(1.4, abs=1e-12)
+
+
+def test_deficient_support_bias_is_the_off_support_reward():
+    from recsim_post.evaluation.ope import DM, DR, IPS, SNIPS
+
+    pi = np.full(4, 0.25)  # V = 2.5; pi puts 0.5 of its mass where pi0 = 0
+    d = _support_data(pi)
+    assert np.all(np.isfinite(d.weight))
+    v = float(pi @ SUPPORT_R)
+    off = SUPPORT_PI0 == 0
+    # E[IPS] = V - sum_{off} pi r = 2.5 - 0.75 - 1 = 0.75;  by hand (1 + 3 * 1/3 * 2) / 4 = 0.75
+    assert IPS().estimate(d) == pytest.approx(v - float(pi[off] @ SUPPORT_R[off]), abs=1e-12)
+    assert IPS().estimate(d) == pytest.approx(0.75, abs=1e-12)
+    # E[DR] = V - sum_{off} pi (r - q^) = 2.5 - 0.5 - 0.75 = 1.25;  by hand DM 0.75 + (0.5 + 1.5) / 4
+    assert DR().estimate(d) == pytest.approx(v - float(pi[off] @ (SUPPORT_R - SUPPORT_Q)[off]), abs=1e-12)
+    assert DR().estimate(d) == pytest.approx(1.25, abs=1e-12)
+    assert DM().estimate(d) == pytest.approx(0.75, abs=1e-12)
+    # SNIPS rescales the on-support part to the whole mass: (0.25 * 1 + 0.25 * 2) / 0.5 = 1.5
+    assert SNIPS().estimate(d) == pytest.approx(1.5, abs=1e-12)
+
+
+def test_deficient_support_bias_over_sampled_logs():
+    """The same world sampled: 300 logs of 400 rows (seed 2024); mean IPS within 3 SE of
+    V - sum_off pi r = 0.75, and more than 20 SE away from V = 2.5."""
+    from recsim_post.evaluation.ope import IPS
+
+    rng = np.random.default_rng(2024)
+    pi = np.full(4, 0.25)
+    est = np.array([IPS().estimate(_support_data(pi, rng.choice(4, size=400, p=SUPPORT_PI0))) for _ in range(300)])
+    se = est.std(ddof=1) / np.sqrt(len(est))
+    assert abs(est.mean() - 0.75) < 3 * se
+    assert abs(est.mean() - 2.5) > 20 * se
+
+
+def test_snips_interval_skips_resamples_without_weight():
+    """Weights 0, 0, 0, 1: a resample with no row of weight > 0 has no SNIPS value; it is left out
+    (no NaN, no warning), and a target with no mass on any logged action gives NaN, not a crash."""
+    import warnings
+
+    from recsim_post.evaluation.ope import SNIPS, BanditData
+
+    d = BanditData(np.zeros(4, np.int64), np.array([0, 0, 0, 1]), np.array([1.0, 1.0, 1.0, 3.0]),
+                   np.full(4, 0.5), pi_on_action=np.array([0.0, 0.0, 0.0, 0.5]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lo, hi = SNIPS().interval(d, 200, 0.05, np.random.default_rng(0))
+    assert lo == hi == 3.0  # every defined resample holds row 3 only among the weighted rows
+
+
+@pytest.fixture(scope="module")
+def partial():
+    from recsim_post.world.config import LoggingConfig
+
+    sim = simulate(tiny_scenario(seed=3, logging=LoggingConfig(slate_size=5, support=0.8)))
+    return sim, GroundTruth.from_simulation(sim)
+
+
+def test_report_under_deficient_support_is_finite_and_its_bias_is_exact(partial):
+    sim, truth = partial
+    n = truth.n_items
+    off = np.ones(n, bool)
+    off[truth.logger.support_idx] = False
+    assert 0 < off.sum() < n
+    off_only = np.where(off, 0.0, -np.inf).astype(np.float32)
+    policies = {
+        "uniform": UniformPolicy(n),
+        "logger@T": lambda u, t, h: truth.logger_logits(u),  # -inf off the support
+        "off-support": lambda u, t, h: np.tile(off_only, (len(u), 1)),  # lives where the logger never goes
+    }
+    rep = ope_report(sim.public, truth, policies, n_bootstrap=50, seed=0, propensity="frequency")
+    r = rep.set_index(["policy", "estimator", "pscore"])
+    defined = ~((rep.policy == "off-support") & (rep.estimator == "snips"))
+    assert np.isfinite(rep.loc[defined, ["estimate", "ci_low", "ci_high", "truth", "max_weight", "error_norm"]].to_numpy()).all()
+    assert rep.loc[~defined, ["estimate", "ci_low", "ci_high", "covered"]].isna().all().all()  # undefined, not a crash
+    # uniform: the share of items off the support; the logger: none
+    assert r.loc[("uniform", "ips", "true"), "off_support"] == pytest.approx(off.mean())
+    assert r.loc[("logger@T", "ips", "true"), "off_support"] == pytest.approx(0.0, abs=1e-12)
+    assert r.loc[("logger@T", "ips", "true"), "support_bias"] == pytest.approx(0.0, abs=1e-12)
+    # a target that lives off the support: every weight is 0, IPS = 0, so its error is exactly the
+    # deficient-support bias -(1/n) sum_i sum_{a off} pi r* = -V; DR = DM (no correction survives)
+    ips = r.loc[("off-support", "ips", "true")]
+    assert ips["estimate"] == 0.0 and ips["max_weight"] == 0.0
+    assert ips["error"] == pytest.approx(ips["support_bias"], rel=1e-12)
+    assert ips["support_bias"] == pytest.approx(-ips["truth"], rel=1e-12)
+    assert r.loc[("off-support", "dr", "true"), "estimate"] == pytest.approx(r.loc[("off-support", "dm", "true"), "estimate"])
+
+
+def test_report_without_sealed_propensities_uses_estimated_ones_and_says_so(sim0):
+    truth = GroundTruth.from_simulation(sim0)
+    cols = [c for c in ("propensity", "propensity_item") if c in truth.impressions.columns]
+    blind = dataclasses.replace(truth, impressions=truth.impressions.drop(columns=cols))
+    with pytest.raises(LogError, match="no propensities"):
+        bandit_data_from_logs(sim0.public.interactions, blind.impressions)
+    said = []
+    rep = ope_report(sim0.public, blind, {"uniform": UniformPolicy(truth.n_items)}, n_bootstrap=20,
+                     propensity="frequency", say=said.append)
+    assert set(rep["pscore"]) == {"estimated"} and len(rep) == 5
+    assert len(said) == 1 and "no propensities" in said[0] and "estimated propensities (frequency) only" in said[0]
+    assert rep.attrs["notes"] == said
+    full = ope_report(sim0.public, truth, {"uniform": UniformPolicy(truth.n_items)}, n_bootstrap=20, propensity="frequency")
+    est = full[full.pscore == "estimated"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(rep.reset_index(drop=True), est)  # same numbers as the estimated half
+    assert format_summary(summarise(rep))  # a table with one pscore column
+
+
+# ---------------------------------------------------------------- the personalised q^
+SMALL_Q = dict(dim=8, n_layers=1, n_heads=1, max_len=5, epochs=1, batch_size=64, device="cpu")
+
+
+def test_user_folds_keep_users_together_and_balance():
+    from recsim_post.evaluation.ope_qmodel import user_folds
+
+    users = np.array([5, 5, 7, 9, 7, 5, 11])
+    f = user_folds(users, 2, np.random.default_rng(0))
+    for u in np.unique(users):
+        assert len(set(f[users == u])) == 1
+    per_fold = [len(set(users[f == k])) for k in (0, 1)]
+    assert sorted(per_fold) == [2, 2]
+    np.testing.assert_array_equal(f, user_folds(users, 2, np.random.default_rng(0)))
+
+
+def test_item_features_are_standardised_and_one_hot():
+    from recsim_post.evaluation.ope_qmodel import item_features
+
+    items = pd.DataFrame({"item_id": [2, 0, 1], "genre": [1, 0, 1], "f1": [0.0, 0.0, 0.0], "f0": [3.0, 1.0, 2.0]})
+    phi = item_features(items, 3)
+    s = np.sqrt(2 / 3)  # std of (1, 2, 3)
+    np.testing.assert_allclose(phi, [[-1 / s, 0, 1, 0], [0, 0, 0, 1], [1 / s, 0, 0, 1]], atol=1e-6)
+
+
+def test_sequence_q_computes_its_formula():
+    import torch
+
+    from recsim_post.evaluation.ope_qmodel import SequenceQ, SequenceQConfig
+
+    cfg = SequenceQConfig(**SMALL_Q)
+    phi = np.random.default_rng(0).normal(size=(6, 3)).astype(np.float32)
+    m = SequenceQ(cfg, 6, phi, init_bias=0.7, generator=torch.Generator().manual_seed(0)).eval()
+    with torch.no_grad():
+        for p in m.head.parameters():  # make every term count
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+        hist = torch.tensor([[-1, -1, 0, 3, 2], [-1, -1, -1, -1, 5]])
+        s = m.backbone.encode(hist)[:, -1]
+        h = m.head
+        e = m.backbone.item_emb.weight[1:] + torch.from_numpy(phi) @ m.proj
+        expected = h.a[0] + h.b[0][None, :] + (s @ h.g[0])[:, None] + (s @ h.W[0].T + h.c[0]) @ e.T
+        torch.testing.assert_close(m(hist), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(m(hist, torch.tensor([4, 1])), expected[[0, 1], [4, 1]], rtol=1e-5, atol=1e-5)
+
+
+def _synthetic_rows(n: int, seed: int):
+    """Users click within one genre; r = 1 if the action's genre is the last click's genre, else 0."""
+    rng = np.random.default_rng(seed)
+    genre = np.arange(12) % 3
+    users = rng.integers(0, 60, n)
+    g_user = users % 3
+    hist = np.stack([rng.choice(np.flatnonzero(genre == g), 4) for g in g_user])
+    action = rng.integers(0, 12, n)
+    reward = (genre[action] == g_user).astype(float)
+    return users, hist, action, reward, genre
+
+
+def test_crossfitted_q_never_sees_the_rows_it_scores():
+    """Changing the rewards of fold-0 users leaves q^ on fold-0 rows bit for bit unchanged (their
+    model was trained on the other fold only) and changes it on the other fold's rows."""
+    from recsim_post.evaluation.ope_qmodel import SequenceQConfig, sequence_q, user_folds
+    from recsim_post.seeding import SeedTree
+
+    users, hist, action, reward, _ = _synthetic_rows(300, 0)
+    cfg = SequenceQConfig(**SMALL_Q)
+    seed = SeedTree(3)
+    q = sequence_q(hist, users, action, reward, 12, None, cfg, seed)
+    fold = user_folds(users, 2, seed.generator("folds"))
+    changed = np.where(fold == 0, 1.0 - reward, reward)
+    q2 = sequence_q(hist, users, action, changed, 12, None, cfg, seed)
+    np.testing.assert_array_equal(q[fold == 0], q2[fold == 0])
+    assert not np.allclose(q[fold == 1], q2[fold == 1])
+    assert q.shape == (300, 12) and np.isfinite(q).all()
+
+
+@pytest.mark.slow
+def test_sequence_q_learns_what_the_item_mean_cannot():
+    """r depends on the user's history (genre match), not on the item: out of fold, the sequence
+    q^ has a lower squared error than item means (which can only predict ~1/3 for every item)."""
+    from recsim_post.evaluation.ope_qmodel import SequenceQConfig, sequence_q
+    from recsim_post.seeding import SeedTree
+
+    users, hist, action, reward, genre = _synthetic_rows(3000, 1)
+    phi = np.eye(3, dtype=np.float32)[genre]
+    cfg = SequenceQConfig(**{**SMALL_Q, "epochs": 5, "dim": 16})
+    q = sequence_q(hist, users, action, reward, 12, phi, cfg, SeedTree(0))
+    mse_seq = np.mean((q[np.arange(len(action)), action] - reward) ** 2)
+    item = np.bincount(action, weights=reward, minlength=12) / np.bincount(action, minlength=12)
+    mse_item = np.mean((item[action] - reward) ** 2)  # in-sample, which only flatters the item mean
+    assert mse_item > 0.2 and mse_seq < 0.5 * mse_item
+
+
+def test_report_with_both_q_models_keeps_the_item_rows(sim0):
+    from recsim_post.evaluation.ope_qmodel import SequenceQConfig
+
+    n = sim0.world.n_items
+    kw = dict(n_bootstrap=30, seed=0, propensity="frequency")
+    item = ope_report_from_simulation(sim0, {"uniform": UniformPolicy(n)}, **kw)
+    both = ope_report_from_simulation(sim0, {"uniform": UniformPolicy(n)}, q_model=("item", "sequence"),
+                                      q_cfg=SequenceQConfig(**SMALL_Q), **kw)
+    assert len(both) == 2 * (2 + 3 * 2)  # per source: IPS, SNIPS once, DM / DR / Switch-DR per q^
+    assert set(both.loc[both.estimator.isin(["ips", "snips"]), "q_model"]) == {"none"}
+    assert set(both.loc[both.estimator == "dr", "q_model"]) == {"item", "sequence"}
+    same = both[both.q_model.isin(["none", "item"])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(same, item)  # the default report is unchanged by adding a q^
+    seq = both[both.q_model == "sequence"]
+    assert np.isfinite(seq[["estimate", "ci_low", "ci_high", "q_mse"]].to_numpy()).all()
+    s = summarise(both)
+    assert len(s) == 2 * 8 and {"bias_norm", "rmse_norm"} <= set(s.columns)
+    text = format_summary(s)
+    assert "dr [sequence]" in text and "dm [item]" in text
+    with pytest.raises(ConfigError, match="q_fit = 'past' is not allowed for q_model = 'sequence'"):
+        ope_report_from_simulation(sim0, {"u": UniformPolicy(n)}, q_model="sequence", q_fit="past", **kw)
+    with pytest.raises(ConfigError, match="q_model"):
+        ope_report_from_simulation(sim0, {"u": UniformPolicy(n)}, q_model="user", **kw)
+
+
+def test_summary_by_policy_and_normalised_errors():
+    rep = pd.DataFrame({
+        "policy": ["a", "a", "b", "b"],
+        "estimator": ["dm"] * 4,
+        "pscore": ["true"] * 4,
+        "q_model": ["item", "sequence", "item", "sequence"],
+        "estimate": [1.0, 2.0, 3.0, 4.0],
+        "ci_low": [0.0, 1.0, 2.0, 3.0],
+        "ci_high": [2.0, 3.0, 4.0, 5.0],
+        "truth": [1.5, 1.5, 2.0, 2.0],
+        "error": [-0.5, 0.5, 1.0, 2.0],
+        "covered": [True, True, False, False],
+        "error_norm": [-0.25, 0.25, 0.5, 1.0],
+    })
+    s = summarise(rep).set_index("q_model")
+    assert s.loc["item", "bias"] == pytest.approx(0.25) and s.loc["sequence", "bias"] == pytest.approx(1.25)
+    assert s.loc["item", "bias_norm"] == pytest.approx(0.125)
+    assert s.loc["sequence", "rmse_norm"] == pytest.approx(np.sqrt((0.0625 + 1.0) / 2))
+    by = summarise(rep, by=("policy",)).set_index(["policy", "q_model"])
+    assert by.loc[("b", "sequence"), "bias"] == pytest.approx(2.0) and by.loc[("a", "item"), "coverage"] == 1.0
+    assert len(by) == 4

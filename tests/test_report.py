@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 
@@ -146,3 +147,38 @@ def test_csv_round_trip_and_overwrite(tmp_path) -> None:
     assert back["method"].tolist() == df["method"].tolist()
     np.testing.assert_allclose(back["ndcg@10"].to_numpy(), df["ndcg@10"].to_numpy())
     assert os.listdir(tmp_path) == ["results.csv"]
+
+
+def closed_rows(shift: float = 0.0) -> list[ResultRow]:
+    """rows() with a closed-loop value on every row and a reward model's belief on some."""
+    out = []
+    for i, r in enumerate(rows(shift)):
+        out.append(dataclasses.replace(r, closed_loop=1.0 + i + shift, rm_value=3.0 if r.kind == "trained" else None))
+    return out
+
+
+def test_closed_loop_column_sits_before_rm_value_and_only_when_present() -> None:
+    df = results_frame(closed_rows())
+    assert list(df.columns)[-2:] == ["closed_loop", "rm_value"]
+    assert df["closed_loop"].tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert df["closed_loop"].dtype == np.float64
+    assert "closed_loop" not in results_frame(rows()).columns
+    # a row without a closed-loop value shows a dash, like any missing value
+    mixed = closed_rows()[:4] + [rows()[4]]
+    assert np.isnan(results_frame(mixed).loc[4, "closed_loop"])
+    assert format_table(results_frame(mixed)).splitlines()[-1].split()[-2] == MISSING
+    agg = aggregate_seeds([results_frame(closed_rows(s)) for s in (0.0, 0.5)])
+    assert agg.set_index("method").loc["bc", "closed_loop_mean"] == pytest.approx(4.25)
+    assert "4.250 ± 0.354" in format_table(format_aggregate(agg))
+
+
+@pytest.mark.parametrize("aggregated", [False, True])
+def test_plot_gains_a_closed_loop_panel(tmp_path, aggregated) -> None:
+    df = results_frame(closed_rows())
+    if aggregated:
+        df = aggregate_seeds([results_frame(closed_rows(s)) for s in (0.0, 0.1)])
+    with_panel = plot_results(df, tmp_path / "three.png")
+    without = plot_results(results_frame(rows()), tmp_path / "two.png")
+    from matplotlib.image import imread
+
+    assert imread(with_panel).shape[1] > imread(without).shape[1]  # a wider figure: the third panel

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import copy
+import json
+import shutil
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from recsim_post.evaluation.evaluate import Evaluator
+from recsim_post.errors import ConfigError, LogError
+from recsim_post.evaluation.evaluate import Evaluator, reference_policies
 from recsim_post.evaluation.ground_truth import GroundTruth
 from recsim_post.evaluation.rollout import (
-    ROUND_COLUMNS, logger_policy, oracle_policy, rollout, sample_slates, topk_slates, uniform_policy,
+    ROUND_COLUMNS, ClosedLoop, ClosedLoopConfig, logger_policy, oracle_policy, rollout, sample_slates,
+    topk_slates, uniform_policy, world_at_end_of_logging,
 )
-from recsim_post.logs.simulate import simulate
+from recsim_post.logs.public import read_public
+from recsim_post.logs.simulate import simulate, write_logs
+from recsim_post.world.config import DynamicsConfig
 from recsim_post.posttrain.recipe import pretrain
 from recsim_post.seeding import SeedTree
 
@@ -139,3 +148,138 @@ def test_a_trained_bc_policy_runs_through_the_rollout(sim):
     r = rollout(sim.world, policy, sim.public.clicks(), 4, SeedTree(0), slate="sample")
     assert len(r.rounds) == 4 and np.isfinite(r.summary["value"])
     assert r.rounds["n_clicks"].sum() > 0
+
+
+# --------------------------------------------------------------------------------------------- #
+# references deployed as defined, the closed-loop column, the world at T rebuilt from a folder
+# --------------------------------------------------------------------------------------------- #
+
+
+def test_references_keep_their_own_slate_rule(sim):
+    clicks = sim.public.clicks()
+    for pol in (oracle_policy(), logger_policy(sim.logger, slate="sample")):
+        a = rollout(sim.world, pol, clicks, 4, SeedTree(1), slate="topk")
+        b = rollout(sim.world, pol, clicks, 4, SeedTree(1), slate="sample")
+        assert a.clicks.equals(b.clicks), pol.name
+    # without a rule of its own the logger follows the rollout's
+    free = logger_policy(sim.logger)
+    a = rollout(sim.world, free, clicks, 4, SeedTree(1), slate="topk")
+    b = rollout(sim.world, free, clicks, 4, SeedTree(1), slate="sample")
+    assert not a.clicks.equals(b.clicks)
+
+
+def test_closed_loop_config_rejects_bad_values():
+    with pytest.raises(ConfigError, match=r"rounds = -1 is out of range: must be >= 0"):
+        ClosedLoopConfig(rounds=-1)
+    with pytest.raises(ConfigError, match="at least one rollout seed"):
+        ClosedLoopConfig(seeds=())
+    with pytest.raises(ConfigError, match=r"seeds = \[0, -2\] is out of range"):
+        ClosedLoopConfig(seeds=(0, -2))
+    with pytest.raises(ConfigError, match="users = 0 is out of range"):
+        ClosedLoopConfig(users=0)
+    with pytest.raises(ConfigError, match="slate = 'best' is not allowed"):
+        ClosedLoopConfig(slate="best")
+
+
+def test_closed_loop_is_the_mean_of_the_seeded_rollouts_on_one_cohort(sim):
+    clicks = sim.public.clicks()
+    cfg = ClosedLoopConfig(rounds=4, seeds=(0, 3), users=30)
+    loop = ClosedLoop(sim.world, clicks, cfg)
+    assert loop.n_users == 30 and len(np.unique(loop.cohort)) == 30
+    # the cohort belongs to the world (its seed), not to the policy or the rollout seeds
+    again = ClosedLoop(sim.world, clicks, ClosedLoopConfig(rounds=2, seeds=(5,), users=30))
+    np.testing.assert_array_equal(loop.cohort, again.cohort)
+    pol = logger_policy(sim.logger, slate="sample")
+    v = loop.run(pol)
+    direct = [rollout(sim.world, pol, clicks, 4, SeedTree(s), users=loop.cohort).summary["value"] for s in (0, 3)]
+    assert v.mean == pytest.approx(np.mean(direct), rel=1e-12)
+    assert v.std == pytest.approx(np.std(direct, ddof=1), rel=1e-12)
+    assert [r["seed"] for r in v.runs] == [0, 3] and v.runs[0]["n_users"] == 30
+    assert loop.run(pol) == v  # same seeds, same numbers
+    assert np.isnan(ClosedLoop(sim.world, clicks, ClosedLoopConfig(rounds=2, seeds=(0,))).run(pol).std)
+    # a cohort larger than the world is everyone
+    assert ClosedLoop(sim.world, clicks, ClosedLoopConfig(users=10_000)).cohort is None
+    with pytest.raises(ConfigError, match="k = 61 is out of range"):
+        ClosedLoop(sim.world, clicks, ClosedLoopConfig(k=61))
+
+
+def _state(world) -> dict[str, np.ndarray]:
+    return {**_world_arrays(world), "arrival_round": world.state.arrival_round, "trend": world.trend(),
+            "vectors": world.catalog.vectors, "hype": world.catalog.hype}
+
+
+@pytest.fixture(scope="module")
+def dyn_folder(tmp_path_factory):
+    """Logs of a world with sessions, late arrivals and drift: state that sealed/ does not hold."""
+    sc = tiny_scenario(seed=4, dynamics=DynamicsConfig(drift_rate=0.1, session_budget=3, arrival=0.3))
+    s = simulate(sc)
+    folder = tmp_path_factory.mktemp("dyn") / "logs"
+    write_logs(s, folder)
+    return s, folder
+
+
+def test_world_at_end_of_logging_rebuilds_the_exact_world(dyn_folder):
+    s, folder = dyn_folder
+    assert s.world.state.away.any()  # sessions ended: the state a rollout needs beyond sealed/
+    logs, truth = read_public(folder), GroundTruth.load(folder)
+    rebuilt = world_at_end_of_logging(folder, logs, truth)
+    for key, arr in _state(s.world).items():
+        np.testing.assert_array_equal(arr, _state(rebuilt.world)[key], err_msg=key)
+    a = rollout(s.world, logger_policy(s.logger, "sample"), s.public.clicks(), 5, SeedTree(2))
+    b = rollout(rebuilt.world, logger_policy(rebuilt.logger, "sample"), logs.clicks(), 5, SeedTree(2))
+    assert a.clicks.equals(b.clicks) and a.summary == b.summary
+
+
+def _copy(folder: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "copy"
+    shutil.copytree(folder, out)
+    return out
+
+
+def test_world_at_end_of_logging_refuses_logs_it_cannot_reproduce(dyn_folder, tmp_path):
+    _, folder = dyn_folder
+    # a public file changed after it was written
+    edited = _copy(folder, tmp_path)
+    df = pq.read_table(edited / "interactions.parquet").to_pandas()
+    df.loc[0, "rating"] = 5.0 if df.loc[0, "rating"] != 5.0 else 1.0
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), edited / "interactions.parquet")
+    with pytest.raises(LogError, match="interactions.parquet does not match the sha256 in manifest.json"):
+        world_at_end_of_logging(edited, read_public(edited))
+    shutil.rmtree(edited)
+    # a manifest whose scenario is not what produced the files
+    edited = _copy(folder, tmp_path)
+    manifest = json.loads((edited / "manifest.json").read_text())
+    manifest["scenario"]["seed"] = 5
+    (edited / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(LogError, match="with seed 5 does not reproduce .* its public logs differ"):
+        world_at_end_of_logging(edited, read_public(edited), GroundTruth.load(edited))
+    shutil.rmtree(edited)
+    # sealed/ that disagrees with the world the public logs came from
+    edited = _copy(folder, tmp_path)
+    users = pq.read_table(edited / "sealed" / "users.parquet").to_pandas()
+    users["satiation0"] += 1.0
+    pq.write_table(pa.Table.from_pandas(users, preserve_index=False), edited / "sealed" / "users.parquet")
+    with pytest.raises(LogError, match="the sealed satiation at T differs"):
+        world_at_end_of_logging(edited, read_public(edited), GroundTruth.load(edited))
+    # no sha256 table: nothing to verify against
+    manifest = json.loads((edited / "manifest.json").read_text())
+    del manifest["sha256"]
+    (edited / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(LogError, match="no sha256 table"):
+        world_at_end_of_logging(edited, read_public(edited))
+
+
+def test_the_oracle_shows_the_best_first_slate_and_nothing_more_is_promised(sim):
+    """The one ordering that is exact: in the first round every policy serves the same active
+    users (common random numbers) from the same world, and the oracle shows each of them the k
+    items of highest r*, so no policy's shown items are worth more. Over the later rounds the
+    greedy oracle's own clicks satiate users and move trends, so its closed-loop value is not an
+    upper bound, and no test asserts one."""
+    ev = Evaluator.prepare(sim.public, GroundTruth.from_simulation(sim))
+    bc = pretrain(ev.train, sim.public.n_items, small_agent("bc", 1), SeedTree(0), progress=False)
+    pols = {**reference_policies(sim.public.n_items, ev.train, sim.logger), "bc": bc}
+    first = {name: rollout(sim.world, p, ev.clicks, 3, SeedTree(6)).rounds.iloc[0] for name, p in pols.items()}
+    assert len({int(r["n_active"]) for r in first.values()}) == 1
+    best = first["oracle"]["reward_shown"]
+    for name, r in first.items():
+        assert r["reward_shown"] <= best + 1e-12, name

@@ -9,6 +9,8 @@ import pytest
 
 from recsim_post.evaluation.evaluate import Evaluator
 from recsim_post.evaluation.ground_truth import GroundTruth
+from recsim_post.evaluation.report import results_frame
+from recsim_post.evaluation.rollout import ClosedLoop, ClosedLoopConfig
 from recsim_post.logs.simulate import simulate
 from recsim_post.posttrain.exp_rsft import ExpRSFTConfig
 from recsim_post.posttrain.recipe import load_agent, post_train, pretrain
@@ -73,3 +75,23 @@ def test_bc_on_noise_free_logs_approaches_the_logging_policy():
     bc, logger, pop = (f.loc[m, "true_value_norm"] for m in ("bc", "logging policy", "popularity"))
     assert bc >= logger - 0.1, (bc, logger)
     assert bc >= pop + 0.2, (bc, pop)
+
+
+def test_closed_loop_column_on_every_row_reproducible_and_only_when_asked():
+    cfg = ClosedLoopConfig(rounds=3, seeds=(0, 1), users=40)
+    agents = [small_agent("bc", 1)]
+    a = run_story(tiny_scenario(), agents, progress=False, closed_loop=cfg)
+    assert a.frame["method"].tolist() == ["uniform", "popularity", "logging policy", "oracle", "bc"]
+    assert np.isfinite(a.frame["closed_loop"]).all()
+    b = run_story(tiny_scenario(), agents, progress=False, closed_loop=cfg)
+    assert a.frame.equals(b.frame)  # same seeds, same numbers
+    # the closed loop only adds a column: other rollout seeds move it and nothing else
+    ev = a.evaluator
+    static = [c for c in a.frame.columns if c != "closed_loop"]
+    ev.closed_loop = ClosedLoop(a.simulation.world, ev.clicks, dataclasses.replace(cfg, seeds=(2, 3)))
+    other = results_frame(ev.reference_rows() + [ev.policy_row("bc", a.policies["bc"])])
+    assert other[static].equals(a.frame[static])
+    assert not np.array_equal(other["closed_loop"], a.frame["closed_loop"])
+    ev.closed_loop = None  # run_story's default: no rollouts, no column
+    plain = results_frame(ev.reference_rows() + [ev.policy_row("bc", a.policies["bc"])])
+    assert "closed_loop" not in plain.columns and plain.equals(a.frame[static])

@@ -149,3 +149,59 @@ def test_splits_are_leave_last_out(tiny):
     u_clicks = clicks[clicks.user_id == split.test.user_id.iloc[0]].item_id.to_numpy()
     expected = np.concatenate([np.full(max(0, 4 - len(u_clicks)), -1), u_clicks[-4:]])
     np.testing.assert_array_equal(h[0], expected)
+
+
+def test_optional_sealed_files_are_hashed_and_written_atomically(tmp_path: Path, tiny, monkeypatch):
+    import hashlib
+    import json
+
+    from recsim_post.errors import LogError
+    from recsim_post.logs import simulate as sim_mod
+    from recsim_post.world.config import DynamicsConfig
+
+    base = {"manifest.json", "interactions.parquet", "items.parquet",
+            "sealed/impressions.parquet", "sealed/items.parquet", "sealed/users.parquet"}
+    plain = write_logs(simulate(tiny), tmp_path / "plain")
+    assert {str(p.relative_to(plain)) for p in plain.rglob("*") if p.is_file()} == base  # knobs off: no new files
+    cfg = dataclasses.replace(
+        tiny, dynamics=DynamicsConfig(drift_rate=0.2),
+        logging=LoggingConfig(slate_size=5, switch_prob=0.3, extra_temperatures=(2.0,)),
+    )
+    a = write_logs(simulate(cfg), tmp_path / "a")
+    b = write_logs(simulate(cfg), tmp_path / "b")
+    extra = {"sealed/logger_rounds.parquet", "sealed/theta_updates.parquet"}
+    files = {str(p.relative_to(a)) for p in a.rglob("*") if p.is_file()}
+    assert files == base | extra
+    manifest = json.loads((a / "manifest.json").read_text())
+    assert set(manifest["sha256"]) == files - {"manifest.json"}
+    for name, digest in manifest["sha256"].items():
+        assert hashlib.sha256((a / name).read_bytes()).hexdigest() == digest, name
+        assert filecmp.cmp(a / name, b / name, shallow=False), name  # same seed, same bytes
+    # a failure while writing the new tables leaves neither the folder nor a temporary behind
+    orig = sim_mod._write_parquet
+
+    def failing(df, path, schema=None):  # noqa: ANN001
+        if path.name == "theta_updates.parquet":
+            raise OSError("disk full")
+        return orig(df, path, schema)
+
+    monkeypatch.setattr(sim_mod, "_write_parquet", failing)
+    with pytest.raises(OSError, match="disk full"):
+        write_logs(simulate(cfg), tmp_path / "c")
+    assert not (tmp_path / "c").exists() and not list(tmp_path.glob(".*tmp*"))
+    # ... and does not touch a folder it was asked to replace
+    with pytest.raises(OSError, match="disk full"):
+        write_logs(simulate(cfg), a, overwrite=True)
+    assert json.loads((a / "manifest.json").read_text()) == manifest
+    monkeypatch.undo()
+    with pytest.raises(LogError, match="already exists"):
+        write_logs(simulate(cfg), a)
+
+
+def test_ground_truth_theta_without_drift_is_constant(tiny):
+    truth = GroundTruth.from_simulation(simulate(tiny))
+    assert truth.theta_history is None and truth.logger_rounds is None
+    np.testing.assert_array_equal(truth.theta_at(0), truth.theta)
+    np.testing.assert_array_equal(truth.user_theta(np.array([2, 2]), np.array([0, 12])), truth.theta[[2, 2]])
+    with pytest.raises(ValueError, match="round 13 is out of range"):
+        truth.theta_at(13)

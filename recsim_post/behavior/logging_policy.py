@@ -4,8 +4,9 @@
     z_ui(t)        = relevance_weight * (theta~_u . v_i + q~_i) + trend_weight * trend_i(t) + b_i(t)
 
 S is the logger's support (all items unless ``support < 1``); b_i(t) is the external-suggestion
-boost (:class:`Suggestions`); with ``switch_every > 0`` the logger alternates between two
-parameterisations (:meth:`LoggingConfig.active_logger`). See :class:`LoggingConfig`.
+boost (:class:`Suggestions`); with switching on, one of K loggers (each its own trend_weight,
+temperature T, eps and relevance_weight) acts in each round, on a schedule or by a random Markov
+chain (:func:`logger_sequence`). See :class:`LoggingConfig`.
 
 theta~ and q~ are a stale, noisy estimate of the users' preferences and the items' quality (as a
 production model trained long ago would have): theta~_u = theta_u + relevance_noise * noise, drawn
@@ -45,7 +46,8 @@ class TrendLogger:
     vectors: np.ndarray  # (I, d) float32 copy of item vectors
     support_idx: np.ndarray | None = None  # sorted ids of the items the logger can show (None = all)
     boost: np.ndarray | None = None  # (I,) external-suggestion boost b_i(t) of the current round
-    active: int = 0  # which logger acts in the current round (0 or 1)
+    active: int = 0  # which logger of the mixture acts in the current round (0 .. K-1)
+    sequence: np.ndarray | None = None  # (n_rounds + 1,) active logger per round (random switching)
 
     def __post_init__(self) -> None:
         # (d, I) layout: the logits kernel streams one latent dimension across all items at a time.
@@ -60,11 +62,17 @@ class TrendLogger:
 
     @property
     def epsilon(self) -> float:
-        return self.cfg.epsilon
+        """eps of the active logger."""
+        return self.cfg.logger_params(self.active)[2]
 
     def set_round(self, t: int, boost: np.ndarray | None) -> None:
         """Put the logger in its state of round t: the active parameterisation and the boost."""
-        self.active = self.cfg.active_logger(t)
+        if self.sequence is not None:
+            if not 0 <= t < len(self.sequence):
+                raise ValueError(f"round {t} is outside the drawn logger sequence (rounds 0 .. {len(self.sequence) - 1})")
+            self.active = int(self.sequence[t])
+        else:
+            self.active = self.cfg.active_logger(t)
         self.boost = boost
 
     @classmethod
@@ -79,17 +87,20 @@ class TrendLogger:
         n_sup = cfg.n_supported(len(q))
         if n_sup < len(q):  # a new stream: drawing it leaves every other stream unchanged
             support_idx = np.sort(seed.generator("support").choice(len(q), n_sup, replace=False))
-        return cls(cfg, theta_hat, quality_hat, world.catalog.vectors.astype(np.float32), support_idx)
+        sequence = None
+        if cfg.switching == "random":
+            sequence = logger_sequence(cfg, world.cfg.simulation.n_rounds, seed)
+        return cls(cfg, theta_hat, quality_hat, world.catalog.vectors.astype(np.float32), support_idx,
+                   sequence=sequence)
 
     def _terms(self, trend: np.ndarray) -> tuple[np.float32, np.ndarray, np.float32]:
-        c = self.cfg
-        tw, temp = (c.alt_trend_weight, c.alt_temperature) if self.active == 1 else (c.trend_weight, c.temperature)
-        z = c.relevance_weight * self.quality_hat + tw * trend
+        tw, temp, _, rw = self.cfg.logger_params(self.active)
+        z = rw * self.quality_hat + tw * trend
         if self.boost is not None:
             z = z + self.boost
         if self.support_idx is not None:
             z = z[self.support_idx]
-        return np.float32(c.relevance_weight), z.astype(np.float32), np.float32(1.0 / temp)
+        return np.float32(rw), z.astype(np.float32), np.float32(1.0 / temp)
 
     def _to_items(self, slates: np.ndarray) -> np.ndarray:
         """Map slates over the supported columns back to item ids."""
@@ -144,7 +155,7 @@ class TrendLogger:
     def probabilities(self, users: np.ndarray, trend: np.ndarray) -> np.ndarray:
         """Exact pi_0(i | u) for users (B,): (B, I) float64, rows sum to one, 0 outside the support."""
         w = self.weights(users, trend).astype(np.float64)
-        eps, n = self.cfg.epsilon, w.shape[1]
+        eps, n = self.epsilon, w.shape[1]
         p = (1.0 - eps) * w / w.sum(axis=1, keepdims=True) + eps / n
         if self.support_idx is None:
             return p
@@ -161,7 +172,7 @@ class TrendLogger:
         ``numba.get_num_threads()`` threads; every row is computed on its own, so the result does
         not depend on the block size or the number of threads.
         """
-        eps = self.cfg.epsilon
+        eps = self.epsilon
         if reference:
             slates, prop, p_item = kernels.sample_slates_ref(self.weights(users, trend, reference=True), eps, uniforms)
             return self._to_items(slates), prop, p_item
@@ -196,6 +207,31 @@ class TrendLogger:
 
         kernels.run_on_threads(work, min(numba.get_num_threads(), len(starts)))
         return self._to_items(slates), prop, p_item
+
+
+def logger_sequence(cfg: LoggingConfig, n_rounds: int, seed: SeedTree) -> np.ndarray:
+    """The active logger in rounds 0 .. n_rounds (the last entry is the state at T): (n_rounds + 1,) int8.
+
+    off: all 0.  schedule: a_t = (t // switch_every) % K.  random: a Markov chain with a_0 = 0 and,
+    for t >= 1, with (u_t, w_t) two uniforms of stream ``seed/switching`` (seed is the logging node):
+        a_t = a_{t-1}                          if u_t >= switch_prob
+        a_t = j + [j >= a_{t-1}], j = floor(w_t * (K - 1))   otherwise (uniform over the K - 1 others)
+    The uniforms are drawn as one (n_rounds, 2) block, so the first rounds of the sequence do not
+    depend on n_rounds, and the stream is only drawn in random mode (no other stream moves).
+    """
+    K = cfg.n_loggers
+    a = np.zeros(n_rounds + 1, dtype=np.int8)
+    if cfg.switching == "schedule":
+        a[:] = (np.arange(n_rounds + 1) // cfg.switch_every) % K
+    elif cfg.switching == "random":
+        u = seed.generator("switching").random((n_rounds, 2))
+        cur = 0
+        for t in range(1, n_rounds + 1):  # n_rounds steps of a scalar chain: negligible next to a round
+            if u[t - 1, 0] < cfg.switch_prob:
+                j = min(int(u[t - 1, 1] * (K - 1)), K - 2)  # w * (K - 1) can round up to K - 1 when w ~ 1
+                cur = j + (j >= cur)
+            a[t] = cur
+    return a
 
 
 @dataclass

@@ -5,7 +5,9 @@ The evaluator is the one place where public logs and the sealed truth meet:
 * ground truth: every evaluation user's public click history at the end of logging (time T) is
   fed to the policy, and its softmax is scored exactly against r*(u, ., T) (see ground_truth.py);
 * offline metrics: leave-last-out -- the policy sees a user's clicks before the last one and is
-  ranked on the last (NDCG@k, HR@k, MRR over the full catalogue, history excluded).
+  ranked on the last (NDCG@k, HR@k, MRR over the full catalogue, history excluded);
+* closed loop (when :attr:`Evaluator.closed_loop` is set): the policy is deployed for H more rounds
+  on a copy of the world at T and earns the summed r* of what users click (see rollout.py).
 
 Reference rows anchor the table: the uniform policy, a popularity baseline (click counts in the
 training split), the logging policy at T and the oracle (ranks by the true reward).
@@ -26,6 +28,7 @@ from .ground_truth import GroundTruth, References, policy_value, references
 from .offline import ranking_metrics
 from .report import ResultRow
 from .reward_report import reward_model_report
+from .rollout import ClosedLoop, logger_policy, oracle_policy, uniform_policy
 
 
 HISTORY_LEN = 200
@@ -38,6 +41,25 @@ class Policy(Protocol):
     max_len: int
 
     def logits(self, hist: np.ndarray) -> np.ndarray: ...
+
+
+def popularity_scores(train: pd.DataFrame, n_items: int):  # noqa: ANN201 - (users, hist) -> logits
+    """The popularity baseline: logits log(1 + clicks of the item in ``train``), the same for everyone."""
+    log_pop = np.log1p(np.bincount(train["item_id"].to_numpy(), minlength=n_items)).astype(np.float32)
+    return lambda u, h: np.tile(log_pop, (len(u), 1))
+
+
+def reference_policies(n_items: int, train: pd.DataFrame, logger: Any) -> dict[str, Any]:
+    """The reference rows as a closed-loop rollout deploys them, each as it is defined: uniform
+    (k random items), popularity (:func:`popularity_scores`; slates by the rollout's rule), the
+    logging policy at T (samples its slates by Plackett-Luce, as in the logs, reading the moving
+    trend) and the oracle (the k best items by the current r*; greedy and myopic, not an upper bound)."""
+    return {
+        "uniform": uniform_policy(n_items),
+        "popularity": popularity_scores(train, n_items),
+        "logging policy": logger_policy(logger, slate="sample"),
+        "oracle": oracle_policy(),
+    }
 
 
 @dataclass
@@ -55,6 +77,8 @@ class Evaluator:
     k: int = 10
     reward_model: Any = None
     """Optional reward model (posttrain.reward_model.RewardModel): adds its believed value per row."""
+    closed_loop: ClosedLoop | None = None
+    """Optional closed-loop rollouts from the world at T: adds the ``closed_loop`` value per row."""
 
     @classmethod
     def prepare(
@@ -93,8 +117,9 @@ class Evaluator:
         logits = score(self.test_users, hist)
         return ranking_metrics(logits, self.test_targets, exclude=hist, k=self.k)
 
-    def _row(self, method: str, kind: str, score, offline: bool) -> ResultRow:  # noqa: ANN001
-        """``score(users, hist) -> logits``; hist are public histories at the relevant time."""
+    def _row(self, method: str, kind: str, score, offline: bool, deployed: Any = None) -> ResultRow:  # noqa: ANN001
+        """``score(users, hist) -> logits``; hist are public histories at the relevant time.
+        ``deployed``: the policy as a rollout runs it (for the closed-loop column)."""
 
         def at_t(users: np.ndarray) -> np.ndarray:
             return score(users, histories(self.clicks, users, HISTORY_LEN))
@@ -105,7 +130,13 @@ class Evaluator:
             method, kind, float(v.value), float(v.value_norm), float(v.topk_value), float(v.topk_norm),  # type: ignore[arg-type]
             m.get(f"ndcg@{self.k}"), m.get(f"hr@{self.k}"), m.get("mrr"),
             self._believed(score) if self.reward_model is not None else None,
+            self._closed(deployed),
         )
+
+    def _closed(self, deployed: Any) -> float | None:
+        if self.closed_loop is None or deployed is None:
+            return None
+        return self.closed_loop.run(deployed).mean
 
     def _believed(self, score, chunk: int = 1024) -> float:  # noqa: ANN001
         """mean_u sum_y pi(y | h_u) R̂(h_u, y): the reward model's opinion of the policy at T."""
@@ -126,15 +157,16 @@ class Evaluator:
     def reference_rows(self) -> list[ResultRow]:
         """uniform, popularity (train-split click counts), the logging policy at T, the oracle."""
         n = self.truth.n_items
-        counts = np.bincount(self.train["item_id"].to_numpy(), minlength=n)
-        log_pop = np.log1p(counts).astype(np.float32)
+        deployed = reference_policies(n, self.train, self.truth.logger)
         rows = [
             # uniform's top-k is a random k items (every score ties): its value is the mean
             ResultRow("uniform", "reference", self.refs.uniform, 0.0, self.refs.uniform, 0.0,
                       rm_value=None if self.reward_model is None else self._believed(
-                          lambda u, h: np.zeros((len(u), n), np.float32))),
-            self._row("popularity", "reference", lambda u, h: np.tile(log_pop, (len(u), 1)), True),
-            self._row("logging policy", "reference", lambda u, h: self.truth.logger_logits(u), True),
+                          lambda u, h: np.zeros((len(u), n), np.float32)),
+                      closed_loop=self._closed(deployed["uniform"])),
+            self._row("popularity", "reference", deployed["popularity"], True, deployed["popularity"]),
+            self._row("logging policy", "reference", lambda u, h: self.truth.logger_logits(u), True,
+                      deployed["logging policy"]),
         ]
         # The oracle samples argmax r* (a point mass) and shows the k best items; offline, it ranks
         # held-out clicks by their true reward -- which is not what users clicked on.
@@ -148,7 +180,7 @@ class Evaluator:
             believed = self._believed(point_mass)
         rows.append(
             ResultRow("oracle", "reference", self.refs.oracle, 1.0, self.refs.oracle_topk, 1.0,
-                      m[f"ndcg@{self.k}"], m[f"hr@{self.k}"], m["mrr"], believed)
+                      m[f"ndcg@{self.k}"], m[f"hr@{self.k}"], m["mrr"], believed, self._closed(deployed["oracle"]))
         )
         return rows
 
@@ -164,5 +196,5 @@ class Evaluator:
         )
 
     def policy_row(self, method: str, policy: Policy) -> ResultRow:
-        """Ground truth and offline metrics of a trained policy."""
-        return self._row(method, "trained", lambda u, h: policy.logits(h), True)
+        """Ground truth, offline metrics (and the closed-loop value) of a trained policy."""
+        return self._row(method, "trained", lambda u, h: policy.logits(h), True, policy)

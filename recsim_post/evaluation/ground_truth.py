@@ -8,12 +8,18 @@ For evaluation users u with public histories h_u at the end of logging (time T):
 
 The oracle puts all its mass on argmax_i r* (for V) or shows the k best items (for V_k). The sums
 run in chunks of users so memory stays bounded for large catalogues.
+
+Earlier rounds: with preference drift theta_u moves after every click; :meth:`GroundTruth.theta_at`
+and :meth:`GroundTruth.user_theta` give theta_u(t) at the start of any round t from the sealed
+history (exact float64 values). With switching loggers the active logger of every round is sealed
+too (:attr:`GroundTruth.logger_rounds`).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -33,6 +39,51 @@ ScoreFn = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
+class ThetaHistory:
+    """theta_u(t) at the start of every round, from the sealed theta_updates table.
+
+    Rows (round r, user u, theta) mean "theta_u at the start of round r"; round 0 has every user and
+    round r >= 1 the users whose theta moved in round r - 1. theta_u(t) is u's last row with r <= t.
+    """
+
+    round: np.ndarray  # (M,) int64, sorted by (user, round)
+    user: np.ndarray  # (M,) int64
+    theta: np.ndarray  # (M, d) float64
+    n_rounds: int
+    n_users: int
+
+    @cached_property  # computed once: exact_reward looks rows up chunk by chunk
+    def keys(self) -> np.ndarray:
+        """user * (n_rounds + 1) + round: increasing, since rows are sorted by (user, round)."""
+        return self.user * (self.n_rounds + 1) + self.round
+
+    @classmethod
+    def from_frame(cls, df: pd.DataFrame, n_users: int, n_rounds: int) -> "ThetaHistory":
+        cols = sorted((c for c in df.columns if c.startswith("theta") and c[5:].isdigit()), key=lambda c: int(c[5:]))
+        r = df["round"].to_numpy(np.int64)
+        u = df["user_id"].to_numpy(np.int64)
+        first = np.sort(u[r == 0])
+        if len(first) != n_users or not np.array_equal(first, np.arange(n_users)):
+            raise LogError("sealed theta_updates is corrupt: round 0 must hold every user exactly once")
+        if r.min() < 0 or r.max() > n_rounds:
+            raise LogError(f"sealed theta_updates is corrupt: rounds must lie in 0 .. {n_rounds}")
+        order = np.lexsort((r, u))
+        return cls(r[order], u[order], df[cols].to_numpy(np.float64)[order], n_rounds, n_users)
+
+    def rows(self, users: np.ndarray, rounds: np.ndarray) -> np.ndarray:
+        """theta_{users[b]}(rounds[b]): (B, d), by one searchsorted over (user, round) keys."""
+        users = np.asarray(users, np.int64)
+        rounds = np.asarray(rounds, np.int64)
+        if len(rounds) and (rounds.min() < 0 or rounds.max() > self.n_rounds):
+            raise ValueError(f"rounds must lie in 0 .. {self.n_rounds}, got {rounds.min()} .. {rounds.max()}")
+        if len(users) and (users.min() < 0 or users.max() >= self.n_users):
+            raise ValueError(f"user ids must lie in 0 .. {self.n_users - 1}, got {users.min()} .. {users.max()}")
+        # every user has a round-0 row, so the last key <= (u, t) is always one of u's own rows
+        idx = np.searchsorted(self.keys, users * (self.n_rounds + 1) + rounds, side="right") - 1
+        return self.theta[idx]
+
+
+@dataclass(frozen=True)
 class GroundTruth:
     """The sealed truth at the end of logging: evaluation's only window on the world."""
 
@@ -45,6 +96,8 @@ class GroundTruth:
     trend: np.ndarray  # (I,) trend at time T
     logger: TrendLogger
     impressions: pd.DataFrame | None = None  # slate_id, position, true_reward, propensities
+    logger_rounds: np.ndarray | None = None  # (n_rounds + 1,) active logger per round (switching on)
+    theta_history: ThetaHistory | None = None  # theta_u(t) over the rounds (drift on)
 
     @property
     def n_users(self) -> int:
@@ -54,12 +107,56 @@ class GroundTruth:
     def n_items(self) -> int:
         return len(self.quality)
 
+    @property
+    def has_propensities(self) -> bool:
+        """Whether the sealed impressions hold the logger's propensities (not with propensity_mode "none")."""
+        return self.impressions is not None and "propensity_item" in self.impressions.columns
+
+    def require_propensities(self, what: str = "this") -> None:
+        """Raise a one-line LogError when the sealed propensities are absent."""
+        if self.impressions is None:
+            raise LogError(f"{what} needs the sealed impressions, and this ground truth has none")
+        if not self.has_propensities:
+            raise LogError(
+                f"{what} needs the logger's true propensities, but this log was simulated with "
+                "logging.propensity_mode = 'none' (never recorded): use estimated propensities, "
+                "or simulate with propensity_mode 'hidden' or 'logged'"
+            )
+
+    def theta_at(self, t: int) -> np.ndarray:
+        """theta at the start of round t (0 <= t <= n_rounds; t = n_rounds is the end): (N, d)."""
+        n_rounds = self.scenario.simulation.n_rounds
+        if not 0 <= t <= n_rounds:
+            raise ValueError(f"round {t} is out of range: must be 0 .. {n_rounds}")
+        if self.scenario.dynamics.drift_rate == 0:
+            return self.theta  # preferences never move
+        return self._history().rows(np.arange(self.n_users), np.full(self.n_users, t))
+
+    def user_theta(self, users: np.ndarray, rounds: np.ndarray) -> np.ndarray:
+        """theta_{users[b]} at the start of round rounds[b]: (B, d)."""
+        if self.scenario.dynamics.drift_rate == 0:
+            return self.theta[np.asarray(users, np.int64)]
+        return self._history().rows(users, rounds)
+
+    def _history(self) -> ThetaHistory:
+        if self.theta_history is None:
+            raise LogError(
+                f"preferences drift (dynamics.drift_rate = {self.scenario.dynamics.drift_rate:g}) but this "
+                "ground truth has no sealed theta history (sealed/theta_updates.parquet, written by "
+                "newer versions): simulate the logs again"
+            )
+        return self.theta_history
+
     @classmethod
     def from_simulation(cls, sim) -> "GroundTruth":  # noqa: ANN001 - logs.simulate.Simulation
         w = sim.world
+        rounds = getattr(sim, "logger_rounds", None)
+        updates = getattr(sim, "theta_updates", None)
         return cls(
             w.cfg, w.users.theta, w.state.satiation.copy(), w.catalog.vectors, w.catalog.quality,
             w.catalog.genre, w.trend(), sim.logger, sim.sealed_impressions,
+            None if rounds is None else rounds["logger_id"].to_numpy(np.int64),
+            None if updates is None else ThetaHistory.from_frame(updates, w.n_users, w.cfg.simulation.n_rounds),
         )
 
     @classmethod
@@ -72,6 +169,10 @@ class GroundTruth:
             items = pq.read_table(folder / "sealed" / "items.parquet").to_pandas()
             users = pq.read_table(folder / "sealed" / "users.parquet").to_pandas()
             impressions = pq.read_table(folder / "sealed" / "impressions.parquet").to_pandas()
+            optional = {}
+            for name in ("logger_rounds", "theta_updates"):  # written only when the scenario needs them
+                path = folder / "sealed" / f"{name}.parquet"
+                optional[name] = pq.read_table(path).to_pandas() if path.is_file() else None
         except FileNotFoundError as err:
             raise LogError(f"{folder} has no sealed ground truth: {Path(err.filename).name} is missing") from None
         except (pa.ArrowException, OSError, KeyError, json.JSONDecodeError) as err:
@@ -86,17 +187,33 @@ class GroundTruth:
         support_idx = None
         if "logger_supported" in items.columns:
             support_idx = np.flatnonzero(items["logger_supported"].to_numpy(bool))
+        n_rounds = scenario.simulation.n_rounds
+        rounds = None
+        if optional["logger_rounds"] is not None:
+            rounds = optional["logger_rounds"].sort_values("round")["logger_id"].to_numpy(np.int64)
+            K = scenario.logging.n_loggers
+            if len(rounds) != n_rounds + 1 or rounds.min() < 0 or rounds.max() >= K:
+                raise LogError(
+                    f"{folder}: sealed logger_rounds is corrupt: expected {n_rounds + 1} rounds with logger ids "
+                    f"0 .. {K - 1}, got {len(rounds)} rounds with ids {rounds.min(initial=0)} .. {rounds.max(initial=0)}"
+                )
+        elif scenario.logging.switching == "random":
+            raise LogError(f"{folder} has no sealed/logger_rounds.parquet: which logger was active at T is unknown")
         logger = TrendLogger(
             scenario.logging, block(users, "theta_hat"), items["quality_hat"].to_numpy(),
-            vectors.astype(np.float32), support_idx,
+            vectors.astype(np.float32), support_idx, sequence=rounds,
         )
         # the logger's state at T: the active parameterisation and the suggestion boost of round T
         boost = items["logger_boost"].to_numpy(np.float64) if "logger_boost" in items.columns else None
-        logger.set_round(scenario.simulation.n_rounds, boost)
+        logger.set_round(n_rounds, boost)
+        theta = block(users, "theta")
+        history = None
+        if optional["theta_updates"] is not None:
+            history = ThetaHistory.from_frame(optional["theta_updates"], len(theta), n_rounds)
         return cls(
-            scenario, block(users, "theta"), block(users, "satiation"), vectors,
+            scenario, theta, block(users, "satiation"), vectors,
             items["quality"].to_numpy(), items["genre"].to_numpy(np.int64), items["trend"].to_numpy(),
-            logger, impressions,
+            logger, impressions, rounds, history,
         )
 
     def impression_rewards(self, rows: pd.DataFrame) -> np.ndarray:

@@ -13,6 +13,13 @@ a frozen dataclass with ``estimate(data) -> float`` and ``interval(data, n_boots
 
 The estimand is V(pi) = E_x E_{a ~ pi(.|x)} E[r | x, a] over the logged contexts' distribution;
 IPS and DR are unbiased for it when the propensities are exact and pi_0 covers pi's support.
+Where it does not (deficient support: pi_0(a | x) = 0 on a set U(x) of actions the logger never
+takes), no logged row holds such an action, so no weight is infinite, but::
+
+    E[IPS] = V - E_x sum_{a in U(x)} pi(a | x) r(x, a)
+    E[DR]  = V - E_x sum_{a in U(x)} pi(a | x) (r(x, a) - q^(x, a))
+
+(tests/test_ope_report.py computes both by hand on a small bandit).
 
 Logs of the simulator become :class:`BanditData` through :func:`bandit_data_from_logs`, and any
 :class:`BanditData` becomes Open Bandit Pipeline's ``bandit_feedback`` dict through
@@ -34,6 +41,8 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+
+from ..errors import LogError
 
 PI_SUM_TOL = 1e-6
 """Rows of ``pi_all`` must sum to one within this tolerance."""
@@ -215,8 +224,19 @@ class _Estimator:
         for lo in range(0, int(n_bootstrap), per):
             idx = rng.integers(0, n, size=(min(per, int(n_bootstrap) - lo), n))
             s = num[idx].sum(axis=1)
-            stats.append(s / n if den is None else s / den[idx].sum(axis=1))
+            if den is None:
+                stats.append(s / n)
+            else:
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    stats.append(s / den[idx].sum(axis=1))
         boot = np.concatenate(stats)
+        if den is not None:
+            # a ratio is undefined on a resample whose weights are all zero (possible when the target
+            # puts mass on few logged actions, e.g. most of it off the logger's support): such
+            # resamples are left out, and with none left the interval is NaN
+            boot = boot[np.isfinite(boot)]
+            if len(boot) == 0:
+                return math.nan, math.nan
         low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
         return float(low), float(high)
 
@@ -331,6 +351,16 @@ def to_obp_bandit_feedback(
     identity, (A, A). The target policy goes to obp's estimators as ``action_dist =
     pi_all[:, :, None]`` and a reward model as ``estimated_rewards_by_reg_model = q_hat_all[:, :, None]``
     (see :func:`obp_action_dist`).
+
+    On this dict obp's ``InverseProbabilityWeighting``, ``SelfNormalizedInverseProbabilityWeighting``,
+    ``DirectMethod``, ``DoublyRobust`` and ``SwitchDoublyRobust`` give :class:`IPS`, :class:`SNIPS`,
+    :class:`DM`, :class:`DR` and :class:`SwitchDR` to float rounding (tests/test_ope.py, obp 0.5.7 and
+    0.4.1), with two conventions to mind: obp's ``lambda_`` is a weight *clipping* cap in IPS and DR
+    (keep its default, inf, to match ours) but the switching threshold ``tau`` in
+    ``SwitchDoublyRobust`` (spelled ``tau`` in obp 0.4), and obp's DM divides by sum_a pi(a | x), so
+    it matches ours exactly only when the rows of ``pi_all`` sum to one (ours accept PI_SUM_TOL).
+    ``context`` holds the context key only (a user id here, not the round in ``timestamp``): fine for
+    the estimators, which ignore it, but no feature for obp's ``RegressionModel``.
     """
     if data.n_actions is None:
         raise ValueError("to_obp_bandit_feedback needs n_actions (give it, or pi_all / q_hat_all)")
@@ -370,6 +400,7 @@ def bandit_data_from_logs(
     position: int = 0,
     reward: RewardKind = "true",
     n_actions: int | None = None,
+    pscore: np.ndarray | None = None,
 ) -> BanditData:
     """Bandit rows from the simulator's logs: one row per slate, the item at ``position``.
 
@@ -390,6 +421,10 @@ def bandit_data_from_logs(
       Plackett-Luce continuation given the top item), with the logs' position bias and trend pull.
     * ``"rating"``: the observed rating of the top item if clicked, 0 otherwise. Estimand: the
       expected (noisy, trend-biased) rating collected at the top slot under the same slates.
+
+    ``pscore`` (n_rows,), if given, replaces the sealed ``propensity_item`` (e.g. estimated
+    propensities); it is required when the sealed impressions hold none (logs simulated with
+    ``logging.propensity_mode = "none"``).
 
     The returned data carry a placeholder target (pi_on_action = 0); set the target policy with
     ``data.with_policy(pi_all=...)`` (and a reward model with ``with_reward_model``).
@@ -415,11 +450,18 @@ def bandit_data_from_logs(
     else:
         r = np.where(pub["click"].to_numpy() == 1, pub["rating"].to_numpy(np.float64), 0.0)
         r = np.nan_to_num(r, nan=0.0)  # a clicked item without feedback counts as 0
+    if pscore is None:
+        if "propensity_item" not in sealed.columns:
+            raise LogError(
+                "the sealed impressions hold no propensities (propensity_mode = 'none'); "
+                "pass estimated ones as pscore"
+            )
+        pscore = sealed["propensity_item"].to_numpy(np.float64)
     return BanditData(
         context=pub["user_id"].to_numpy(np.int64),
         action=pub["item_id"].to_numpy(np.int64),
         reward=r,
-        pscore=sealed["propensity_item"].to_numpy(np.float64),
+        pscore=pscore,
         pi_on_action=np.zeros(len(pub)),  # placeholder until with_policy(...) sets the target
         n_actions=n_actions,
         timestamp=pub["timestamp"].to_numpy(np.int64),

@@ -19,14 +19,51 @@ run twice per target policy pi:
     measures. Fitted on all logged rows (no cross-fitting).
   - ``"frequency"``: p^(a) = the share of position-0 impressions that showed a (context-free).
 
-The reward model q^ used by DM, DR and Switch-DR is an item mean of the chosen reward over the
-position-0 rows, shrunk to the global mean with ``q_shrinkage`` pseudo-rows,
-q^(a) = (sum_{i: a_i = a} r_i + k * rbar) / (n_a + k); it ignores the user. How it is fitted (``q_fit``):
-``"past"`` (default) -- rows of round t get the item means of rounds < t only, so the DR correction
-is a martingale difference and DR stays unbiased with exact propensities although the logger adapts
-to earlier rounds (trends feed on exposure); ``"crossfit"`` -- two random halves, each scored with
-the other half's means; ``"all"`` -- in-sample (biases DR; for comparison only). The bootstrap intervals treat q^ and p^ as fixed (they do not refit
-them per resample), so they understate the uncertainty of the estimated-propensity rows.
+The reward model q^ used by DM, DR and Switch-DR (``q_model``; give several to report each):
+
+* ``"item"`` (default): an item mean of the chosen reward over the position-0 rows, shrunk to the
+  global mean with ``q_shrinkage`` pseudo-rows, q^(a) = (sum_{i: a_i = a} r_i + k * rbar) / (n_a + k);
+  it ignores the user. How it is fitted (``q_fit``): ``"past"`` (its default) -- rows of round t get
+  the item means of rounds < t only, so the DR correction is a martingale difference and DR stays
+  unbiased with exact propensities although the logger adapts to earlier rounds (trends feed on
+  exposure); ``"crossfit"`` -- two random halves, each scored with the other half's means; ``"all"``
+  -- in-sample (biases DR; for comparison only). Because the logger shows an item mostly to users
+  who like it, its mean where shown over-states its value to a random user: DM inherits that
+  selection bias (and Switch-DR, where it switches to DM).
+* ``"sequence"``: a personalised q^(h, a) -- a small SASRec over the click history with a bilinear
+  item head and a content term from the public item features -- cross-fitted by user folds
+  (``q_fit = "crossfit"``, its default; ``"all"`` in-sample for comparison); why user folds and not
+  past rounds, see ope_qmodel.py. Fitted on public histories, actions and item features and the
+  rows' reward r_i only.
+
+The report's ``q_mse`` is the mean squared error of q^ at the logged actions against r_i, on the
+rows each q^ was NOT fitted on (out of fold / past rounds), so the two models compare fairly.
+The bootstrap intervals treat q^ and p^ as fixed (they do not refit them per resample), so they
+understate the uncertainty of the estimated-propensity rows.
+
+Deficient support (``logging.support < 1``): pi_0(a | x) = 0 for the items S^c the logger never
+shows (their logits are -inf). Logged rows only ever hold actions with pi_0 > 0, so no pscore is
+zero and no weight infinite on any path (true propensities; estimated ones are floored; bootstrap
+resamples); SNIPS is undefined only when a target puts no mass on any logged action (NaN, not an
+error). But the mass a target puts on S^c is invisible to importance weighting. With exact
+propensities::
+
+    E[IPS] = V - E_x sum_{a in S^c} pi(a | x) r(x, a)
+    E[DR]  = V - E_x sum_{a in S^c} pi(a | x) (r(x, a) - q^(x, a))    (Switch-DR: the same, plus its own switching bias)
+
+so IPS misses the off-support reward altogether, DR keeps whatever q^ gets right there, and SNIPS
+rescales the on-support part to the full mass. The report shows ``off_support`` (the target's mean
+mass on S^c, from the sealed support) and ``support_bias`` (the first line's exact bias term,
+-(1/n) sum_i sum_{a in S^c} pi(a | x_i) r*(u_i, a, t_i)): an IPS interval that misses the truth by
+about that much is deficient support, not noise.
+
+Propensity modes: with ``logging.propensity_mode = "none"`` the sealed impressions hold no
+propensity column; the report then runs with estimated propensities only and says so (``say`` and
+``report.attrs["notes"]``). The column is checked by presence.
+
+Errors are also given on the normalised scale of the same estimand: ``scale`` = (1/n) sum_i
+(max_a r*(u_i, a, t_i) - mean_a r*(u_i, a, t_i)) (the oracle minus the uniform policy on the logged
+contexts) and ``error_norm`` = error / scale.
 
 Ground truth of the same estimand (``reward="true"``)::
 
@@ -47,7 +84,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -60,6 +97,7 @@ from ..models.sasrec import SASRecConfig
 from ..seeding import SeedTree
 from .ground_truth import GroundTruth
 from .ope import DM, DR, IPS, SNIPS, BanditData, SwitchDR, bandit_data_from_logs
+from .ope_qmodel import SequenceQConfig, item_features, sequence_q
 
 ESTIMATOR_ORDER = ("ips", "snips", "dm", "dr", "switch-dr")
 PSCORE_SOURCES = ("true", "estimated")
@@ -314,23 +352,27 @@ class ExactReward:
     sat_rows: np.ndarray  # (n, G)
 
     def rows(self, sl: slice) -> np.ndarray:
+        """r*(u_i, a, t_i) = theta_u(t_i) . v_a + q_a - strength * S_u,genre(a)(t_i) for rows ``sl``, all a.
+
+        theta_u(t_i) is the preference at the start of round t_i (sealed history; constant without drift).
+        """
         tr, s = self.truth, self.truth.scenario.satiation.strength
-        u = self.ctx.user[sl]
-        base = tr.theta[u] @ tr.vectors.T + tr.quality[None, :]
+        theta = tr.user_theta(self.ctx.user[sl], self.ctx.timestamp[sl])
+        base = theta @ tr.vectors.T + tr.quality[None, :]
         return base - s * self.sat_rows[sl][:, tr.genre]
 
 
 def exact_reward(truth: GroundTruth, logs: PublicLogs, ctx: LoggedContexts, sealed_r: np.ndarray, tol: float = 1e-6) -> ExactReward:
-    """Rebuild r* at every logged (u, t) and check it against the sealed satiation and rewards."""
+    """Rebuild r* at every logged (u, t) and check it against the sealed satiation and rewards.
+
+    Satiation S(t) is rebuilt from the public clicks; with preference drift (dynamics.drift_rate > 0)
+    theta_u(t) comes from the sealed theta history (GroundTruth.user_theta), whose last state must be
+    the sealed theta at T. A log without that history (older versions) raises LogError.
+    """
     sc = truth.scenario
-    if sc.dynamics.drift_rate > 0:
-        # θ_u moves after every click and only its final value is sealed, so r*(u, a, t) for the
-        # actions the logger did not take cannot be rebuilt exactly
-        raise ConfigError(
-            f"exact OPE truth needs fixed preferences: dynamics.drift_rate = {sc.dynamics.drift_rate:g} "
-            "in this log's scenario; simulate with drift_rate = 0"
-        )
     n_rounds = sc.simulation.n_rounds
+    if sc.dynamics.drift_rate > 0 and not np.array_equal(truth.theta_at(n_rounds), truth.theta):
+        raise LogError("the sealed theta history does not end at the sealed preferences at T")
     clicks = logs.interactions[logs.interactions["click"].to_numpy() == 1]
     sat_rows, S_T = satiation_at_rows(
         ctx, clicks, truth.genre, truth.n_users, truth.satiation.shape[1], sc.satiation.decay, n_rounds
@@ -356,6 +398,51 @@ def _estimators(tau: float) -> dict[str, Any]:
     return {"ips": IPS(), "snips": SNIPS(), "dm": DM(), "dr": DR(), "switch-dr": SwitchDR(tau=tau)}
 
 
+Q_MODELS = ("item", "sequence")
+"""The reward models q^ of DM, DR and Switch-DR (see the module docstring)."""
+
+Q_FITS = {"item": ("past", "crossfit", "all"), "sequence": ("crossfit", "all")}
+"""How each q^ may be fitted; the first is its default."""
+
+Q_FREE = ("ips", "snips")
+"""Estimators that use no q^: reported once per pscore source, with q_model = "none"."""
+
+PSCORE_COLUMN = "propensity_item"
+"""The sealed single-draw propensity; absent when the logs were simulated with propensity_mode = "none"."""
+
+
+def _q_models(q_model: str | Sequence[str], q_fit: str | None) -> tuple[str, ...]:
+    models = (q_model,) if isinstance(q_model, str) else tuple(q_model)
+    if not models or len(set(models)) != len(models) or any(m not in Q_MODELS for m in models):
+        raise ConfigError(f"q_model = {q_model!r} is not allowed: must be one or more of {', '.join(map(repr, Q_MODELS))}, each once")
+    for m in models:
+        if q_fit is not None and q_fit not in Q_FITS[m]:
+            raise ConfigError(f"q_fit = {q_fit!r} is not allowed for q_model = {m!r}: must be one of {', '.join(map(repr, Q_FITS[m]))}")
+    return models
+
+
+def _fit_q(
+    model: str, fit: str, ctx: LoggedContexts, reward: np.ndarray, logs: PublicLogs, n_items: int,
+    shrinkage: float, q_cfg: SequenceQConfig, tree: SeedTree,
+) -> np.ndarray:
+    """q^(x_i, a) on every logged row, (n, n_items), for one reward model and fitting scheme."""
+    if model == "sequence":
+        phi = item_features(logs.items, n_items) if q_cfg.features else None
+        return sequence_q(ctx.hist, ctx.user, ctx.action, reward, n_items, phi, q_cfg, tree.child("q-sequence"), fit)
+    if fit == "past":
+        return past_q(ctx, reward, n_items, shrinkage)
+    return crossfit_q(ctx, reward, n_items, shrinkage, fit == "crossfit", tree.generator("crossfit"))
+
+
+def _estimate(est: Any, data: BanditData, n_bootstrap: int, alpha: float, rng: np.random.Generator) -> tuple[float, float, float]:
+    """(estimate, ci_low, ci_high); NaN for SNIPS when the target puts no mass on any logged action
+    (e.g. a target that lives entirely off the logger's support): undefined, not a crash."""
+    if isinstance(est, SNIPS) and not (data.weight > 0).any():
+        return math.nan, math.nan, math.nan
+    lo, hi = est.interval(data, n_bootstrap, alpha, rng)
+    return est.estimate(data), lo, hi
+
+
 def ope_report(
     logs: PublicLogs,
     truth: GroundTruth,
@@ -367,64 +454,114 @@ def ope_report(
     propensity: str = "bc",
     floor: float = 1e-4,
     tau: float = 10.0,
-    q_fit: str = "past",
+    q_fit: str | None = None,
     q_shrinkage: float = 1.0,
     max_len: int = 50,
     model_cfg: PropensityModelConfig | None = None,
     propensity_model: SequencePolicy | None = None,
+    q_model: str | Sequence[str] = "item",
+    q_cfg: SequenceQConfig | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
-    """One row per policy x estimator x pscore source: estimate, CI, exact truth, error, covered.
+    """One row per policy x estimator x pscore source x q^ model: estimate, CI, exact truth, error, covered.
 
-    Columns: policy, estimator, pscore, estimate, ci_low, ci_high, truth, error, covered, plus
-    n_rows, max_weight (largest importance weight) and propensity (the estimated-pscore method).
+    Columns: policy, estimator, pscore, q_model ("none" for IPS and SNIPS), estimate, ci_low,
+    ci_high, truth, error, covered, plus n_rows, max_weight (largest importance weight),
+    propensity (the estimated-pscore method), q_mse (out-of-sample squared error of q^ at the
+    logged actions), off_support and support_bias (deficient support, see the module docstring),
+    scale and error_norm (the error on the 0 = uniform, 1 = oracle scale).
+
+    ``q_fit`` None fits each q^ its default way (item: "past", sequence: "crossfit"). Notes (e.g.
+    that the logs hold no propensities) go to ``say`` and to ``report.attrs["notes"]``.
     """
+    q_models = _q_models(q_model, q_fit)
     if truth.impressions is None:
         raise ValueError("the ground truth has no sealed impressions (needed for the true propensities)")
+    notes: list[str] = []
+
+    def note(msg: str) -> None:
+        notes.append(msg)
+        if say is not None:
+            say(msg)
+
     tree = SeedTree(seed).child("ope-report")
     inter = logs.interactions
     ctx = logged_contexts(inter, max_len=max_len)
-    base = bandit_data_from_logs(inter, truth.impressions, reward=reward, n_actions=truth.n_items)
-    if not (np.array_equal(base.action, ctx.action) and np.array_equal(base.context, ctx.user)):
-        raise ValueError("bandit rows and logged contexts are not aligned")
-    sealed_r = bandit_data_from_logs(inter, truth.impressions, reward="true").reward
-    exact = exact_reward(truth, logs, ctx, sealed_r) if reward == "true" else None
-
     mcfg = model_cfg or PropensityModelConfig(max_len=max_len)
     p_hat = estimated_propensities(ctx, truth.n_items, propensity, floor, mcfg, seed, propensity_model)
-    if q_fit == "past":
-        q_hat = past_q(ctx, base.reward, truth.n_items, q_shrinkage)
-    elif q_fit in ("crossfit", "all"):
-        q_hat = crossfit_q(ctx, base.reward, truth.n_items, q_shrinkage, q_fit == "crossfit", tree.generator("crossfit"))
-    else:
-        raise ValueError(f"q_fit must be 'past', 'crossfit' or 'all', got {q_fit!r}")
-    sources = {"true": base.pscore, "estimated": p_hat}
+    has_pscore = PSCORE_COLUMN in truth.impressions.columns
+    if not has_pscore:
+        note(f"the sealed impressions hold no propensities (propensity_mode = 'none'): "
+             f"estimated propensities ({propensity}) only")
+    base = bandit_data_from_logs(
+        inter, truth.impressions, reward=reward, n_actions=truth.n_items, pscore=None if has_pscore else p_hat
+    )
+    if not (np.array_equal(base.action, ctx.action) and np.array_equal(base.context, ctx.user)):
+        raise ValueError("bandit rows and logged contexts are not aligned")
+    sealed_r = bandit_data_from_logs(inter, truth.impressions, reward="true", pscore=base.pscore).reward
+    exact = exact_reward(truth, logs, ctx, sealed_r) if reward == "true" else None
+
+    q_cfg = q_cfg or SequenceQConfig()
+    q_hats, q_mse = {}, {}
+    for m in q_models:
+        q_hats[m] = _fit_q(m, q_fit or Q_FITS[m][0], ctx, base.reward, logs, truth.n_items, q_shrinkage, q_cfg, tree)
+        q_mse[m] = float(np.mean((q_hats[m][np.arange(len(ctx)), ctx.action] - base.reward) ** 2))
+    sources = {"true": base.pscore, "estimated": p_hat} if has_pscore else {"estimated": p_hat}
     ests = _estimators(tau)
+
+    # deficient support: the sealed support of the logger (None = every item)
+    support_idx = getattr(truth.logger, "support_idx", None)
+    off = None
+    if support_idx is not None:
+        off = np.ones(truth.n_items, bool)
+        off[support_idx] = False
+    scale = math.nan
+    if exact is not None:
+        tot = 0.0
+        for lo in range(0, len(ctx), CHUNK_ROWS):
+            r = exact.rows(slice(lo, lo + CHUNK_ROWS))
+            tot += float((r.max(axis=1) - r.mean(axis=1)).sum())
+        scale = tot / len(ctx)
 
     rows = []
     for pi_name, policy in policies.items():
         pi_all = policy_probabilities(policy, ctx)
-        v_true = float("nan")
+        v_true = support_bias = math.nan
         if exact is not None:
-            tot = 0.0
+            tot = off_tot = 0.0
             for lo in range(0, len(ctx), CHUNK_ROWS):
                 sl = slice(lo, lo + CHUNK_ROWS)
-                tot += float((pi_all[sl] * exact.rows(sl)).sum())
-            v_true = tot / len(ctx)
+                pr = pi_all[sl] * exact.rows(sl)
+                tot += float(pr.sum())
+                off_tot += float(pr[:, off].sum()) if off is not None else 0.0
+            v_true, support_bias = tot / len(ctx), -off_tot / len(ctx)
+        off_mass = float(pi_all[:, off].sum(axis=1).mean()) if off is not None else 0.0
         for src, ps in sources.items():
-            data = BanditData(
-                base.context, base.action, base.reward, ps, None, pi_all, q_hat, truth.n_items, base.timestamp
-            )
-            for name in ESTIMATOR_ORDER:
-                est = ests[name]
-                v = est.estimate(data)
-                lo_, hi_ = est.interval(data, n_bootstrap, alpha, tree.child(pi_name).child(src).generator(name))
-                rows.append(dict(
-                    policy=pi_name, estimator=name, pscore=src, estimate=v, ci_low=lo_, ci_high=hi_,
-                    truth=v_true, error=v - v_true, covered=bool(lo_ <= v_true <= hi_) if exact is not None else np.nan,
-                    n_rows=len(data), max_weight=float(data.weight.max()),
-                    propensity="sealed" if src == "true" else propensity,
-                ))
-    return pd.DataFrame(rows)
+            for qm in q_models:
+                data = BanditData(
+                    base.context, base.action, base.reward, ps, None, pi_all, q_hats[qm], truth.n_items, base.timestamp
+                )
+                for name in ESTIMATOR_ORDER:
+                    if name in Q_FREE and qm != q_models[0]:
+                        continue  # no q^: one row per source is enough
+                    q_col = "none" if name in Q_FREE else qm
+                    # the item-mean rows keep the streams they always had; other q^ get their own
+                    node = tree.child(pi_name).child(src)
+                    node = node.child(q_col) if q_col not in ("none", "item") else node
+                    v, lo_, hi_ = _estimate(ests[name], data, n_bootstrap, alpha, node.generator(name))
+                    covered = bool(lo_ <= v_true <= hi_) if exact is not None and not math.isnan(lo_) else np.nan
+                    rows.append(dict(
+                        policy=pi_name, estimator=name, pscore=src, q_model=q_col, estimate=v, ci_low=lo_,
+                        ci_high=hi_, truth=v_true, error=v - v_true, covered=covered,
+                        n_rows=len(data), max_weight=float(data.weight.max()),
+                        propensity="sealed" if src == "true" else propensity,
+                        q_mse=math.nan if name in Q_FREE else q_mse[qm],
+                        off_support=off_mass, support_bias=support_bias, scale=scale,
+                        error_norm=(v - v_true) / scale,
+                    ))
+    report = pd.DataFrame(rows)
+    report.attrs["notes"] = notes
+    return report
 
 
 def ope_report_from_simulation(sim, policies: Mapping[str, PolicyLike], **kw) -> pd.DataFrame:  # noqa: ANN001
@@ -432,51 +569,83 @@ def ope_report_from_simulation(sim, policies: Mapping[str, PolicyLike], **kw) ->
     return ope_report(sim.public, GroundTruth.from_simulation(sim), policies, **kw)
 
 
-def summarise(report: pd.DataFrame) -> pd.DataFrame:
+def summarise(report: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
     """Bias (mean error), RMSE, coverage (share of CIs covering the truth) and mean CI width,
-    per estimator x pscore source, over every policy / seed row of ``report``."""
-    df = report.dropna(subset=["truth"]).copy()
+    per estimator x pscore source (x q_model when the report has one, x ``by``, e.g. ("policy",)),
+    over every other row of ``report`` (policies, seeds).
+
+    With ``error_norm`` in the report, bias_norm and rmse_norm give the same on the normalised
+    scale (0 = uniform, 1 = oracle of each row's estimand). Rows whose estimate is undefined (NaN)
+    are left out of the means; ``n`` counts the rows used.
+    """
+    df = report.dropna(subset=["truth", "estimate"]).copy()
     df["sq"] = df["error"] ** 2
     df["width"] = df["ci_high"] - df["ci_low"]
     df["covered"] = df["covered"].astype(float)
-    g = df.groupby(["estimator", "pscore"], sort=False)
-    out = pd.DataFrame({
+    keys = list(by) + ["estimator", "pscore"] + (["q_model"] if "q_model" in df.columns else [])
+    g = df.groupby(keys, sort=False)
+    cols = {
         "bias": g["error"].mean(),
         "rmse": np.sqrt(g["sq"].mean()),
         "coverage": g["covered"].mean(),
         "ci_width": g["width"].mean(),
-        "n": g["error"].size(),
-    }).reset_index()
+    }
+    if "error_norm" in df.columns:
+        df["sq_norm"] = df["error_norm"] ** 2
+        cols.update(bias_norm=g["error_norm"].mean(), rmse_norm=np.sqrt(g["sq_norm"].mean()))
+    cols["n"] = g["error"].size()
+    out = pd.DataFrame(cols).reset_index()
     order = {e: i for i, e in enumerate(ESTIMATOR_ORDER)}
-    out["_o"] = out["estimator"].map(order).fillna(len(order)) * 10 + out["pscore"].map({"true": 0, "estimated": 1}).fillna(2)
-    return out.sort_values("_o").drop(columns="_o").reset_index(drop=True)
+    qorder = {q: i for i, q in enumerate(("none",) + Q_MODELS)}
+    rank = out["estimator"].map(order).fillna(len(order)) * 100 + out["pscore"].map({"true": 0, "estimated": 1}).fillna(2)
+    if "q_model" in out.columns:
+        rank = rank + 10 * out["q_model"].map(qorder).fillna(len(qorder))
+    out["_o"] = rank
+    return out.sort_values(list(by) + ["_o"], kind="stable").drop(columns="_o").reset_index(drop=True)
 
 
-def format_summary(summary: pd.DataFrame) -> str:
-    """The summary as a terminal table: one row per estimator, true vs estimated propensities side by side."""
-    wide = summary.pivot(index="estimator", columns="pscore", values=["bias", "rmse", "coverage"])
-    ests = [e for e in ESTIMATOR_ORDER if e in wide.index] + [e for e in wide.index if e not in ESTIMATOR_ORDER]
+def estimator_label(row: pd.Series) -> str:
+    """"dr [sequence]" for a row with a q^ model, "ips" for one without."""
+    q = row.get("q_model", "none")
+    return row["estimator"] if q in ("none", None) or (isinstance(q, float) and math.isnan(q)) else f"{row['estimator']} [{q}]"
+
+
+def format_summary(summary: pd.DataFrame, normalised: bool = False) -> str:
+    """The summary as a terminal table: one row per estimator (and q^ model), true vs estimated
+    propensities side by side; ``normalised`` shows bias_norm / rmse_norm instead of raw units."""
+    summary = summary.assign(label=summary.apply(estimator_label, axis=1))
+    metrics = ("bias_norm", "rmse_norm", "coverage") if normalised else ("bias", "rmse", "coverage")
+    wide = summary.pivot(index="label", columns="pscore", values=list(metrics))
+    labels = list(dict.fromkeys(summary["label"]))
     srcs = [s for s in PSCORE_SOURCES if s in summary["pscore"].unique()]
-    head = f"{'estimator':<10}" + "".join(f"{m + ' (' + s[:4] + ')':>16}" for m in ("bias", "rmse", "coverage") for s in srcs)
+    width = max(10, max(len(x) for x in labels) + 1)
+    head = f"{'estimator':<{width}}" + "".join(f"{m.replace('_norm', '') + ' (' + s[:4] + ')':>16}" for m in metrics for s in srcs)
     lines = [head, "-" * len(head)]
-    for e in ests:
+    for lab in labels:
         cells = "".join(
-            f"{wide.loc[e, (m, s)]:>16.4f}" if m != "coverage" else f"{wide.loc[e, (m, s)]:>16.2f}"
-            for m in ("bias", "rmse", "coverage") for s in srcs
+            f"{wide.loc[lab, (m, s)]:>16.4f}" if m != "coverage" else f"{wide.loc[lab, (m, s)]:>16.2f}"
+            for m in metrics for s in srcs
         )
-        lines.append(f"{e:<10}" + cells)
+        lines.append(f"{lab:<{width}}" + cells)
     return "\n".join(lines)
 
 
 def format_report(report: pd.DataFrame) -> str:
     """The per-policy report as a terminal table."""
-    cols = ["policy", "estimator", "pscore", "estimate", "ci_low", "ci_high", "truth", "error", "covered"]
-    return report[cols].to_string(index=False, float_format=lambda x: f"{x:.4f}")
+    cols = ["policy", "estimator", "pscore", "q_model", "estimate", "ci_low", "ci_high", "truth", "error", "covered"]
+    text = report[[c for c in cols if c in report.columns]].to_string(index=False, float_format=lambda x: f"{x:.4f}")
+    if "off_support" in report.columns and (report["off_support"] > 0).any():
+        per = report.groupby("policy", sort=False)[["off_support", "support_bias"]].first()
+        text += "\n\ndeficient support (the logger never shows some items): " + "; ".join(
+            f"{p} puts {r.off_support:.1%} of its mass there (exact IPS bias from it {r.support_bias:+.4f})"
+            for p, r in per.iterrows()
+        )
+    return text
 
 
 __all__ = [
     "LoggedContexts", "PropensityModelConfig", "UniformPolicy", "click_histories_at", "crossfit_q",
     "estimated_propensities", "exact_reward", "past_q", "fit_logger_model", "format_report", "format_summary",
     "item_mean_q", "logged_contexts", "ope_report", "ope_report_from_simulation", "policy_probabilities",
-    "summarise",
+    "summarise", "Q_MODELS", "estimator_label",
 ]

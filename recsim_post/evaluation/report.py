@@ -2,7 +2,9 @@
 
 One row per policy. Reference rows (uniform, logging policy, oracle) anchor the scale: the
 normalised value is ``(V(pi) - V(uniform)) / (V(oracle) - V(uniform))``, 0 = uniform, 1 = oracle.
-Offline metrics are undefined for them and shown as "—".
+Offline metrics are undefined for them and shown as "—". The optional ``closed_loop`` column is the
+value of the policy deployed for H more rounds (rollout.py); it is not normalised, because the
+(greedy, myopic) oracle is not an upper bound there.
 
 Files are written atomically (a temporary file in the same folder, then ``os.replace``) so that
 an interrupted run never leaves a half-written table or picture behind a valid name.
@@ -68,6 +70,9 @@ class ResultRow:
     """What the reward model believes the policy earns: mean_u sum_y pi(y|h_u) R̂(h_u, y), on the
     observed-rating scale. Shown beside the ground truth so a policy that fools its reward model
     (believed value up, true value flat or down) is visible."""
+    closed_loop: float | None = None
+    """Closed-loop value: mean over a cohort of each user's summed r* of her clicks while the
+    policy serves slates for H rounds after T, averaged over rollout seeds (rollout.ClosedLoop)."""
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
@@ -91,14 +96,16 @@ def column_names(k: int = 10) -> list[str]:
 
 def results_frame(rows: Iterable[ResultRow], k: int = 10) -> pd.DataFrame:
     """A tidy frame, one row per policy, with the columns of :func:`column_names` (None -> NaN),
-    plus ``rm_value`` when any row carries a reward model's belief."""
+    plus ``closed_loop`` when any row carries a closed-loop value and ``rm_value`` when any row
+    carries a reward model's belief (in that order)."""
     rows = list(rows)
     cols = column_names(k)
+    with_closed = any(r.closed_loop is not None for r in rows)
     with_rm = any(r.rm_value is not None for r in rows)
-    if with_rm:
-        cols = cols + ["rm_value"]
+    cols = cols + (["closed_loop"] if with_closed else []) + (["rm_value"] if with_rm else [])
     records = [
         (r.method, r.kind, r.value, r.value_norm, r.topk_value, r.topk_norm, r.ndcg, r.hr, r.mrr)
+        + ((r.closed_loop,) if with_closed else ())
         + ((r.rm_value,) if with_rm else ())
         for r in rows
     ]
@@ -208,8 +215,9 @@ def format_aggregate(agg: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
 
 def plot_results(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     """One PNG telling "offline metric vs ground truth": per method, the normalised ground-truth
-    value (left panel) beside NDCG@k (right panel), methods sorted by ground truth so that a
-    disagreement shows as NDCG bars out of order. Reference rows are grey and hatched.
+    value (left panel) beside NDCG@k (middle panel), methods sorted by ground truth so that a
+    disagreement shows as NDCG bars out of order; a third panel shows the closed-loop value when
+    the frame has a ``closed_loop`` column. Reference rows are grey and hatched.
 
     Accepts :func:`results_frame` output, or :func:`aggregate_seeds` output (then std error bars).
     Uses ``matplotlib.figure.Figure`` directly, so no global pyplot state or backend is touched.
@@ -239,6 +247,8 @@ def plot_results(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     ndcg_name = ndcg_names[0]
     truth, truth_err = column("true_value_norm")
     ndcg, ndcg_err = column(ndcg_name)
+    with_closed = "closed_loop" in df.columns or "closed_loop_mean" in df.columns
+    closed, closed_err = column("closed_loop") if with_closed else (None, None)
     methods = df["method"].astype(str).to_numpy()
     reference = (
         (df["kind"] == "reference").to_numpy() if "kind" in df.columns else np.isnan(ndcg)
@@ -252,13 +262,18 @@ def plot_results(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     def take(a: np.ndarray | None) -> np.ndarray | None:
         return None if a is None else a[order]
 
-    fig = Figure(figsize=(10, 1.2 + 0.45 * max(len(order), 3)), layout="constrained")
-    ax_truth, ax_ndcg = fig.subplots(1, 2, sharey=True)
+    n_panels = 3 if with_closed else 2
+    fig = Figure(figsize=(5 * n_panels, 1.2 + 0.45 * max(len(order), 3)), layout="constrained")
+    axes = fig.subplots(1, n_panels, sharey=True)
+    ax_truth, ax_ndcg = axes[0], axes[1]
     trained_colour, reference_colour = "tab:blue", "0.65"
-    for ax, values, err, colour in (
+    panels = [
         (ax_truth, take(truth), take(truth_err), trained_colour),
         (ax_ndcg, take(ndcg), take(ndcg_err), "tab:orange"),
-    ):
+    ]
+    if with_closed:
+        panels.append((axes[2], take(closed), take(closed_err), "tab:green"))
+    for ax, values, err, colour in panels:
         ref = reference[order]
         shown = np.nan_to_num(values, nan=0.0)
         xerr = None if err is None else np.nan_to_num(err, nan=0.0)
@@ -288,6 +303,9 @@ def plot_results(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     ax_truth.set_title("ground truth (what users really value)")
     ax_ndcg.set_xlabel(f"{ndcg_name} on held-out logs (full catalogue, history excluded)")
     ax_ndcg.set_title(f"offline metric ({ndcg_name}; — = undefined)")
+    if with_closed:
+        axes[2].set_xlabel("summed true reward of clicks per user over the rollout")
+        axes[2].set_title("closed loop (deployed after the logs)")
 
     rho = _spearman(truth[~reference], ndcg[~reference])
     subtitle = "" if rho is None else f"\nSpearman rank correlation over trained methods: ρ = {rho:.2f}"

@@ -23,21 +23,39 @@ rollout runs on a deep copy: the caller's world is never modified.
 
 Closed-loop value = mean over the cohort of each user's summed r* of her clicks over the H rounds
 (r* at the time of the click, satiation included); an inactive or non-clicking user adds 0.
+
+The oracle here is greedy and myopic (the k best items by the current r*, round after round); it
+ignores the satiation it builds up and the trends it feeds, so it is a strong reference, not an
+upper bound: a policy may beat it closed-loop.
+
+:class:`ClosedLoop` rolls many policies under one :class:`ClosedLoopConfig` (same cohort, same
+seeds) and averages over the seeds: the ``closed_loop`` column of the results table.
+:func:`world_at_end_of_logging` rebuilds the world at T of a log folder written to disk (see its
+doc for why that is a verified re-simulation rather than a read of ``sealed/``).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
-from ..logs.public import histories
+from .. import __version__
+from ..config import Config, from_dict, knob
+from ..errors import ConfigError, LogError
+from ..logs.public import PublicLogs, histories
+from ..logs.simulate import Simulation, simulate
 from ..seeding import SeedTree
+from ..world.config import ScenarioConfig
 from ..world.world import World
+from .ground_truth import GroundTruth
 
 HISTORY_LEN = 200
 """Clicks of history kept per user (a policy with a shorter ``max_len`` reads fewer)."""
@@ -56,11 +74,13 @@ class WorldPolicy:
     """A policy that reads the rolled world: ``fn(world, users, hist) -> logits (B, n_items)``.
 
     The rollout hands it its own (copied, moving) world each round, so e.g. the oracle ranks by
-    the *current* r*, satiation included.
+    the *current* r*, satiation included. ``slate`` fixes how its slates are built whatever the
+    rollout's ``slate`` argument says (None: follow it) -- a reference deployed as it is defined.
     """
 
     fn: Callable[[World, np.ndarray, np.ndarray], np.ndarray]
     name: str = "world-policy"
+    slate: Literal["topk", "sample"] | None = None
 
     def __call__(self, world: World, users: np.ndarray, hist: np.ndarray) -> np.ndarray:
         return self.fn(world, users, hist)
@@ -76,24 +96,27 @@ def uniform_policy(n_items: int) -> Callable[[np.ndarray, np.ndarray], np.ndarra
 
 
 def oracle_policy(world: World | None = None) -> WorldPolicy:
-    """Ranks by r*(u, ., t) of the rolled world at the current round (it reacts to satiation).
+    """Shows the k best items by r*(u, ., t) of the rolled world at the current round (it reacts
+    to satiation); always top k, even in a rollout with ``slate="sample"`` (softmax(r*) would be
+    an arbitrary temperature, not an oracle).
 
     ``world`` is accepted for symmetry with the other helpers and ignored: the oracle always reads
     the world the rollout is moving, never the caller's (which stays at T).
     """
-    return WorldPolicy(lambda w, users, hist: w.true_reward(users), "oracle")
+    return WorldPolicy(lambda w, users, hist: w.true_reward(users), "oracle", slate="topk")
 
 
-def logger_policy(logger: Any) -> WorldPolicy:
+def logger_policy(logger: Any, slate: Literal["topk", "sample"] | None = None) -> WorldPolicy:
     """The logging policy (behavior.logging_policy.TrendLogger) as it stands at T, reading the
     rolled world's current trend; its log-probabilities (-inf outside a deficient support).
-    Use ``slate="sample"`` to draw its slates by Plackett-Luce, as in the logs."""
+    ``slate="sample"`` draws its slates by Plackett-Luce whatever the rollout's rule, as in the
+    logs (None: follow the rollout's rule)."""
 
     def score(w: World, users: np.ndarray, hist: np.ndarray) -> np.ndarray:
         with np.errstate(divide="ignore"):
             return np.log(logger.probabilities(users, w.trend()))
 
-    return WorldPolicy(score, "logging policy")
+    return WorldPolicy(score, "logging policy", slate=slate)
 
 
 @dataclass
@@ -152,7 +175,8 @@ def rollout(
 
     ``policy``: an object with ``.logits(hist) -> (B, n_items)`` (a trained SequencePolicy), a
     callable ``(users, hist) -> logits`` (as the evaluator's score functions), or a
-    :class:`WorldPolicy` (:func:`oracle_policy`, :func:`logger_policy`).
+    :class:`WorldPolicy` (:func:`oracle_policy`, :func:`logger_policy`; its own ``slate`` rule,
+    when set, overrides ``slate``).
     ``clicks``: the public clicks up to T in history order (``PublicLogs.clicks()``; a frame with a
     ``click`` column is filtered to its clicks). ``k`` defaults to the logging slate size.
     ``users``: the cohort served and scored (default: everyone); the others ask for no slates.
@@ -170,6 +194,9 @@ def rollout(
         ch = w.cfg.choice
         w.position_penalty = ch.position_bias * np.log2(1.0 + np.arange(k, dtype=np.float64))
     score = _score_fn(policy)
+    if isinstance(policy, WorldPolicy) and policy.slate is not None:
+        slate = policy.slate
+    make = topk_slates if slate == "topk" else sample_slates
     cohort = np.arange(n_users) if users is None else np.unique(np.asarray(users, dtype=np.int64))
     in_cohort = np.zeros(n_users, dtype=bool)
     in_cohort[cohort] = True
@@ -202,7 +229,6 @@ def rollout(
             logits = np.asarray(score(w, active[sl], hist[active[sl]]), dtype=np.float64)
             if logits.shape != (sl.stop - lo, n_items):
                 raise ValueError(f"policy returned logits of shape {logits.shape}, expected {(sl.stop - lo, n_items)}")
-            make = topk_slates if slate == "topk" else sample_slates
             slates[sl] = make(logits, k, rng_slate)
         choice, rating, rstar, _ = w.respond(active, slates, u_choice, z_noise, u_flip, trend=trend)
         clicked = choice >= 0
@@ -258,7 +284,161 @@ def rollout(
     return RolloutResult(frame, summary, new_clicks, w)
 
 
+@dataclass(frozen=True)
+class ClosedLoopConfig(Config):
+    """How the ``closed_loop`` column is computed.
+
+    closed_loop(pi) = (1/|seeds|) sum_s V_H(pi; s), V_H(pi; s) = mean over the cohort of each
+    user's summed r* of her clicks when pi serves the cohort for ``rounds`` rounds after T
+    (:func:`rollout` with ``SeedTree(s)``). Every policy of a table is rolled on the same cohort
+    with the same seeds, so differences between rows are not drawn from independent noise.
+    """
+
+    rounds: int = knob(5, "rounds each policy is deployed for after logging ends (0: no closed-loop column)", ge=0)
+    seeds: tuple[int, ...] = knob((0, 1), "rollout seeds; the column is the mean over them")
+    users: int | None = knob(250, "cohort: at most this many users drawn at random (the same for every policy); "
+                             "the others ask for no slates (None: every user)", ge=1)
+    slate: Literal["topk", "sample"] = knob("topk", "how a policy builds its slate: its top k, or k items drawn "
+                                             "without replacement from its softmax (the logger always samples, as "
+                                             "in the logs; the oracle always shows its top k)")
+    k: int | None = knob(None, "slate size (None: the logging slate size)", ge=1)
+
+    def check(self) -> None:
+        if not self.seeds:
+            raise ConfigError("seeds = () must hold at least one rollout seed")
+        if min(self.seeds) < 0:
+            raise ConfigError(f"seeds = {list(self.seeds)} is out of range: every seed must be >= 0")
+
+
+@dataclass(frozen=True)
+class ClosedLoopValue:
+    """One policy's closed-loop value: the mean and sample std (ddof 1; NaN with one seed) over
+    the rollout seeds of V_H, and each seed's :attr:`RolloutResult.summary` (plus ``seed``)."""
+
+    mean: float
+    std: float
+    runs: tuple[dict[str, float], ...]
+
+
+class ClosedLoop:
+    """Rolls policies from one world at T under one :class:`ClosedLoopConfig`: same cohort, same
+    seeds (common random numbers), the world itself never modified.
+
+    The cohort is drawn once from ``SeedTree(world.cfg.seed).child("evaluation")``, so the demo
+    and ``recsim-post rollout`` on the logs it wrote pick the same users.
+    """
+
+    def __init__(self, world: World, clicks: pd.DataFrame, cfg: ClosedLoopConfig = ClosedLoopConfig()) -> None:
+        k = int(world.cfg.logging.slate_size if cfg.k is None else cfg.k)
+        if k > world.n_items:
+            raise ConfigError(f"k = {k} is out of range: must be <= the catalogue size {world.n_items}")
+        self.world, self.clicks, self.cfg, self.k = world, clicks, cfg, k
+        self.seconds = 0.0
+        """Wall time spent in :meth:`run` so far (the demo reports what the column cost)."""
+        n = world.n_users
+        self.cohort: np.ndarray | None = None  # None: everyone
+        if cfg.users is not None and cfg.users < n:
+            rng = SeedTree(world.cfg.seed).child("evaluation").generator("closed-loop-cohort")
+            self.cohort = np.sort(rng.choice(n, cfg.users, replace=False))
+
+    @property
+    def n_users(self) -> int:
+        return self.world.n_users if self.cohort is None else len(self.cohort)
+
+    def describe(self) -> str:
+        """One line for table legends, e.g. "5 rounds, top-10 slates, 250 of 1,000 users, seeds 0 1"."""
+        c = self.cfg
+        rule = f"top-{self.k}" if c.slate == "topk" else f"sampled {self.k}-item"
+        who = f"all {self.world.n_users:,} users" if self.cohort is None else \
+            f"{self.n_users:,} of {self.world.n_users:,} users drawn at random"
+        return (f"{c.rounds} round{'s' if c.rounds != 1 else ''}, {rule} slates, {who}, "
+                f"seed{'s' if len(c.seeds) > 1 else ''} {' '.join(map(str, c.seeds))}")
+
+    def run(self, policy: Any) -> ClosedLoopValue:
+        """Roll ``policy`` (anything :func:`rollout` accepts) once per seed."""
+        start = time.perf_counter()
+        runs = []
+        for s in self.cfg.seeds:
+            r = rollout(self.world, policy, self.clicks, self.cfg.rounds, SeedTree(s), slate=self.cfg.slate,
+                        k=self.k, users=self.cohort)
+            runs.append({"seed": float(s), **r.summary})
+        values = np.array([r["value"] for r in runs])
+        std = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+        self.seconds += time.perf_counter() - start
+        return ClosedLoopValue(float(values.mean()), std, tuple(runs))
+
+
+PUBLIC_FILES = ("interactions.parquet", "items.parquet")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _same_frame(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    try:  # exact values, NaN where NaN, same columns in the same order, same dtypes
+        pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True), check_exact=True)
+    except AssertionError:
+        return False
+    return True
+
+
+def world_at_end_of_logging(folder: str | Path, logs: PublicLogs, truth: GroundTruth | None = None) -> Simulation:
+    """The world and the logging policy at the end of logging (T) of a log folder, exactly.
+
+    ``sealed/`` holds the latents and most of the state at T (popularity, shocks, satiation,
+    preferences, hype, activity), but not all of what a rollout moves on: the users' session
+    and arrival state (who is away, slates seen in the current session, arrival rounds; used with
+    ``dynamics.session_budget`` / ``dynamics.arrival``). Rather than rebuild an approximate world,
+    this re-simulates the manifest's scenario with its seed -- simulation is seed-reproducible --
+    and checks, raising LogError on any mismatch, that
+
+    1. ``interactions.parquet`` and ``items.parquet`` match the SHA-256 in ``manifest.json``
+       (unchanged since they were written);
+    2. the re-simulated public logs equal them, value for value (dtypes and NaNs included);
+    3. the re-simulated world at T equals ``sealed/`` (``truth``, a GroundTruth, when given):
+       preferences, satiation, item vectors, quality and trend.
+
+    Logs written by a version whose simulation differed, or edited by hand, are refused; nothing
+    approximate is ever rolled. Costs one simulation of the scenario.
+    """
+    folder = Path(folder)
+    sums = logs.manifest.get("sha256")
+    if not isinstance(sums, dict):
+        raise LogError(f"{folder}/manifest.json has no sha256 table: the logs cannot be verified for a re-simulation")
+    for name in PUBLIC_FILES:
+        if name not in sums:
+            raise LogError(f"{folder}/manifest.json has no sha256 of {name}: the logs cannot be verified")
+        if _sha256(folder / name) != sums[name]:
+            raise LogError(f"{folder}/{name} does not match the sha256 in manifest.json (changed after it was written)")
+    if "scenario" not in logs.manifest:
+        raise LogError(f"{folder}/manifest.json is corrupt: key 'scenario' is missing")
+    scenario = truth.scenario if truth is not None else from_dict(ScenarioConfig, logs.manifest["scenario"])
+    sim = simulate(scenario)
+    written = logs.manifest.get("package_version", "an unknown version")
+    why = (f"re-simulating scenario '{scenario.name}' with seed {scenario.seed} does not reproduce {folder}"
+           f" (written by recsim-post {written}, this is {__version__})")
+    if not (_same_frame(sim.public.interactions, logs.interactions) and _same_frame(sim.public.items, logs.items)):
+        raise LogError(f"{why}: its public logs differ, so the world at T cannot be rebuilt exactly")
+    if truth is not None:
+        w = sim.world
+        pairs = {
+            "theta": (w.users.theta, truth.theta), "satiation": (w.state.satiation, truth.satiation),
+            "vectors": (w.catalog.vectors, truth.vectors), "quality": (w.catalog.quality, truth.quality),
+            "trend": (w.trend(), truth.trend),
+        }
+        for name, (a, b) in pairs.items():
+            if not np.array_equal(a, b):
+                raise LogError(f"{why}: the sealed {name} at T differs from the re-simulated world")
+    return sim
+
+
 __all__ = [
     "RolloutResult", "WorldPolicy", "rollout", "uniform_policy", "oracle_policy", "logger_policy",
-    "topk_slates", "sample_slates",
+    "topk_slates", "sample_slates", "ClosedLoopConfig", "ClosedLoopValue", "ClosedLoop",
+    "world_at_end_of_logging",
 ]

@@ -6,10 +6,19 @@ A log folder::
     interactions.parquet     public: one row per impression (see logs/public.py)
     items.parquet            public: observable item features
     sealed/impressions.parquet   true reward, PL propensity, single-draw probability per impression
+                                 (no propensities with propensity_mode = "none"; logger_id with
+                                 switching on)
     sealed/items.parquet         latent vectors, quality, hype, the logger's quality estimate,
                                  popularity / shock / trend at the end of logging
     sealed/users.parquet         preferences, susceptibility, activity, the logger's estimate,
                                  per-genre satiation at the end of logging
+    sealed/logger_rounds.parquet only with switching on: the active logger in rounds 0 .. T
+                                 (round, logger_id; row T is the logger's state at T)
+    sealed/theta_updates.parquet only with dynamics.drift_rate > 0: preferences over time, as
+                                 (round, user_id, theta0..) rows = theta_u at the start of that
+                                 round; round 0 holds every user, round t >= 1 the users whose
+                                 theta moved in round t - 1 (those who clicked), so theta_u(t) is
+                                 the user's last row with round <= t (exact float64 values)
 
 Same scenario and seed give byte-identical files. The folder is written under a temporary name and
 renamed into place, so a failure never leaves a half-written folder behind.
@@ -51,6 +60,8 @@ class Simulation:
     sealed_impressions: pd.DataFrame
     world: World
     logger: TrendLogger
+    logger_rounds: pd.DataFrame | None = None  # with switching: round, logger_id for rounds 0 .. T
+    theta_updates: pd.DataFrame | None = None  # with drift: round, user_id, theta0.. (see module doc)
 
 
 def simulate(cfg: ScenarioConfig, progress: bool = False) -> Simulation:
@@ -64,6 +75,7 @@ def simulate(cfg: ScenarioConfig, progress: bool = False) -> Simulation:
     ``logging/support`` and ``logging/suggestions`` (only drawn when those knobs are on) pick the
     logger's support and the external-suggestion campaigns. After the loop the logger is left in
     its state at T = n_rounds (active logger and suggestion boost of round T, no new campaign).
+    ``logging/switching`` (only drawn with switch_prob > 0) is the random switching chain.
     """
     tree = SeedTree(cfg.seed)
     world = World.create(cfg, tree.child("world"))
@@ -76,8 +88,12 @@ def simulate(cfg: ScenarioConfig, progress: bool = False) -> Simulation:
     rng_extra = tree.generator("feedback-extra")
     rng_dynamics = tree.child("users").generator("dynamics")
     suggestions = Suggestions.create(cfg.logging, world.n_items, tree.child("logging"))
-    switching = cfg.logging.switch_every > 0
+    switching = cfg.logging.n_loggers > 1
     K = cfg.logging.slate_size
+    drift = cfg.dynamics.drift_rate > 0
+    # theta_u at the start of round 0 (everyone), then the rows that moved in each round
+    theta_log = [(0, np.arange(world.n_users), world.users.theta.copy())] if drift else []
+    active = []
 
     parts: list[dict[str, np.ndarray]] = []
     next_slate = 0
@@ -94,6 +110,7 @@ def simulate(cfg: ScenarioConfig, progress: bool = False) -> Simulation:
         if suggestions is not None:
             suggestions.draw(t)
         logger.set_round(t, suggestions.boost(t) if suggestions is not None else None)
+        active.append(logger.active)
         slates = np.empty((n, K), dtype=np.int32)
         prop = np.empty((n, K))
         p_item = np.empty((n, K))
@@ -112,6 +129,8 @@ def simulate(cfg: ScenarioConfig, progress: bool = False) -> Simulation:
             rstar[np.arange(n), np.maximum(choice, 0)], clicked, rating, z_watch, u_missing
         )
         world.advance(slates, users[clicked], clicked_items, rng_shock, users, rng_dynamics)
+        if drift:  # advance moved theta of exactly the users who clicked (at most one click each)
+            theta_log.append((t + 1, users[clicked], world.users.theta[users[clicked]]))  # fancy index: a copy
 
         click = np.zeros((n, K), dtype=np.int8)
         click[np.flatnonzero(clicked), choice[clicked]] = 1
@@ -139,12 +158,31 @@ def simulate(cfg: ScenarioConfig, progress: bool = False) -> Simulation:
         next_slate += n
 
     logger.set_round(cfg.simulation.n_rounds, suggestions.boost(cfg.simulation.n_rounds) if suggestions is not None else None)
+    active.append(logger.active)
     cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     interactions = pd.DataFrame({k: cols[k] for k in INTERACTION_SCHEMA.names})
-    if cfg.logging.propensity_mode == "logged":  # a company that logs its propensities
+    mode = cfg.logging.propensity_mode
+    if mode == "logged":  # a company that logs its propensities
         interactions["pscore"] = cols["propensity_item"]
-    sealed_cols = ["slate_id", "position", "true_reward", "propensity", "propensity_item"]
+    sealed_cols = ["slate_id", "position", "true_reward"]
+    if mode != "none":  # "none": nobody recorded them, not even in the truth OPE may read
+        sealed_cols += ["propensity", "propensity_item"]
     sealed = pd.DataFrame({k: cols[k] for k in sealed_cols + (["logger_id"] if switching else [])})
+    logger_rounds = None
+    if switching:
+        logger_rounds = pd.DataFrame({
+            "round": np.arange(cfg.simulation.n_rounds + 1, dtype=np.int32),
+            "logger_id": np.asarray(active, dtype=np.int8),
+        })
+    theta_updates = None
+    if drift:
+        d = world.users.theta.shape[1]
+        upd = {
+            "round": np.concatenate([np.full(len(u), r, np.int32) for r, u, _ in theta_log]),
+            "user_id": np.concatenate([u for _, u, _ in theta_log]).astype(np.int32),
+        }
+        th = np.concatenate([x for *_, x in theta_log])
+        theta_updates = pd.DataFrame({**upd, **{f"theta{j}": th[:, j] for j in range(d)}})
     items = pd.DataFrame({"item_id": np.arange(world.n_items, dtype=np.int32), "genre": world.catalog.genre.astype(np.int32)})
     for j in range(world.catalog.features.shape[1]):
         items[f"f{j}"] = world.catalog.features[:, j]
@@ -157,7 +195,7 @@ def simulate(cfg: ScenarioConfig, progress: bool = False) -> Simulation:
         "rows": {"interactions": len(interactions), "items": len(items)},
         "clicks": int(interactions["click"].sum()),
     }
-    return Simulation(PublicLogs(interactions, items, manifest), sealed, world, logger)
+    return Simulation(PublicLogs(interactions, items, manifest), sealed, world, logger, logger_rounds, theta_updates)
 
 
 def _sealed_items(sim: Simulation) -> pd.DataFrame:
@@ -231,6 +269,10 @@ def write_logs(sim: Simulation, out: str | Path, overwrite: bool = False) -> Pat
             "sealed/items.parquet": _write_parquet(_sealed_items(sim), tmp / "sealed" / "items.parquet"),
             "sealed/users.parquet": _write_parquet(_sealed_users(sim), tmp / "sealed" / "users.parquet"),
         }
+        optional = {"sealed/logger_rounds.parquet": sim.logger_rounds, "sealed/theta_updates.parquet": sim.theta_updates}
+        for name, df in optional.items():
+            if df is not None:
+                hashes[name] = _write_parquet(df, tmp / name)
         manifest = dict(sim.public.manifest, sha256=hashes)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         if out.exists():

@@ -157,10 +157,21 @@ class LoggingConfig(Config):
         the start of each round, with probability suggestion_rate, a campaign starts that pushes
         suggestion_items items (uniform, without replacement; stream logging/suggestions) for
         rounds t .. t + suggestion_duration - 1.
-    switching: with switch_every > 0 the logger in round t is logger (t // switch_every) % 2;
-        logger 1 uses alt_trend_weight and alt_temperature instead of trend_weight, temperature.
+    switching: a mixture of K >= 2 loggers, one active per round (sealed as ``logger_id``).
+        Logger 0 is (trend_weight, temperature, epsilon, relevance_weight); logger 1 is
+        (alt_trend_weight, alt_temperature, epsilon, relevance_weight); loggers 2 .. K-1 come from
+        the extra_* lists (K = 2 + their length; an empty list leaves that parameter at logger 0's
+        value). Which logger acts in round t:
+        schedule (switch_every > 0): logger (t // switch_every) % K;
+        random (switch_prob > 0): a Markov chain started at logger 0 in round 0; at the start of
+        each round t >= 1, with probability switch_prob, it jumps to one of the K - 1 other loggers
+        drawn uniformly (stream logging/switching), else it stays. Its stationary law is uniform
+        and a stay lasts L rounds with P(L = l) = (1 - switch_prob)^(l - 1) * switch_prob.
+        With both off there is one logger and the alt_* / extra_* knobs are unused.
     propensity_mode: "hidden" keeps propensities in the sealed tables only; "logged" also writes
-        the single-draw probability pi_0(item | u, t) as a public ``pscore`` column.
+        the single-draw probability pi_0(item | u, t) as a public ``pscore`` column; "none" is a
+        logger that never recorded them: neither public nor sealed propensity columns (the true
+        reward and the logger's state stay sealed), so OPE must estimate them from the logs.
     """
 
     slate_size: int = knob(10, "items shown per slate", ge=1)
@@ -174,20 +185,116 @@ class LoggingConfig(Config):
     suggestion_size: float = knob(2.0, "logit boost b added to each suggested item's z while pushed", ge=0)
     suggestion_items: int = knob(3, "items pushed by one suggestion campaign", ge=1)
     suggestion_duration: int = knob(5, "rounds a suggestion campaign lasts", ge=1)
-    switch_every: int = knob(0, "rounds between switches to the other logger (0 = never switch)", ge=0)
-    alt_trend_weight: float = knob(2.0, "trend_weight of the second logger (used when switch_every > 0)", ge=0)
-    alt_temperature: float = knob(1.0, "temperature of the second logger (used when switch_every > 0)", gt=0)
-    propensity_mode: Literal["hidden", "logged"] = knob(
-        "hidden", "hidden: propensities sealed only; logged: also a public pscore column"
+    switch_every: int = knob(0, "schedule switching: rounds between switches to the next logger (0 = off)", ge=0)
+    switch_prob: float = knob(
+        0.0, "random switching: per-round probability of jumping to a uniformly drawn other logger (0 = off)",
+        ge=0, le=1,
     )
+    alt_trend_weight: float = knob(2.0, "trend_weight of logger 1 (used when switching is on)", ge=0)
+    alt_temperature: float = knob(1.0, "temperature of logger 1 (used when switching is on)", gt=0)
+    extra_trend_weights: tuple[float, ...] = knob(
+        (), "trend_weight of loggers 2, 3, ... (each >= 0; [] = logger 0's value or no extra loggers)"
+    )
+    extra_temperatures: tuple[float, ...] = knob(
+        (), "temperature of loggers 2, 3, ... (each > 0; [] = logger 0's value or no extra loggers)"
+    )
+    extra_epsilons: tuple[float, ...] = knob(
+        (), "epsilon of loggers 2, 3, ... (each in [0, 1]; [] = logger 0's value or no extra loggers)"
+    )
+    extra_relevance_weights: tuple[float, ...] = knob(
+        (), "relevance_weight of loggers 2, 3, ... (each >= 0; [] = logger 0's value or no extra loggers)"
+    )
+    propensity_mode: Literal["hidden", "logged", "none"] = knob(
+        "hidden",
+        "hidden: propensities sealed only; logged: also a public pscore column; none: never recorded",
+    )
+
+    def _extras(self) -> dict[str, tuple[float, ...]]:
+        return {
+            "extra_trend_weights": self.extra_trend_weights, "extra_temperatures": self.extra_temperatures,
+            "extra_epsilons": self.extra_epsilons, "extra_relevance_weights": self.extra_relevance_weights,
+        }
+
+    def check(self) -> None:
+        if self.switch_every > 0 and self.switch_prob > 0:
+            raise ConfigError(
+                f"switch_every = {self.switch_every} and switch_prob = {self.switch_prob:g} are both on: "
+                "switch on a schedule (switch_every > 0) or at random (switch_prob > 0), not both"
+            )
+        lengths = {name: len(v) for name, v in self._extras().items() if v}
+        if len(set(lengths.values())) > 1:
+            raise ConfigError(
+                "extra_* lists must have the same length (one value per extra logger) or be empty, got "
+                + ", ".join(f"{k} of length {n}" for k, n in lengths.items())
+            )
+        if lengths and self.switch_every == 0 and self.switch_prob == 0:
+            name = next(iter(lengths))
+            raise ConfigError(
+                f"{name} = {list(self._extras()[name])} describes extra loggers but switching is off: "
+                "set switch_every > 0 or switch_prob > 0 (or leave the extra_* lists empty)"
+            )
+        for name, n in lengths.items():
+            if n > 100:  # logger_id is sealed as int8
+                raise ConfigError(f"{name} has {n} values: at most 100 extra loggers are allowed")
+        bounds = {
+            "extra_trend_weights": (">= 0", lambda x: x >= 0),
+            "extra_temperatures": ("> 0", lambda x: x > 0),
+            "extra_epsilons": (">= 0 and <= 1", lambda x: 0 <= x <= 1),
+            "extra_relevance_weights": (">= 0", lambda x: x >= 0),
+        }
+        for name, values in self._extras().items():
+            text, ok = bounds[name]
+            for i, x in enumerate(values):
+                if not ok(x):  # NaN fails every comparison, so it is refused too
+                    raise ConfigError(f"{name}[{i}] = {x!r} is out of range: must be {text}")
 
     def n_supported(self, n_items: int) -> int:
         """|S|: the number of items the logger can show."""
         return n_items if self.support >= 1.0 else max(1, int(round(self.support * n_items)))
 
+    @property
+    def switching(self) -> Literal["off", "schedule", "random"]:
+        """How the active logger changes: never, on a schedule, or by a random Markov chain."""
+        if self.switch_every > 0:
+            return "schedule"
+        return "random" if self.switch_prob > 0 else "off"
+
+    @property
+    def n_loggers(self) -> int:
+        """K: 1 without switching, else 2 + the number of extra loggers."""
+        if self.switching == "off":
+            return 1
+        return 2 + max((len(v) for v in self._extras().values()), default=0)
+
+    def logger_params(self, k: int) -> tuple[float, float, float, float]:
+        """(trend_weight, temperature, epsilon, relevance_weight) of logger k (0 <= k < n_loggers)."""
+        if not 0 <= k < self.n_loggers:
+            raise ValueError(f"logger {k} does not exist: this mixture has loggers 0 .. {self.n_loggers - 1}")
+        if k == 0:
+            return self.trend_weight, self.temperature, self.epsilon, self.relevance_weight
+        if k == 1:
+            return self.alt_trend_weight, self.alt_temperature, self.epsilon, self.relevance_weight
+        j = k - 2
+
+        def pick(values: tuple[float, ...], base: float) -> float:
+            return values[j] if values else base
+
+        return (
+            pick(self.extra_trend_weights, self.trend_weight), pick(self.extra_temperatures, self.temperature),
+            pick(self.extra_epsilons, self.epsilon), pick(self.extra_relevance_weights, self.relevance_weight),
+        )
+
     def active_logger(self, t: int) -> int:
-        """Which logger (0 or 1) acts in round t."""
-        return (t // self.switch_every) % 2 if self.switch_every > 0 else 0
+        """Which logger acts in round t: 0 without switching, (t // switch_every) % K on a schedule.
+
+        Random switching draws the sequence from a seed: see behavior.logging_policy.logger_sequence.
+        """
+        if self.switching == "random":
+            raise ValueError(
+                "with switch_prob > 0 the active logger is drawn at random; "
+                "use behavior.logging_policy.logger_sequence (or the sealed logger_id)"
+            )
+        return (t // self.switch_every) % self.n_loggers if self.switch_every > 0 else 0
 
 
 @dataclass(frozen=True)

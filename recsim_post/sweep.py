@@ -1,0 +1,245 @@
+"""Dial sweeps: the story over a grid of values of one scenario knob, several seeds and recipes.
+
+This is the experiment the framework exists for: turn a dial (rating noise, label flips, how
+trend-driven the logger is, ...) and watch what it does to each post-training method's *true*
+value and to the offline metric that would have been used to pick it::
+
+    recsim-post sweep --dial feedback.noise_std=0,0.5,1,2 --agents bc exp-rsft dpo --seeds 0 1 2
+
+Every (value, seed) cell is one :func:`recsim_post.story.run_story` on the scenario with the dial
+set: the world, the logs and the training seed depend only on the seed, so within a seed the
+methods are compared on the same logs, and across values a seed keeps its world except for what
+the dial changes (every random stream is keyed by name, not by order, so e.g. a noise dial scales
+the same Gaussian draws rather than drawing new ones). The headline number is the *paired* difference to a baseline recipe (BC by default)::
+
+    delta_m(value) = mean_s [ V(m, value, s) - V(baseline, value, s) ]
+
+with its sample std over seeds and the number of seeds on which m beats the baseline, because the
+across-seed spread of V itself is mostly the worlds differing, not the methods.
+
+Cells run one after another, or as Ray tasks (``backend="ray"``, ``pip install ray``) spread over
+the cores of one machine or a cluster; the results are the same either way (each cell is
+deterministic given its seed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .config import from_dict, override, parse_value, split_assignment, to_dict
+from .errors import ConfigError
+from .posttrain.recipe import AgentConfig
+from .world.config import ScenarioConfig
+
+BACKENDS = ("local", "ray")
+VALUE_COLUMN = "true_value_norm"
+
+
+@dataclass(frozen=True)
+class Dial:
+    """One scenario knob (a dotted key, e.g. ``feedback.noise_std``) and the values to sweep."""
+
+    key: str
+    values: tuple[Any, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> "Dial":
+        """``"feedback.noise_std=0,0.5,1"`` -> Dial("feedback.noise_std", (0, 0.5, 1))."""
+        key, raw = split_assignment(text)
+        values = tuple(parse_value(v.strip()) for v in raw.split(",") if v.strip())
+        if not values:
+            raise ConfigError(f"dial '{text}' has no values; give them as {key}=v1,v2,...")
+        if len(set(map(repr, values))) != len(values):
+            raise ConfigError(f"dial '{text}' repeats a value")
+        return cls(key, values)
+
+    def scenarios(self, base: ScenarioConfig) -> list[ScenarioConfig]:
+        """``base`` with the dial set to each value, validated up front (a bad value fails before
+        any work starts). The scenario name records the setting."""
+        out = []
+        for v in self.values:
+            cfg = override(base, [(self.key, v)])
+            out.append(dataclasses.replace(cfg, name=f"{base.name}[{self.key}={v}]"))
+        return out
+
+
+def run_cell(scenario: dict[str, Any], agents: list[dict[str, Any]], seed: int, eval_users: int | None) -> pd.DataFrame:
+    """One story (plain-data arguments, so a cell can be shipped to another process): its results frame."""
+    from .story import run_story  # imported here so a Ray worker pays for torch only when it runs
+
+    result = run_story(
+        from_dict(ScenarioConfig, scenario), [from_dict(AgentConfig, a) for a in agents],
+        seed=seed, progress=False, eval_users=eval_users,
+    )
+    return result.frame
+
+
+def run_sweep(
+    base: ScenarioConfig,
+    dial: Dial,
+    agents: Sequence[AgentConfig],
+    seeds: Sequence[int],
+    backend: str = "local",
+    eval_users: int | None = 5000,
+    say: Callable[[str], None] = lambda _: None,
+) -> pd.DataFrame:
+    """Every (value, seed) cell; one long frame: ``dial``, ``value``, ``seed`` + the results columns."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend = {backend!r} is not allowed: must be one of {', '.join(BACKENDS)}")
+    if not seeds:
+        raise ConfigError("a sweep needs at least one seed")
+    scenarios = dial.scenarios(base)
+    agent_data = [to_dict(a) for a in agents]
+    cells = [(v, sc, s) for v, sc in zip(dial.values, scenarios) for s in seeds]
+    start = time.perf_counter()
+    if backend == "ray":
+        frames = _run_ray(cells, agent_data, eval_users, say)
+    else:
+        frames = []
+        for i, (v, sc, s) in enumerate(cells):
+            say(f"cell {i + 1}/{len(cells)}: {dial.key} = {v}, seed {s}")
+            frames.append(run_cell(to_dict(sc), agent_data, s, eval_users))
+    say(f"{len(cells)} cells in {time.perf_counter() - start:.0f} s")
+    long = [
+        f.assign(dial=dial.key, value=_label(v), seed=s) for (v, _, s), f in zip(cells, frames)
+    ]
+    df = pd.concat(long, ignore_index=True)
+    front = ["dial", "value", "seed"]
+    return df[front + [c for c in df.columns if c not in front]]
+
+
+def _run_ray(cells: list, agent_data: list[dict], eval_users: int | None, say: Callable[[str], None]) -> list[pd.DataFrame]:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("backend 'ray' needs Ray: pip install 'recsim-post[sweep]' (or pip install ray)") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(include_dashboard=False, log_to_driver=False)
+    try:
+        task = ray.remote(run_cell)
+        refs = [task.remote(to_dict(sc), agent_data, s, eval_users) for _, sc, s in cells]
+        say(f"{len(refs)} cells submitted to Ray")
+        return ray.get(refs)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _label(v: Any) -> str:
+    """Values as text, so a column mixing ints and floats (0, 0.5) sorts and prints as given."""
+    return v if isinstance(v, str) else repr(v).lower() if isinstance(v, bool) else str(v)
+
+
+def paired_differences(
+    long: pd.DataFrame, baseline: str = "bc", column: str = VALUE_COLUMN, by: Sequence[str] = ("value",)
+) -> pd.DataFrame:
+    """Per group of ``by`` and method: mean and std over seeds of ``column``, and of its paired
+    difference to ``baseline`` on the same seed; ``wins`` = seeds where the method beats the baseline.
+
+    Args:
+        long: rows with ``method``, ``seed``, ``column`` and the ``by`` columns.
+    Returns:
+        ``[*by, method, kind, n_seeds, <column>_mean, <column>_std, delta_mean, delta_std, wins]``;
+        the delta columns are NaN for the baseline itself and for groups without it.
+    """
+    by = list(by)
+    if baseline not in set(long["method"]):
+        raise ConfigError(f"baseline '{baseline}' is not among the methods: {', '.join(dict.fromkeys(long['method']))}")
+    base = long[long["method"] == baseline].set_index(by + ["seed"])[column].rename("_base")
+    df = long.join(base, on=by + ["seed"])
+    df["_delta"] = df[column] - df["_base"]
+    df.loc[df["method"] == baseline, "_delta"] = np.nan
+    g = df.groupby(by + ["method", "kind"], sort=False, dropna=False)
+    out = pd.DataFrame({
+        "n_seeds": g["seed"].nunique(),
+        f"{column}_mean": g[column].mean(),
+        f"{column}_std": g[column].std(ddof=1),
+        "delta_mean": g["_delta"].mean(),
+        "delta_std": g["_delta"].std(ddof=1),
+        "wins": g["_delta"].apply(lambda d: int((d > 0).sum()) if d.notna().any() else np.nan),
+    })
+    return out.reset_index()
+
+
+def format_sweep(summary: pd.DataFrame, dial: str, baseline: str = "bc", column: str = VALUE_COLUMN) -> str:
+    """Two terminal tables, methods x dial values: the value itself, then the paired delta to the
+    baseline with its seed std and wins ("+0.060 ± 0.033 (3/3)")."""
+
+    def cell(m: float, s: float, signed: bool = False) -> str:
+        if m is None or math.isnan(m):
+            return "—"
+        body = f"{m:+.3f}" if signed else f"{m:.3f}"
+        return body if s is None or math.isnan(s) else f"{body} ± {s:.3f}"
+
+    values = list(dict.fromkeys(summary["value"]))
+    methods = list(dict.fromkeys(summary["method"]))
+    idx = summary.set_index(["method", "value"])
+    blocks = []
+    for title, fmt in (
+        (f"{column} (mean ± std over seeds)", lambda r: cell(r[f"{column}_mean"], r[f"{column}_std"])),
+        (f"paired difference to {baseline} (mean ± std over seeds, seeds won)", lambda r: (
+            "—" if math.isnan(r["delta_mean"]) else f"{cell(r['delta_mean'], r['delta_std'], True)} "
+            f"({int(r['wins'])}/{int(r['n_seeds'])})")),
+    ):
+        rows = [[m] + [fmt(idx.loc[(m, v)]) if (m, v) in idx.index else "—" for v in values] for m in methods]
+        if title.startswith("paired"):
+            rows = [r for r in rows if r[0] != baseline]
+        head = ["method"] + [f"{dial}={v}" for v in values]
+        widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+        line = lambda cells: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+        blocks.append("\n".join([title, line(head), "  ".join("-" * w for w in widths)] + [line(r) for r in rows]))
+    return "\n\n".join(blocks)
+
+
+def plot_sweep(summary: pd.DataFrame, dial: str, path: Any, column: str = VALUE_COLUMN) -> Any:
+    """Two panels against the dial: the ground-truth value (mean ± std over seeds, references
+    dotted) and each trained method's paired difference to the baseline (mean ± std over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .evaluation.report import _atomic_write
+
+    values = list(dict.fromkeys(summary["value"]))
+    x = np.arange(len(values))
+    fig, (ax, ad) = plt.subplots(1, 2, figsize=(11, 4.5), layout="constrained")
+    for i, (method, g) in enumerate(summary.groupby("method", sort=False)):
+        g = g.set_index("value").reindex(values)
+        ref = g["kind"].eq("reference").any()
+        style = dict(capsize=3, marker="o", color=f"C{i % 10}", label=method)
+        ax.errorbar(x, g[f"{column}_mean"], yerr=g[f"{column}_std"].fillna(0),
+                    linestyle=":" if ref else "-", alpha=0.6 if ref else 1.0, **style)
+        if not ref and g["delta_mean"].notna().any():
+            ad.errorbar(x, g["delta_mean"], yerr=g["delta_std"].fillna(0), **style)
+    ad.axhline(0.0, color="0.5", linewidth=0.8)
+    for a in (ax, ad):
+        a.set_xticks(x, values)
+        a.set_xlabel(dial)
+    ax.set_ylabel(f"{column} (0 = uniform, 1 = oracle)")
+    ax.set_title("ground-truth value")
+    baseline = summary.loc[summary["delta_mean"].isna() & summary["kind"].eq("trained"), "method"]
+    ad.set_title(f"paired difference to {baseline.iloc[0] if len(baseline) else 'the baseline'}")
+    ad.set_ylabel(f"Δ {column}")
+    ax.legend(fontsize=8, ncols=2)
+    fig.suptitle("What turning the dial does to each method")
+
+    def save(handle: Any) -> None:
+        fig.savefig(handle, format="png", dpi=120)
+
+    try:
+        return _atomic_write(path, save)
+    finally:
+        plt.close(fig)
+
+
+__all__ = ["BACKENDS", "Dial", "format_sweep", "paired_differences", "plot_sweep", "run_cell", "run_sweep"]
