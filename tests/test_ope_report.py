@@ -377,7 +377,6 @@ def test_crossfitted_q_never_sees_the_rows_it_scores():
     assert q.shape == (300, 12) and np.isfinite(q).all()
 
 
-@pytest.mark.slow
 def test_sequence_q_learns_what_the_item_mean_cannot():
     """r depends on the user's history (genre match), not on the item: out of fold, the sequence
     q^ has a lower squared error than item means (which can only predict ~1/3 for every item)."""

@@ -48,7 +48,6 @@ def scenario_file(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.slow
 def test_study_end_to_end(tmp_path, agent_files):
     agents = [load_agent(p) for p in agent_files]
     study = ope_study(
@@ -90,7 +89,6 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-@pytest.mark.slow
 def test_ope_study_command(tmp_path, capsys, scenario_file, agent_files):
     out = tmp_path / "study"
     code, text, err = run(
