@@ -341,7 +341,8 @@ def cmd_ope(args: argparse.Namespace) -> int:
     from .logs.public import read_public
     from .models.policy import SequencePolicy
 
-    study_only = [f for f, v in (("--seeds", args.seeds), ("--agents", args.agents), ("--out", args.out)) if v is not None]
+    study_only = [f for f, v in (("--seeds", args.seeds), ("--agents", args.agents), ("--out", args.out),
+                                 ("--set", args.set)) if v is not None]
     if study_only or args.overwrite:
         raise ConfigError(f"{(study_only or ['--overwrite'])[0]} belongs to a study (--scenario), not to --logs")
     logs = read_public(args.logs)
@@ -380,7 +381,7 @@ def _ope_study(args: argparse.Namespace, q_models: tuple[str, ...]) -> int:
         raise ConfigError("--seed belongs to --logs; a study (--scenario) takes --seeds")
     say = _say(args.quiet)
     start = time.perf_counter()
-    scenario = _scenario(args.scenario, None)
+    scenario = _scenario(args.scenario, None, args.set)
     agents = _agents(args.agents or ["bc"])
     seeds = args.seeds if args.seeds is not None else [scenario.seed]
     out = Path(args.out or "recsim-post-ope")
@@ -575,6 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples per interval")
     o.add_argument("--seed", type=int, default=None, help="with --logs: seed of the bootstrap and the models (default: 0)")
     o.add_argument("--json", action="store_true", help="machine-readable output")
+    settings(o)
     common(o)
     o.set_defaults(func=cmd_ope)
 

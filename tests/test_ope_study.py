@@ -94,12 +94,15 @@ def test_ope_study_command(tmp_path, capsys, scenario_file, agent_files):
     code, text, err = run(
         capsys, "ope", "--scenario", str(scenario_file), "--agents", str(agent_files[0]), "--seeds", "0", "1",
         "--out", str(out), "--bootstrap", "10", "--propensity", "frequency", "--q-model", "item", "-q",
+        "--set", "logging.propensity_mode=none",
     )
     assert code == 0, err
     assert {p.name for p in out.iterdir()} >= {"report.csv", "summary.csv", "summary_by_policy.csv", "values.csv"}
     assert "bias_norm per target policy" in text and "wrote" in text
     rep = pd.read_csv(out / "report.csv")
     assert set(rep["q_model"]) == {"none", "item"} and set(rep["seed"]) == {0, 1}
+    # --set reached every seed's simulation: its logs recorded no propensities, so only estimated ones are used
+    assert set(rep["pscore"]) == {"estimated"}
 
 
 def _exits_2(capsys, tmp_path, *argv: str, match: str) -> None:
@@ -126,6 +129,7 @@ def _exits_2(capsys, tmp_path, *argv: str, match: str) -> None:
         (("ope", "--scenario", "quickstart", "--seeds", "1", "1"), "distinct"),
         (("ope", "--scenario", "quickstart", "--bootstrap", "0"), "--bootstrap = 0 is out of range"),
         (("ope", "--scenario", "quickstart", "--q-model", "user"), "invalid choice"),
+        (("ope", "--scenario", "quickstart", "--set", "logging.switch_prob=2"), "logging.switch_prob = 2.0 is out of range"),
     ],
 )
 def test_ope_bad_input_exits_2(tmp_path, capsys, monkeypatch, argv, match):
@@ -137,6 +141,8 @@ def test_ope_logs_refuses_study_options(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _exits_2(capsys, tmp_path, "ope", "--logs", str(tmp_path / "none"), "--agents", "bc", match="--agents belongs to a study")
     _exits_2(capsys, tmp_path, "ope", "--logs", str(tmp_path / "none"), "--out", "x", match="--out belongs to a study")
+    _exits_2(capsys, tmp_path, "ope", "--logs", str(tmp_path / "none"), "--set", "logging.epsilon=0.1",
+             match="--set belongs to a study")
 
 
 def test_ope_study_refuses_an_occupied_folder(tmp_path, capsys, monkeypatch):
