@@ -358,10 +358,7 @@ def cmd_ope(args: argparse.Namespace) -> int:
         say=_say(args.quiet),
     )
     if args.json:
-        records = [
-            {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
-            for r in report.to_dict(orient="records")
-        ]
+        records = _json_records(report)
         print(json.dumps({"logs": str(args.logs), "results": records, "notes": report.attrs.get("notes", [])},
                          indent=2, default=str))
     else:
@@ -392,10 +389,7 @@ def _ope_study(args: argparse.Namespace, q_models: tuple[str, ...]) -> int:
         )
         write_study(study, tmp)
     if args.json:
-        records = [
-            {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
-            for r in study.summary.to_dict(orient="records")
-        ]
+        records = _json_records(study.summary)
         print(json.dumps({"scenario": scenario.name, "seeds": study.seeds, "summary": records, "notes": study.notes},
                          indent=2, default=str))
     else:
@@ -416,7 +410,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     scenario = _scenario(args.scenario, None, args.set)
     dial = Dial.parse(args.dial)
-    dial.scenarios(scenario)  # every value is checked before any work starts
+    dial.scenarios(scenario)  # every value is checked before the recipes are read and any work starts
     agents = _agents(args.agents)
     names = [a.name for a in agents]
     if args.baseline not in names:

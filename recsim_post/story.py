@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pandas as pd
 
@@ -72,7 +71,6 @@ def run_story(
     policies: dict[str, SequencePolicy] = {}
     refs: dict[str, SequencePolicy] = {}
     reward_models: dict[str, RewardModel] = {}
-    trained_rows = []
     for agent in agents:
         key = _pretrain_key(agent)
         if key not in refs:

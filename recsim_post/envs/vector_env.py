@@ -159,7 +159,7 @@ class RecSimVectorEnv(gym.vector.VectorEnv):
             raise ActionError("step() called before reset(): call reset(seed=...) first")
         slates = self._check_actions(actions)  # (N, K) int64
         w, rng, cfg = self.world, self.np_random, self.cfg
-        N, K, n = self.num_envs, self.slate_size, w.n_items
+        N, n = self.num_envs, w.n_items
         rows = np.arange(N)
         active = ~self._needs_reset
 

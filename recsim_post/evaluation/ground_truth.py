@@ -150,8 +150,7 @@ class GroundTruth:
     @classmethod
     def from_simulation(cls, sim) -> "GroundTruth":  # noqa: ANN001 - logs.simulate.Simulation
         w = sim.world
-        rounds = getattr(sim, "logger_rounds", None)
-        updates = getattr(sim, "theta_updates", None)
+        rounds, updates = sim.logger_rounds, sim.theta_updates
         return cls(
             w.cfg, w.users.theta, w.state.satiation.copy(), w.catalog.vectors, w.catalog.quality,
             w.catalog.genre, w.trend(), sim.logger, sim.sealed_impressions,

@@ -51,9 +51,8 @@ from torch import nn
 
 from ..config import Config, knob
 from ..errors import ConfigError, LogError
-from ..logs.public import PAD
 from ..models.device import DevicePref, pick_device
-from ..models.policy import build_model
+from ..models.policy import build_model, pad_history
 from ..models.sasrec import SASRecConfig
 from ..posttrain.reward_model import EnsembleHead
 from ..seeding import SeedTree
@@ -106,16 +105,6 @@ def item_features(items: pd.DataFrame, n_items: int) -> np.ndarray:
     return np.concatenate(parts, axis=1).astype(np.float32)
 
 
-def _last(hist: np.ndarray, max_len: int) -> np.ndarray:
-    """The last ``max_len`` columns of left-padded histories, left-padded with PAD if shorter."""
-    hist = np.asarray(hist, np.int64)
-    if hist.shape[1] >= max_len:
-        return np.ascontiguousarray(hist[:, hist.shape[1] - max_len :])
-    out = np.full((len(hist), max_len), PAD, np.int64)
-    out[:, max_len - hist.shape[1] :] = hist
-    return out
-
-
 class SequenceQ(nn.Module):
     """q^(h, a) of the module docstring: ``forward(hist, items=None)`` -> (B,) or (B, n_items)."""
 
@@ -163,7 +152,7 @@ def fit_sequence_q(
     device = pick_device(cfg.device)
     init = torch.Generator().manual_seed(seed.integer("init"))
     model = SequenceQ(cfg, n_items, phi if cfg.features else None, float(np.mean(reward)), init).to(device)
-    x = torch.from_numpy(_last(hist, cfg.max_len)).to(device)
+    x = torch.from_numpy(pad_history(hist, cfg.max_len)).to(device)
     a = torch.from_numpy(np.asarray(action, np.int64)).to(device)
     r = torch.from_numpy(np.asarray(reward, np.float32)).to(device)
     gen = torch.Generator(device=device).manual_seed(seed.integer("dropout"))
@@ -185,7 +174,7 @@ def fit_sequence_q(
 def predict_q(model: SequenceQ, hist: np.ndarray, chunk: int = PREDICT_CHUNK) -> np.ndarray:
     """q^(h_i, a) for every row and item: (n, n_items) float64."""
     device = next(model.parameters()).device
-    x = _last(hist, model.cfg.max_len)
+    x = pad_history(hist, model.cfg.max_len)
     out = np.empty((len(x), model.n_items))
     for lo in range(0, len(x), chunk):
         out[lo : lo + chunk] = model(torch.from_numpy(x[lo : lo + chunk]).to(device)).double().cpu().numpy()

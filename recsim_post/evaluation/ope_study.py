@@ -30,7 +30,6 @@ import pandas as pd
 
 from ..errors import ConfigError
 from ..world.config import ScenarioConfig
-from .ground_truth import GroundTruth
 from .ope_qmodel import SequenceQConfig
 from .ope_report import (
     PSCORE_SOURCES, Q_MODELS, PropensityModelConfig, UniformPolicy, estimator_label, format_summary, ope_report,
@@ -86,7 +85,7 @@ def ope_study(
         say(f"seed {seed}: OPE of {', '.join(policies)} ({propensity} propensities, q^ {' + '.join(q_models)}, "
             f"{n_bootstrap} bootstrap resamples)")
         rep = ope_report(
-            sim.public, GroundTruth.from_simulation(sim), policies, n_bootstrap=n_bootstrap, seed=seed,
+            sim.public, story.evaluator.truth, policies, n_bootstrap=n_bootstrap, seed=seed,
             propensity=propensity, tau=tau, q_model=tuple(q_models), q_cfg=q_cfg, model_cfg=model_cfg, say=say,
         )
         notes += [f"seed {seed}: {n}" for n in rep.attrs.get("notes", [])]

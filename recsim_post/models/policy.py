@@ -47,6 +47,18 @@ def model_config_from_dict(data: Mapping[str, Any]) -> ModelConfig:
     return from_dict(MODEL_CONFIGS[kind], data, prefix="model")
 
 
+def pad_history(hist: np.ndarray, max_len: int) -> np.ndarray:
+    """Left-padded histories ``(rows, L)`` cut to their last ``max_len`` columns, or left-padded with
+    PAD up to them: a fresh contiguous ``(rows, max_len)`` int64 array."""
+    hist = np.asarray(hist, dtype=np.int64)
+    if hist.ndim != 2:
+        raise ValueError(f"hist must be a 2-d (rows, length) array, got shape {hist.shape}")
+    out = np.full((hist.shape[0], max_len), PAD, dtype=np.int64)
+    keep = hist[:, max(hist.shape[1] - max_len, 0) :]
+    out[:, max_len - keep.shape[1] :] = keep
+    return out
+
+
 class SequencePolicy:
     """Next-item policy π(· | history) backed by a sequence model.
 
@@ -82,14 +94,7 @@ class SequencePolicy:
 
     def pad(self, hist: np.ndarray) -> np.ndarray:
         """``hist`` truncated to its last ``max_len`` columns, or left-padded with PAD up to them."""
-        hist = np.asarray(hist, dtype=np.int64)
-        if hist.ndim != 2:
-            raise ValueError(f"hist must be a 2-d (users, length) array, got shape {hist.shape}")
-        if hist.shape[1] >= self.max_len:
-            return hist[:, hist.shape[1] - self.max_len :]
-        out = np.full((hist.shape[0], self.max_len), PAD, dtype=np.int64)
-        out[:, self.max_len - hist.shape[1] :] = hist
-        return out
+        return pad_history(hist, self.max_len)
 
     @torch.no_grad()
     def logits(self, hist: np.ndarray) -> np.ndarray:

@@ -52,9 +52,8 @@ from tqdm.auto import tqdm
 
 from ..config import Config, knob
 from ..errors import ConfigError, LogError
-from ..logs.public import PAD
 from ..models.device import DevicePref, autocast, pick_device
-from ..models.policy import SequencePolicy
+from ..models.policy import SequencePolicy, pad_history
 from ..seeding import SeedTree
 from .data import PostTrainData, Windows
 
@@ -314,7 +313,7 @@ class RewardEnsemble:
     def predict(self, hist: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Predicted rating of ``items[b]`` after history ``hist[b]`` (last column = most recent,
         PAD = -1; truncated / left-padded to ``max_len``): member mean and population std, ``(B,)`` each."""
-        hist = _pad(hist, self.max_len)
+        hist = pad_history(hist, self.max_len)
         items = np.asarray(items, dtype=np.int64)
         if items.shape != (hist.shape[0],):
             raise ValueError(f"items must have shape ({hist.shape[0]},), got {items.shape}")
@@ -328,18 +327,6 @@ class RewardEnsemble:
             m, s = mean_std(self.head(self._states(x)[:, -1], self.item_vecs, y))
             mean[lo : lo + len(y)], std[lo : lo + len(y)] = m.cpu().numpy(), s.cpu().numpy()
         return mean, std
-
-
-def _pad(hist: np.ndarray, max_len: int) -> np.ndarray:
-    """``hist`` truncated to its last ``max_len`` columns, or left-padded with PAD up to them
-    (as :meth:`SequencePolicy.pad`)."""
-    hist = np.asarray(hist, dtype=np.int64)
-    if hist.ndim != 2:
-        raise ValueError(f"hist must be a 2-d (rows, length) array, got shape {hist.shape}")
-    out = np.full((hist.shape[0], max_len), PAD, dtype=np.int64)
-    keep = hist[:, max(hist.shape[1] - max_len, 0) :]
-    out[:, max_len - keep.shape[1] :] = keep
-    return out
 
 
 def item_vectors(model: nn.Module) -> torch.Tensor:
