@@ -17,6 +17,20 @@ settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
+STRICT = bool(os.environ.get("RECSIM_POST_STRICT"))
+"""Set by .ci/run: an outside library a parity test needs must be installed (a skip proves nothing)."""
+
+
+def require(module: str):  # noqa: ANN201 - the imported module
+    """Import ``module`` for a parity test: skipped where it is not installed, except under CI
+    (RECSIM_POST_STRICT), where a missing library fails the test instead of hiding it."""
+    if STRICT:
+        import importlib
+
+        return importlib.import_module(module)
+    return pytest.importorskip(module)
+
+
 from recsim_post.world.config import (
     CatalogConfig, LoggingConfig, ScenarioConfig, SimulationConfig, UserConfig,
 )

@@ -12,6 +12,7 @@ from hypothesis.extra import numpy as hnp
 
 from recsim_post.evaluation.offline import metrics_from_ranks, ranking_metrics, target_ranks
 from recsim_post.logs.public import PAD
+from .conftest import require
 
 
 def reference_rank(scores: list[float], target: int, history: list[int]) -> int:
@@ -206,12 +207,13 @@ def test_large_catalogue_is_fast_and_bounded() -> None:
 
 
 def test_parity_with_torchmetrics() -> None:
-    retrieval = pytest.importorskip("torchmetrics.functional.retrieval")  # first: skipping is cheap
-    torch = pytest.importorskip("torch")
+    retrieval = require("torchmetrics.functional.retrieval")  # first: skipping is cheap
+    torch = require("torch")
     rng = np.random.default_rng(2)
     # Continuous scores: torchmetrics breaks ties by sort order, our rule is pessimistic, so parity
-    # is only defined without ties.
-    logits = rng.standard_normal((20, 50))
+    # is only defined without ties. Positive scores: torchmetrics >= 1.x counts an item with a score
+    # <= 0 as not relevant in its reciprocal rank, and a monotone shift changes none of our metrics.
+    logits = rng.standard_normal((20, 50)) + 10.0
     targets = rng.integers(0, 50, size=20)
     ours = [ranking_metrics(logits[b : b + 1], targets[b : b + 1], k=10) for b in range(20)]
     for b in range(20):

@@ -12,6 +12,8 @@ from recsim_post.evaluation.ope import (
     to_obp_bandit_feedback,
 )
 
+from .conftest import require
+
 # ---------------------------------------------------------------- a 3-row example, by hand
 # row  a  r    p     pi(.|x)     w      q^(x, .)
 #  0   0  1   0.5   [0.8, 0.2]  1.6    [0.5, 1.0]
@@ -301,7 +303,7 @@ def test_obp_estimators_agree():
       PI_SUM_TOL = 1e-6, where the DM terms may differ by that relative amount (here the rows are
       softmax outputs, exact to rounding).
     """
-    obp_ope = pytest.importorskip("obp.ope")
+    obp_ope = require("obp.ope")
     mu, pi0, pi, _ = _world(4)
     d = _logs(np.random.default_rng(0), mu, pi0, pi, 300, q_hat=mu + 0.2)
     w = np.sort(d.weight)
@@ -315,7 +317,7 @@ def test_obp_estimators_agree_on_simulated_logs():
     """The same parity on the simulator's own logs: position-0 rows through bandit_data_from_logs,
     a softmax target per user, q^ = the ground truth's r*(u, a) plus N(0, 0.3^2) noise; Switch-DR at
     thresholds 0, the median weight and inf."""
-    obp_ope = pytest.importorskip("obp.ope")
+    obp_ope = require("obp.ope")
     from recsim_post.evaluation.ground_truth import GroundTruth
     from recsim_post.logs.simulate import simulate
     from recsim_post.world.config import SatiationConfig

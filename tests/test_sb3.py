@@ -13,7 +13,9 @@ import pytest
 
 import recsim_post  # noqa: F401 - registers the ids
 
-sb3 = pytest.importorskip("stable_baselines3")
+from .conftest import require
+
+sb3 = require("stable_baselines3")
 
 
 @pytest.mark.slow

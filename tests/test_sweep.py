@@ -14,7 +14,7 @@ from recsim_post.errors import ConfigError
 from recsim_post.sweep import Dial, format_sweep, paired_differences, plot_sweep, run_sweep
 from recsim_post.world.config import ScenarioConfig
 
-from .conftest import tiny_scenario
+from .conftest import require, tiny_scenario
 from .test_story import small_agent
 
 
@@ -173,7 +173,7 @@ def test_simulate_with_set_changes_the_knob(tmp_path, capsys, files):
 
 @pytest.mark.slow
 def test_ray_backend_gives_the_same_cells_as_local():
-    pytest.importorskip("ray")
+    require("ray")
     dial = Dial.parse("feedback.flip_rate=0,0.4")
     agents = [small_agent("bc", 1)]
     local = run_sweep(tiny_scenario(), dial, agents, seeds=[0], eval_users=None)
