@@ -1,8 +1,12 @@
-"""The ``recsim-post`` command line.
+"""The recsim-post command line: simulate worlds, post-train policies on their logs, and score them
+against the ground truth.
 
-Bad input (an unknown key, a value out of range, a missing or corrupt log folder) prints one line
-``recsim-post: error: ...`` and exits with status 2, without a traceback; outputs are written
-atomically, so a failed command leaves nothing half-written behind.
+Bad input (an unknown key, a value out of range, a missing or corrupt log folder, an output that
+must not be written) prints one line "recsim-post: error: ..." and exits with status 2, without a
+traceback; SIGINT and SIGTERM stop a run cleanly (exit 130 / 143). Outputs go through
+recsim_post.outputs: checked before the work, locked against a second writer, built under a hidden
+temporary name and swapped in atomically; long runs (compare, sweep, the OPE study) write each
+finished cell at once and resume when rerun.
 """
 
 from __future__ import annotations
@@ -10,9 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
+import signal
 import sys
-import tempfile
+import textwrap
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +24,14 @@ from pathlib import Path
 from . import __version__
 from .errors import ConfigError, RecsimError
 
-DEMO_MARKER = ".recsim-post-demo"
+SUMMARY = (
+    "Simulated worlds in which post-training of generative recommenders is scored against the ground truth."
+)
+
+
+class Terminated(BaseException):
+    """SIGTERM (what `timeout`, schedulers and `kill` send), raised where the run is, so that every
+    output's clean-up runs as it does for Ctrl-C."""
 
 
 def _say(quiet: bool):  # noqa: ANN202
@@ -31,7 +42,15 @@ def _say(quiet: bool):  # noqa: ANN202
     return say
 
 
+def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars only on a terminal: a redirected stderr gets the one-line steps, not thousands
+    of bar updates."""
+    return not args.quiet and sys.stderr.isatty()
+
+
 def _scenario(name_or_path: str, seed: int | None, sets: Sequence[str] | None = None):  # noqa: ANN202
+    """The scenario of a preset name or TOML path, with --set overrides (recorded in its name, so
+    the header, the manifest and every table say which world this is) and --seed."""
     import dataclasses
 
     from .config import override
@@ -39,7 +58,9 @@ def _scenario(name_or_path: str, seed: int | None, sets: Sequence[str] | None = 
     from .world.config import load_scenario
 
     cfg = load_scenario(resolve("envs", name_or_path))
-    cfg = override(cfg, sets) if sets else cfg
+    if sets:
+        cfg = override(cfg, sets)
+        cfg = dataclasses.replace(cfg, name=f"{cfg.name}[{','.join(s.strip() for s in sets)}]")
     return dataclasses.replace(cfg, seed=seed) if seed is not None else cfg
 
 
@@ -47,34 +68,36 @@ def _agents(names: Sequence[str]):  # noqa: ANN202
     from .posttrain.recipe import load_agent
     from .presets import resolve
 
-    return [load_agent(resolve("agents", n)) for n in names]
+    agents = [load_agent(resolve("agents", n)) for n in names]
+    seen: dict[str, str] = {}
+    for n, a in zip(names, agents):
+        if a.name in seen:
+            raise ConfigError(f"recipes {seen[a.name]} and {n} are both named '{a.name}': every recipe needs its own name")
+        seen[a.name] = n
+    return agents
 
 
-class _AtomicFolder:
-    """Build an output folder under a temporary sibling name; rename it into place on success."""
+def _story_agents(names: Sequence[str] | None):  # noqa: ANN202
+    """--agents, or every preset in the order of the method registry (BC first, RL last)."""
+    from .posttrain.recipe import METHODS
+    from .presets import preset_names
 
-    def __init__(self, out: Path, overwrite: bool, marker: str | None = None) -> None:
-        occupied = out.is_dir() and any(out.iterdir()) or (out.exists() and not out.is_dir())
-        ours = marker is not None and (out / marker).is_file()
-        if occupied and not (overwrite or ours):
-            raise ConfigError(f"output folder {out} already exists and is not empty; pass --overwrite to replace it")
-        self.out, self.marker = out, marker
+    agents = _agents(names or preset_names("agents"))
+    if not names:
+        order = {name: i for i, name in enumerate(METHODS)}
+        agents.sort(key=lambda a: (order[a.method.name], a.model.kind != "sasrec", a.name))
+    return agents
 
-    def __enter__(self) -> Path:
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
-        self.tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
-        return self.tmp
 
-    def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        if self.marker:
-            (self.tmp / self.marker).write_text("written by recsim-post\n")
-        if self.out.exists():
-            shutil.rmtree(self.out) if self.out.is_dir() else self.out.unlink()
-        self.tmp.rename(self.out)
+def _seed_arg(text: str) -> int:
+    """argparse type of every seed flag: a whole number >= 0 (numpy's SeedSequence needs one)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is out of range: a seed must be >= 0")
+    return value
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -84,84 +107,144 @@ class _AtomicFolder:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole story on one scenario: simulate, pre-train, post-train, score against the truth."""
-    import pandas as pd
-
-    from .evaluation.report import aggregate_seeds, format_aggregate, format_table, plot_results, write_csv
-    from .logs.simulate import write_logs
-    from .posttrain.recipe import METHODS
-    from .presets import preset_names
-    from .story import run_story
-
     say = _say(args.quiet)
     start = time.perf_counter()
-    seeds = [args.seed] if args.seed is not None else (args.seeds or [None])
+    command = args.command
     scenario = _scenario(args.scenario, None, args.set)
+    seeds = [args.seed] if args.seed is not None else (args.seeds or [scenario.seed])
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds {' '.join(map(str, seeds))} repeats a seed")
     closed = _closed_loop_config(args, DEMO_ROLLOUT_FLAGS)  # checked before any work starts
-    agents = _agents(args.agents or preset_names("agents"))
-    if not args.agents:  # every preset, in the order of the method registry: BC first, RL last
-        order = {name: i for i, name in enumerate(METHODS)}
-        agents.sort(key=lambda a: (order[a.method.name], a.model.kind != "sasrec", a.name))
-    out = Path(args.out)
-    frames, rm_reports = [], []
-    with _AtomicFolder(out, args.overwrite, marker=DEMO_MARKER) as tmp:
-        for seed in seeds:
-            result = run_story(scenario, agents, seed=seed, progress=not args.quiet, say=say, closed_loop=closed)
-            seed_used = result.simulation.world.cfg.seed
-            frames.append(result.frame.assign(seed=seed_used))
-            if result.evaluator.reward_model is not None:
-                rm = result.evaluator.reward_model
-                rm_reports.append(result.evaluator.reward_report(rm, rm.max_len).assign(seed=seed_used))
-            sub = "" if len(seeds) == 1 else f"seed-{seed_used}"
-            if not args.no_logs:
-                write_logs(result.simulation, tmp / "logs" / sub)
-            for name, policy in result.policies.items():
-                policy.save(tmp / "policies" / sub / f"{name}.pt")
-        if len(frames) == 1:
-            table = frames[0].drop(columns="seed")
-            write_csv(table, tmp / "results.csv")
-            plot_results(table, tmp / "results.png")
-        else:
-            long = pd.concat(frames, ignore_index=True)
-            summary = aggregate_seeds(long)
-            write_csv(long, tmp / "results.csv")
-            write_csv(summary, tmp / "results_summary.csv")
-            plot_results(summary, tmp / "results.png")
-            table = format_aggregate(summary).drop(columns="n_seeds")
-        if rm_reports:
-            write_csv(pd.concat(rm_reports, ignore_index=True), tmp / "reward_models.csv")
-    which = f"seed {seeds[0] if seeds[0] is not None else scenario.seed}" if len(seeds) == 1 else \
-        f"mean ± std over seeds {', '.join(map(str, seeds))}"
-    print(f"\nrecsim-post demo — scenario '{scenario.name}', {which}\n")
+    agents = _story_agents(args.agents)
+    if len(seeds) == 1:
+        run = _demo_one(args, scenario, agents, seeds[0], closed, say)
+    else:
+        run = _demo_seeds(args, scenario, agents, seeds, closed, say)
+    table, rm_report, loop_text, wrote = run
+    which = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean ± std over seeds {', '.join(map(str, seeds))}"
+    print(f"\nrecsim-post {command} — scenario '{scenario.name}', {which}\n")
+    from .evaluation.report import format_table
+
     print(format_table(table))
     print(
         "\ntrue_value: exact expected true reward of a policy that samples one item;"
         "\ntrue_value_norm: 0 = uniform, 1 = oracle; top10_*: the policy's top 10 shown;"
         "\nndcg@10 / hr@10 / mrr: offline metrics on each user's held-out last click."
     )
-    if closed.rounds > 0:
+    if closed.rounds > 0 and loop_text:
         print(_closed_loop_legend(
-            result.evaluator.closed_loop, "mean",
+            loop_text, "mean",
             "A small cohort keeps the demo fast (--rollout-users/-rounds/-seeds/-slate set it; 0 rounds: off).",
         ))
-    if rm_reports:
+    if rm_report is not None:
         from .evaluation.reward_report import format_reward_report
 
-        print("\n" + format_reward_report(rm_reports[0].drop(columns="seed"))
-              + ("" if len(rm_reports) == 1 else f"\n(seed {seeds[0]}; every seed in reward_models.csv)"))
+        print("\n" + format_reward_report(rm_report.drop(columns="seed"))
+              + ("" if len(seeds) == 1 else f"\n(seed {seeds[0]}; every seed in reward_models.csv)"))
         print("rm_value: what the reward model believes a policy earns (rating scale); a method that "
               "raises it without raising true_value is fooling its reward model.")
-    print(f"\nwrote {out}/ (results.csv, results.png"
-          + ("" if args.no_logs else ", logs/") + f", policies/)  in {time.perf_counter() - start:.0f} s")
+    print(f"\nwrote {args.out}/ ({wrote})  in {time.perf_counter() - start:.0f} s")
     return 0
+
+
+def _write_story(result, folder: Path, keep_logs: bool) -> None:  # noqa: ANN001 - a story.StoryResult
+    """A story's logs (unless --no-logs) and trained policies under ``folder``."""
+    from .logs.simulate import write_log_files
+
+    if keep_logs:
+        write_log_files(result.simulation, folder / "logs")
+    for name, policy in result.policies.items():
+        policy.save(folder / "policies" / f"{name}.pt")
+
+
+def _story_outputs(result):  # noqa: ANN001, ANN202 - a story.StoryResult -> (frame, rm report or None, legend)
+    seed = result.simulation.world.cfg.seed
+    rm_report = None
+    if result.evaluator.reward_model is not None:
+        rm = result.evaluator.reward_model
+        rm_report = result.evaluator.reward_report(rm, rm.max_len).assign(seed=seed)
+    loop = result.evaluator.closed_loop
+    return result.frame.assign(seed=seed), rm_report, (loop.describe() if loop is not None else "")
+
+
+def _demo_one(args, scenario, agents, seed, closed, say):  # noqa: ANN001, ANN202
+    """One seed: the folder is built whole and swapped in (logs/, policies/ at the top)."""
+    from .outputs import OutputFolder
+
+    out = OutputFolder(args.out, args.command, overwrite=args.overwrite, say=say)  # refuses before the work
+    from .evaluation.report import plot_results, write_csv
+    from .story import run_story
+
+    with out as tmp:
+        result = run_story(scenario, agents, seed=seed, progress=_progress(args), say=say, closed_loop=closed)
+        frame, rm_report, loop_text = _story_outputs(result)
+        _write_story(result, tmp, not args.no_logs)
+        table = frame.drop(columns="seed")
+        write_csv(table, tmp / "results.csv")
+        plot_results(table, tmp / "results.png")
+        if rm_report is not None:
+            write_csv(rm_report, tmp / "reward_models.csv")
+    wrote = "results.csv, results.png" + ("" if args.no_logs else ", logs/") + ", policies/"
+    return table, rm_report, loop_text, wrote
+
+
+def _demo_seeds(args, scenario, agents, seeds, closed, say):  # noqa: ANN001, ANN202
+    """Several seeds: a resumable workspace, one folder per finished seed (seed-N/ with logs/,
+    policies/ and its tables), the tables over seeds at the top."""
+    from .config import to_dict
+    from .outputs import Workspace, cell_key
+
+    spec = {"scenario": to_dict(scenario), "agents": [to_dict(a) for a in agents],
+            "closed_loop": to_dict(closed), "logs": not args.no_logs}
+    cells = {f"seed-{s}": cell_key({**spec, "seed": s}) for s in seeds}
+    with Workspace(args.out, args.command, cells, overwrite=args.overwrite, say=say) as ws:
+        import pandas as pd
+
+        from .evaluation.report import aggregate_seeds, format_aggregate, plot_results, write_csv
+        from .story import run_story
+
+        for s in seeds:
+            name = f"seed-{s}"
+            if ws.done(name):
+                continue
+            result = run_story(scenario, agents, seed=s, progress=_progress(args), say=say, closed_loop=closed)
+            frame, rm_report, loop_text = _story_outputs(result)
+            with ws.cell(name, {"closed_loop": loop_text}) as tmp:
+                _write_story(result, tmp, not args.no_logs)
+                frame.to_parquet(tmp / "results.parquet")
+                write_csv(frame, tmp / "results.csv")
+                if rm_report is not None:
+                    rm_report.to_parquet(tmp / "reward_models.parquet")
+            say(f"seed {s} finished: {args.out}/{name}/")
+        long = pd.concat([pd.read_parquet(ws.path(f"seed-{s}") / "results.parquet") for s in seeds],
+                         ignore_index=True)
+        rms = [ws.path(f"seed-{s}") / "reward_models.parquet" for s in seeds]
+        rm_all = pd.concat([pd.read_parquet(p) for p in rms], ignore_index=True) if all(p.is_file() for p in rms) else None
+        summary = aggregate_seeds(long)
+        ws.write("results.csv", lambda path: write_csv(long, path))
+        ws.write("results_summary.csv", lambda path: write_csv(summary, path))
+        ws.write("results.png", lambda path: plot_results(summary, path))
+        if rm_all is not None:
+            ws.write("reward_models.csv", lambda path: write_csv(rm_all, path))
+        ws.finish()
+        loop_text = ws.info(f"seed-{seeds[-1]}").get("closed_loop", "")
+    rm_first = rm_all[rm_all["seed"] == seeds[0]] if rm_all is not None else None
+    wrote = "results.csv, results_summary.csv, results.png, " + ", ".join(f"seed-{s}/" for s in seeds)
+    return format_aggregate(summary).drop(columns="n_seeds"), rm_first, loop_text, wrote
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Roll the scenario's logging policy and write a log folder."""
-    from .logs.simulate import simulate, write_logs
+    from .outputs import OutputFolder
 
     scenario = _scenario(args.scenario, args.seed, args.set)
-    sim = simulate(scenario, progress=not args.quiet)
-    write_logs(sim, args.out, overwrite=args.overwrite)
+    out = OutputFolder(args.out, "simulate", overwrite=args.overwrite, replace_own=False,
+                       say=_say(args.quiet))  # refuses before the simulation runs
+    from .logs.simulate import simulate, write_log_files
+
+    with out as tmp:
+        sim = simulate(scenario, progress=_progress(args))
+        write_log_files(sim, tmp)
     m = sim.public.manifest
     print(f"wrote {args.out}: {m['rows']['interactions']:,} impressions, {m['clicks']:,} clicks, "
           f"{m['n_users']:,} users, {m['n_items']:,} items (scenario '{scenario.name}', seed {scenario.seed})")
@@ -171,30 +254,26 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """Pre-train pi_ref by BC on public logs and post-train it with a recipe."""
     from .logs.public import read_public, split_leave_last_out
-    from .posttrain.recipe import post_train, pretrain
-    from .seeding import SeedTree
+    from .outputs import OutputFile
 
     say = _say(args.quiet)
     logs = read_public(args.logs)
     (agent,) = _agents([args.agent])
-    out = Path(args.out) if args.out else Path(args.logs) / "policies" / f"{agent.name}.pt"
-    if out.exists() and not args.overwrite:
-        raise ConfigError(f"policy file {out} already exists; pass --overwrite to replace it")
-    seed = args.seed if args.seed is not None else int(logs.manifest.get("seed", 0))
-    tree = SeedTree(seed).child("training")
-    train = split_leave_last_out(logs.clicks()).train
-    say(f"pre-training pi_ref on {len(train):,} clicks")
-    ref = pretrain(train, logs.n_items, agent, tree, progress=not args.quiet)
-    say(f"post-training with '{agent.method.name}'")
-    policy = post_train(ref, train, logs.n_items, agent, tree, progress=not args.quiet)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
+    out_path = args.out if args.out else str(Path(args.logs) / "policies" / f"{agent.name}.pt")
+    out = OutputFile(out_path, overwrite=args.overwrite, say=say)  # refuses before training
+    from .posttrain.recipe import post_train, pretrain
+    from .seeding import SeedTree
+
+    with out as tmp:
+        seed = args.seed if args.seed is not None else int(logs.manifest.get("seed", 0))
+        tree = SeedTree(seed).child("training")
+        train = split_leave_last_out(logs.clicks()).train
+        say(f"pre-training pi_ref on {len(train):,} clicks")
+        ref = pretrain(train, logs.n_items, agent, tree, progress=_progress(args))
+        say(f"post-training with '{agent.method.name}'")
+        policy = post_train(ref, train, logs.n_items, agent, tree, progress=_progress(args))
         policy.save(tmp)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    print(f"wrote {out}")
+    print(f"wrote {out_path}")
     return 0
 
 
@@ -255,14 +334,29 @@ DEMO_ROLLOUT_FLAGS = {f: f"rollout-{f}" for f in ("rounds", "seeds", "users", "s
 ROLLOUT_FLAGS = {"rounds": "rounds", "seeds": "seeds", "users": "users", "slate": "slate", "k": "slate-size"}
 
 
-def _closed_loop_legend(loop, spread: str, extra: str = "") -> str:  # noqa: ANN001 - a rollout.ClosedLoop
+def _closed_loop_legend(described: str, spread: str, extra: str = "") -> str:
+    """The legend of the closed_loop column; ``described`` is ``ClosedLoop.describe()``."""
     return (
         "closed_loop: mean over users of the summed true reward r* of their clicks while the policy serves"
-        f"\n  them slates after the logs end, {spread} over the rollout seeds;\n  {loop.describe()}."
+        f"\n  them slates after the logs end, {spread} over the rollout seeds;\n  {described}."
         "\n  References as defined: uniform shows k random items, the logging policy samples its slates as"
         "\n  in the logs, the oracle shows the k best items by the current r* (greedy and myopic: not an"
         "\n  upper bound closed-loop)." + (f"\n  {extra}" if extra else "")
     )
+
+
+TRUE_VALUE_LEGEND = (
+    "true_value: exact expected true reward of a policy that samples one item, for every evaluation user given"
+    " her whole public history, at the end of logging T (ope's truth is another estimand: the logged requests,"
+    " each user at the round she asked); true_value_norm: 0 = uniform, 1 = oracle; top{k}_*: the policy's"
+    " top {k} shown; ndcg@{k} / hr@{k} / mrr: offline metrics on each user's held-out last click."
+)
+OPE_TRUTH_LEGEND = (
+    "truth: the exact value of the estimand every estimator targets, (1/n) sum_i sum_a pi(a | h_i)"
+    " r*(u_i, a, t_i) over the n logged requests (position-0 rows), each user at the round t_i she asked"
+    " with her history h_i then. It is not evaluate's true_value, which scores pi on every user's whole"
+    " history at the end of logging."
+)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -274,10 +368,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     evaluator = Evaluator.prepare(logs, truth, k=args.k)
     rows = evaluator.reference_rows() + [evaluator.policy_row(n, p) for n, p in policies.items()]
     frame = results_frame(rows, k=args.k)
+    legend = TRUE_VALUE_LEGEND.format(k=args.k)
     if args.json:
-        print(json.dumps({"logs": str(args.logs), "k": args.k, "results": _json_records(frame)}, indent=2))
+        print(json.dumps({"logs": str(args.logs), "k": args.k, "results": _json_records(frame),
+                          "definitions": legend}, indent=2))
     else:
         print(format_table(frame))
+        print("\n" + textwrap.fill(legend, width=100))
     return 0
 
 
@@ -323,7 +420,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     print(f"\nrecsim-post rollout — {args.logs} (scenario '{truth.scenario.name}', seed {truth.scenario.seed}), "
           f"rounds {n_rounds} .. {n_rounds + cfg.rounds - 1} after {n_rounds} logged\n")
     print(format_table(format_aggregate(summary).drop(columns="n_seeds")))
-    print("\n" + _closed_loop_legend(loop, "mean ± std")
+    print("\n" + _closed_loop_legend(loop.describe(), "mean ± std")
           + "\nper_round: closed_loop / rounds; ctr: clicks per slate; reward_clicked / reward_shown: mean r*"
             "\n  of the clicked / shown items; rating: mean observed rating of the clicks (all mean ± std).")
     return 0
@@ -359,18 +456,21 @@ def cmd_ope(args: argparse.Namespace) -> int:
     )
     if args.json:
         records = _json_records(report)
-        print(json.dumps({"logs": str(args.logs), "results": records, "notes": report.attrs.get("notes", [])},
-                         indent=2, default=str))
+        print(json.dumps({"logs": str(args.logs), "results": records, "notes": report.attrs.get("notes", []),
+                          "definitions": OPE_TRUTH_LEGEND}, indent=2, default=str))
     else:
         print(format_report(report))
         print()
         print(format_summary(summarise(report)))
+        print("\n" + textwrap.fill(OPE_TRUTH_LEGEND, width=100))
     return 0
 
 
 def _ope_study(args: argparse.Namespace, q_models: tuple[str, ...]) -> int:
-    """``recsim-post ope --scenario``: simulate, train, and score every estimator over seeds."""
-    from .evaluation.ope_study import format_study, ope_study, write_study
+    """``recsim-post ope --scenario``: simulate, train, and score every estimator over seeds, one
+    resumable cell per seed."""
+    from .config import to_dict
+    from .outputs import Workspace, cell_key
 
     if args.policy is not None:
         raise ConfigError("--policy belongs to --logs; a study (--scenario) trains its policies from --agents")
@@ -381,13 +481,38 @@ def _ope_study(args: argparse.Namespace, q_models: tuple[str, ...]) -> int:
     scenario = _scenario(args.scenario, None, args.set)
     agents = _agents(args.agents or ["bc"])
     seeds = args.seeds if args.seeds is not None else [scenario.seed]
-    out = Path(args.out or "recsim-post-ope")
-    with _AtomicFolder(out, args.overwrite, marker=DEMO_MARKER) as tmp:
-        study = ope_study(
-            scenario, agents, seeds, n_bootstrap=args.bootstrap, propensity=args.propensity, q_models=q_models,
-            progress=not args.quiet, say=say,
-        )
-        write_study(study, tmp)
+    from .evaluation.ope_study import check_study
+
+    seeds = check_study(agents, seeds)
+    out = args.out or "recsim-post-ope"
+    spec = {"scenario": to_dict(scenario), "agents": [to_dict(a) for a in agents], "bootstrap": args.bootstrap,
+            "propensity": args.propensity, "q_models": list(q_models)}
+    cells = {f"seed-{s}": cell_key({**spec, "seed": s}) for s in seeds}
+    with Workspace(out, "ope", cells, overwrite=args.overwrite, say=say) as ws:
+        import pandas as pd
+
+        from .evaluation.ope_study import SeedResult, combine_study, format_study, ope_study_seed
+        from .evaluation.report import write_csv
+
+        for s in seeds:
+            name = f"seed-{s}"
+            if ws.done(name):
+                continue
+            part = ope_study_seed(scenario, agents, s, n_bootstrap=args.bootstrap, propensity=args.propensity,
+                                  q_models=q_models, progress=_progress(args), say=say)
+            with ws.cell(name, {"notes": part.notes}) as tmp:
+                part.report.to_parquet(tmp / "report.parquet")
+                part.values.to_parquet(tmp / "values.parquet")
+                write_csv(part.report, tmp / "report.csv")
+            say(f"seed {s} finished: {out}/{name}/")
+        parts = [SeedResult(pd.read_parquet(ws.path(f"seed-{s}") / "report.parquet"),
+                            pd.read_parquet(ws.path(f"seed-{s}") / "values.parquet"),
+                            list(ws.info(f"seed-{s}").get("notes", []))) for s in seeds]
+        study = combine_study(parts, seeds, time.perf_counter() - start)
+        for name, frame in (("report.csv", study.report), ("summary.csv", study.summary),
+                            ("summary_by_policy.csv", study.by_policy), ("values.csv", study.values)):
+            ws.write(name, lambda path, frame=frame: write_csv(frame, path))
+        ws.finish()
     if args.json:
         records = _json_records(study.summary)
         print(json.dumps({"scenario": scenario.name, "seeds": study.seeds, "summary": records, "notes": study.notes},
@@ -396,36 +521,43 @@ def _ope_study(args: argparse.Namespace, q_models: tuple[str, ...]) -> int:
         print(f"\nrecsim-post ope — scenario '{scenario.name}', recipes {', '.join(a.name for a in agents)} + uniform, "
               f"{args.propensity} propensities, {args.bootstrap} bootstrap resamples\n")
         print(format_study(study))
-        print(f"\nwrote {out}/ (report.csv, summary.csv, summary_by_policy.csv, values.csv)  "
-              f"in {time.perf_counter() - start:.0f} s")
+        print(f"\nwrote {out}/ (report.csv, summary.csv, summary_by_policy.csv, values.csv, "
+              + ", ".join(f"seed-{s}/" for s in seeds) + f")  in {time.perf_counter() - start:.0f} s")
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    """Turn one scenario dial over a grid of values: every recipe's true value and its paired difference to a baseline."""
-    from .evaluation.report import write_csv
-    from .sweep import Dial, format_sweep, paired_differences, plot_sweep, run_sweep
+    """Turn one scenario dial over a grid of values: every recipe's true value and its paired
+    difference to a baseline, one resumable cell per value and seed."""
+    from .outputs import Workspace, cell_key
+    from .sweep import Dial, cell_spec, sweep_cells
 
     say = _say(args.quiet)
     start = time.perf_counter()
     scenario = _scenario(args.scenario, None, args.set)
     dial = Dial.parse(args.dial)
-    dial.scenarios(scenario)  # every value is checked before the recipes are read and any work starts
+    cells = sweep_cells(scenario, dial, args.seeds)  # every value is checked before any work starts
     agents = _agents(args.agents)
     names = [a.name for a in agents]
     if args.baseline not in names:
         raise ConfigError(f"--baseline {args.baseline} must be one of the recipes swept ({', '.join(names)})")
-    out = Path(args.out)
-    with _AtomicFolder(out, args.overwrite, marker=DEMO_MARKER) as tmp:
-        long = run_sweep(scenario, dial, agents, args.seeds, backend=args.backend, say=say)
+    eval_users = 5000
+    keys = {c.name: cell_key(cell_spec(c, agents, eval_users)) for c in cells}
+    with Workspace(args.out, "sweep", keys, overwrite=args.overwrite, say=say) as ws:
+        from .evaluation.report import write_csv
+        from .sweep import format_sweep, paired_differences, plot_sweep, run_sweep
+
+        long = run_sweep(scenario, dial, agents, args.seeds, backend=args.backend, eval_users=eval_users,
+                         say=say, store=ws)
         summary = paired_differences(long, baseline=args.baseline)
-        write_csv(long, tmp / "sweep.csv")
-        write_csv(summary, tmp / "sweep_summary.csv")
-        plot_sweep(summary, dial.key, tmp / "sweep.png")
+        ws.write("sweep.csv", lambda path: write_csv(long, path))
+        ws.write("sweep_summary.csv", lambda path: write_csv(summary, path))
+        ws.write("sweep.png", lambda path: plot_sweep(summary, dial.key, path))
+        ws.finish()
     print(f"\nrecsim-post sweep — scenario '{scenario.name}', {dial.key} over {len(dial.values)} values, "
           f"seeds {' '.join(map(str, args.seeds))}\n")
     print(format_sweep(summary, dial.key, baseline=args.baseline))
-    print(f"\nwrote {out}/ (sweep.csv, sweep_summary.csv, sweep.png)  in {time.perf_counter() - start:.0f} s")
+    print(f"\nwrote {args.out}/ (sweep.csv, sweep_summary.csv, sweep.png, cells/)  in {time.perf_counter() - start:.0f} s")
     return 0
 
 
@@ -457,35 +589,51 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _doc(fn) -> str:  # noqa: ANN001
+    """A command function's docstring as one plain paragraph (its help and description)."""
+    return " ".join((fn.__doc__ or "").split())
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="recsim-post", description=__doc__.splitlines()[0] if __doc__ else None)
+    p = _Parser(prog="recsim-post", description=SUMMARY,
+                epilog="Run 'recsim-post COMMAND --help' for a command's options. Bad input exits 2 with one line.")
     p.add_argument("--version", action="version", version=f"recsim-post {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+
+    def command(name: str, fn, help_text: str | None = None) -> argparse.ArgumentParser:  # noqa: ANN001
+        text = help_text or _doc(fn)
+        sp = sub.add_parser(name, help=text.split(". ")[0].rstrip(".") + ".", description=text)
+        sp.set_defaults(func=fn)
+        return sp
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+        sp.add_argument("--quiet", "-q", action="store_true",
+                        help="no progress output (progress bars are shown only on a terminal anyway)")
 
     def settings(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--set", nargs="+", default=None, metavar="SECTION.KEY=VALUE",
                         help="override scenario knobs, e.g. --set feedback.noise_std=1.0 logging.epsilon=0.2")
 
     def story_parser(name: str, help_text: str, out: str, seeds: list[int] | None) -> None:
-        d = sub.add_parser(name, help=help_text)
+        d = command(name, cmd_demo, help_text)
         d.add_argument("--scenario", default="quickstart", help="preset name or TOML path (default: quickstart)")
         d.add_argument("--agents", nargs="+", default=None,
                        help="recipes to compare, names or TOML paths (default: every preset recipe)")
         seed = d.add_mutually_exclusive_group()
-        seed.add_argument("--seed", type=int, default=None, help="overrides the scenario's seed")
-        seed.add_argument("--seeds", type=int, nargs="+", default=seeds,
-                          help="run every seed and report mean ± std" + (f" (default: {' '.join(map(str, seeds))})" if seeds else " (e.g. --seeds 0 1 2)"))
+        seed.add_argument("--seed", type=_seed_arg, default=None, help="overrides the scenario's seed")
+        seed.add_argument("--seeds", type=_seed_arg, nargs="+", default=seeds,
+                          help="run every seed and report mean ± std; each finished seed is kept, and a rerun "
+                               "resumes" + (f" (default: {' '.join(map(str, seeds))})" if seeds else " (e.g. --seeds 0 1 2)"))
         d.add_argument("--out", default=out, help=f"output folder (default: ./{out})")
-        d.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+        d.add_argument("--overwrite", action="store_true",
+                       help="replace an output folder that holds other files (a folder this command wrote, "
+                            "unchanged since, is replaced without it)")
         d.add_argument("--no-logs", action="store_true", help="do not keep the simulated logs")
         closed = d.add_argument_group("closed loop", "the closed_loop column: every row deployed for a few "
                                       "rounds after the logs (unset flags keep ClosedLoopConfig's defaults)")
         closed.add_argument("--rollout-rounds", type=int, default=None, metavar="H",
                             help="rounds each policy is deployed for (default: 5; 0 leaves the column out)")
-        closed.add_argument("--rollout-seeds", type=int, nargs="+", default=None, metavar="S",
+        closed.add_argument("--rollout-seeds", type=_seed_arg, nargs="+", default=None, metavar="S",
                             help="rollout seeds, the column is their mean (default: 0 1)")
         closed.add_argument("--rollout-users", type=int, default=None, metavar="N",
                             help="cohort of N users drawn at random (default: 250; 0 = every user)")
@@ -493,57 +641,56 @@ def build_parser() -> argparse.ArgumentParser:
                             help="trained policies and popularity show their top k, or sample k from their softmax (default: topk)")
         settings(d)
         common(d)
-        d.set_defaults(func=cmd_demo)
 
-    story_parser("demo", cmd_demo.__doc__, "recsim-post-demo", None)
-    story_parser("compare", "the demo over several seeds: every recipe, mean ± std of each column",
-                 "recsim-post-compare", [0, 1, 2])
+    story_parser("demo", _doc(cmd_demo), "recsim-post-demo", None)
+    story_parser("compare", "The demo over several seeds: every recipe, mean ± std of each column; each finished "
+                 "seed is written at once, and rerunning the command resumes.", "recsim-post-compare", [0, 1, 2])
 
-    s = sub.add_parser("simulate", help=cmd_simulate.__doc__)
+    s = command("simulate", cmd_simulate)
     s.add_argument("--scenario", default="quickstart", help="preset name or TOML path")
-    s.add_argument("--seed", type=int, default=None, help="overrides the scenario's seed")
-    s.add_argument("--out", required=True, help="log folder to write")
+    s.add_argument("--seed", type=_seed_arg, default=None, help="overrides the scenario's seed")
+    s.add_argument("--out", required=True, help="log folder to write (new or empty)")
     s.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     settings(s)
     common(s)
-    s.set_defaults(func=cmd_simulate)
 
-    w = sub.add_parser("sweep", help=cmd_sweep.__doc__)
+    w = command("sweep", cmd_sweep)
     w.add_argument("--dial", required=True, metavar="SECTION.KEY=V1,V2,...",
                    help="the scenario knob to turn and its values, e.g. feedback.noise_std=0,0.5,1,2")
     w.add_argument("--scenario", default="quickstart", help="preset name or TOML path (default: quickstart)")
     w.add_argument("--agents", nargs="+", default=["bc", "exp-rsft", "ipo"], help="recipes (default: bc exp-rsft ipo)")
     w.add_argument("--baseline", default="bc", help="recipe the paired differences are taken to (default: bc)")
-    w.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds per value (default: 0 1 2)")
+    w.add_argument("--seeds", type=_seed_arg, nargs="+", default=[0, 1, 2], help="seeds per value (default: 0 1 2)")
     w.add_argument("--backend", choices=["local", "ray"], default="local",
                    help="local: cells one after another; ray: cells as Ray tasks (pip install ray)")
-    w.add_argument("--out", default="recsim-post-sweep", help="output folder (default: ./recsim-post-sweep)")
-    w.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    w.add_argument("--out", default="recsim-post-sweep",
+                   help="output folder; each finished cell is kept there, and rerunning the command resumes "
+                        "(default: ./recsim-post-sweep)")
+    w.add_argument("--overwrite", action="store_true",
+                   help="start over in an output folder that holds other files or cells of another grid")
     settings(w)
     common(w)
-    w.set_defaults(func=cmd_sweep)
 
-    t = sub.add_parser("train", help=cmd_train.__doc__)
-    t.add_argument("--logs", required=True, help="log folder written by 'simulate'")
+    t = command("train", cmd_train)
+    t.add_argument("--logs", required=True, help="log folder written by 'simulate' (only its public files are read)")
     t.add_argument("--agent", required=True, help="recipe name or TOML path")
     t.add_argument("--out", default=None, help="policy file (default: LOGS/policies/NAME.pt)")
-    t.add_argument("--seed", type=int, default=None, help="training seed (default: the logs' seed)")
+    t.add_argument("--seed", type=_seed_arg, default=None, help="training seed (default: the logs' seed)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing policy file")
     common(t)
-    t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help=cmd_evaluate.__doc__)
+    e = command("evaluate", cmd_evaluate)
     e.add_argument("--logs", required=True, help="log folder written by 'simulate' (with sealed/)")
     e.add_argument("--policy", nargs="+", required=True, help="policy files written by 'train'")
     e.add_argument("--k", type=int, default=10, help="cut-off of NDCG@k, HR@k and the top-k value")
     e.add_argument("--json", action="store_true", help="machine-readable output")
-    e.set_defaults(func=cmd_evaluate)
 
-    r = sub.add_parser("rollout", help=cmd_rollout.__doc__.splitlines()[0])
+    r = command("rollout", cmd_rollout)
     r.add_argument("--logs", required=True, help="log folder written by 'simulate' or 'demo' (with sealed/)")
     r.add_argument("--policy", nargs="+", required=True, help="policy files written by 'train'")
     r.add_argument("--rounds", type=int, default=10, metavar="H", help="rounds each policy is deployed for (default: 10)")
-    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="rollout seeds: mean ± std over them (default: 0 1 2)")
+    r.add_argument("--seeds", type=_seed_arg, nargs="+", default=[0, 1, 2],
+                   help="rollout seeds: mean ± std over them (default: 0 1 2)")
     r.add_argument("--users", type=int, default=0, metavar="N", help="cohort of N users drawn at random (default: 0 = every user)")
     r.add_argument("--slate", choices=["topk", "sample"], default="topk",
                    help="trained policies and popularity show their top k, or sample k from their softmax; the logger "
@@ -551,32 +698,36 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--slate-size", type=int, default=None, metavar="K", help="items per slate (default: the logging slate size)")
     r.add_argument("--json", action="store_true", help="machine-readable output")
     common(r)
-    r.set_defaults(func=cmd_rollout)
 
-    o = sub.add_parser("ope", help=cmd_ope.__doc__.splitlines()[0])
+    o = command("ope", cmd_ope)
     where = o.add_mutually_exclusive_group(required=True)
     where.add_argument("--logs", default=None, help="log folder written by 'simulate' (with sealed/)")
     where.add_argument("--scenario", default=None,
                        help="a study instead: simulate this preset / TOML per seed, train --agents, score them")
     o.add_argument("--policy", nargs="*", default=None, help="with --logs: policy files written by 'train' (uniform is always included)")
     o.add_argument("--agents", nargs="+", default=None, help="with --scenario: recipes to train and evaluate (default: bc)")
-    o.add_argument("--seeds", type=int, nargs="+", default=None, help="with --scenario: seeds (default: the scenario's)")
+    o.add_argument("--seeds", type=_seed_arg, nargs="+", default=None,
+                   help="with --scenario: seeds, one resumable cell each (default: the scenario's)")
     o.add_argument("--out", default=None, help="with --scenario: output folder (default: ./recsim-post-ope)")
-    o.add_argument("--overwrite", action="store_true", help="with --scenario: replace a non-empty output folder")
+    o.add_argument("--overwrite", action="store_true",
+                   help="with --scenario: start over in an output folder that holds other files")
     o.add_argument("--propensity", choices=["bc", "frequency"], default="bc",
                    help="how propensities are estimated from the public logs (default: bc)")
     o.add_argument("--q-model", choices=["item", "sequence", "both"], default="both",
                    help="reward model of DM / DR / Switch-DR: item means, a personalised sequence model, or both (default)")
     o.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples per interval")
-    o.add_argument("--seed", type=int, default=None, help="with --logs: seed of the bootstrap and the models (default: 0)")
+    o.add_argument("--seed", type=_seed_arg, default=None, help="with --logs: seed of the bootstrap and the models (default: 0)")
     o.add_argument("--json", action="store_true", help="machine-readable output")
     settings(o)
     common(o)
-    o.set_defaults(func=cmd_ope)
 
-    sub.add_parser("envs", help=cmd_envs.__doc__).set_defaults(func=cmd_envs)
-    sub.add_parser("agents", help=cmd_agents.__doc__).set_defaults(func=cmd_agents)
+    command("envs", cmd_envs)
+    command("agents", cmd_agents)
     return p
+
+
+def _terminate(signum: int, frame) -> None:  # noqa: ANN001
+    raise Terminated(signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -587,6 +738,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--k = {args.k} is out of range: must be >= 1")
     if getattr(args, "bootstrap", 1) < 1:
         parser.error(f"--bootstrap = {args.bootstrap} is out of range: must be >= 1")
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGTERM, _terminate)  # clean-up runs as for Ctrl-C
+    except ValueError:  # not the main thread (main() called from a worker thread): leave it be
+        previous = None
     try:
         return int(args.func(args) or 0)
     except RecsimError as err:
@@ -595,6 +751,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("recsim-post: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("recsim-post: terminated", file=sys.stderr)
+        return 143
+    except OSError as err:  # the disk, not the input: one line and status 1, no traceback
+        what = err.strerror or str(err)
+        where = f": {err.filename}" if getattr(err, "filename", None) else ""
+        print(f"recsim-post: error: {what}{where}", file=sys.stderr)
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

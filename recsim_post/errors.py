@@ -17,3 +17,8 @@ class LogError(RecsimError, OSError):
 
 class ActionError(RecsimError, ValueError):
     """An action outside the action space."""
+
+
+class OutputError(RecsimError, OSError):
+    """An output that must not or cannot be written: the current folder, a folder holding the
+    user's own files, an unwritable path, a folder another run is writing."""

@@ -7,6 +7,7 @@ wherever a preset name does.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -39,17 +40,27 @@ def preset_description(path: Path) -> str:
 
 
 def resolve(kind: Kind, name_or_path: str | Path) -> Path:
-    """A preset name or a path to a TOML file -> the file's path; anything else is a ConfigError."""
-    path = Path(name_or_path)
-    if path.suffix == ".toml" or path.exists():
-        if not path.is_file():
-            raise ConfigError(f"{kind[:-1]} file not found: {path}")
-        return path
-    candidate = preset_dir(kind) / f"{name_or_path}.toml"
-    if candidate.is_file():
-        return candidate
+    """A preset name or a path to a TOML file -> the file's path; anything else is a ConfigError.
+
+    A preset name wins over a file or folder of the same name in the current folder (easy to make
+    with ``simulate --out trending``); an argument that ends in ``.toml`` or contains a path
+    separator is always a path.
+    """
+    text = os.fspath(name_or_path)
     what = "scenario" if kind == "envs" else "agent"
+    is_path = text.endswith(".toml") or os.sep in text or (os.altsep is not None and os.altsep in text)
+    if not is_path and text:
+        candidate = preset_dir(kind) / f"{text}.toml"
+        if candidate.is_file():
+            return candidate
+    path = Path(text)
+    if is_path or path.is_file():
+        if path.is_dir():
+            raise ConfigError(f"{what} file {text} is a folder, not a TOML file")
+        if not path.is_file():
+            raise ConfigError(f"{what} file not found: {text}")
+        return path
     raise ConfigError(
-        f"unknown {what} '{name_or_path}': presets are {', '.join(preset_names(kind))} "
+        f"unknown {what} '{text}': presets are {', '.join(preset_names(kind))} "
         f"(or give a path to a .toml file)"
     )

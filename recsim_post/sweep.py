@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -71,6 +72,48 @@ class Dial:
         return out
 
 
+class CellStore(Protocol):
+    """Where finished cells live (``recsim_post.outputs.Workspace``): a sweep skips a done cell,
+    saves each cell the moment it finishes, and reads every cell back at the end."""
+
+    def done(self, name: str) -> bool: ...
+
+    def save_frame(self, name: str, frame: pd.DataFrame, info: dict[str, Any] | None = None) -> None: ...
+
+    def load_frame(self, name: str) -> pd.DataFrame: ...
+
+
+@dataclass(frozen=True)
+class SweepCell:
+    """One (value, seed) cell of a sweep: its folder name, scenario and seed."""
+
+    name: str
+    value: Any
+    scenario: ScenarioConfig
+    seed: int
+
+
+def sweep_cells(base: ScenarioConfig, dial: Dial, seeds: Sequence[int]) -> list[SweepCell]:
+    """Every (value, seed) cell, with the dial set (values checked up front) and a stable folder
+    name ``cells/<value>-seed-<s>`` per cell."""
+    if not seeds:
+        raise ConfigError("a sweep needs at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds {' '.join(map(str, seeds))} repeat a seed")
+    slugs = [re.sub(r"[^A-Za-z0-9._+-]", "_", _label(v)) for v in dial.values]
+    slugs = [s if slugs.count(s) == 1 else f"{s}-{i}" for i, s in enumerate(slugs)]
+    return [
+        SweepCell(f"cells/{slug}-seed-{s}", v, sc, int(s))
+        for v, sc, slug in zip(dial.values, dial.scenarios(base), slugs) for s in seeds
+    ]
+
+
+def cell_spec(cell: SweepCell, agents: Sequence[AgentConfig], eval_users: int | None) -> dict[str, Any]:
+    """Everything a cell's result depends on, as plain data (its key is a hash of this and the code)."""
+    return {"scenario": to_dict(cell.scenario), "agents": [to_dict(a) for a in agents], "seed": cell.seed,
+            "eval_users": eval_users}
+
+
 def run_cell(scenario: dict[str, Any], agents: list[dict[str, Any]], seed: int, eval_users: int | None) -> pd.DataFrame:
     """One story (plain-data arguments, so a cell can be shipped to another process): its results frame."""
     from .story import run_story  # imported here so a Ray worker pays for torch only when it runs
@@ -90,33 +133,49 @@ def run_sweep(
     backend: str = "local",
     eval_users: int | None = 5000,
     say: Callable[[str], None] = lambda _: None,
+    store: CellStore | None = None,
 ) -> pd.DataFrame:
-    """Every (value, seed) cell; one long frame: ``dial``, ``value``, ``seed`` + the results columns."""
+    """Every (value, seed) cell; one long frame: ``dial``, ``value``, ``seed`` + the results columns.
+
+    With a ``store`` each cell is saved as soon as it finishes and cells the store already holds
+    are not run again, so an interrupted sweep resumes where it stopped.
+    """
     if backend not in BACKENDS:
         raise ConfigError(f"backend = {backend!r} is not allowed: must be one of {', '.join(BACKENDS)}")
-    if not seeds:
-        raise ConfigError("a sweep needs at least one seed")
-    scenarios = dial.scenarios(base)
+    cells = sweep_cells(base, dial, seeds)
     agent_data = [to_dict(a) for a in agents]
-    cells = [(v, sc, s) for v, sc in zip(dial.values, scenarios) for s in seeds]
+    todo = [c for c in cells if store is None or not store.done(c.name)]
+    frames: dict[str, pd.DataFrame] = {}
+
+    def finished(cell: SweepCell, frame: pd.DataFrame) -> None:
+        if store is not None:
+            store.save_frame(cell.name, frame, {"value": _label(cell.value), "seed": cell.seed})
+        else:
+            frames[cell.name] = frame
+
     start = time.perf_counter()
-    if backend == "ray":
-        frames = _run_ray(cells, agent_data, eval_users, say)
+    if backend == "ray" and todo:
+        _run_ray(todo, agent_data, eval_users, say, finished)
     else:
-        frames = []
-        for i, (v, sc, s) in enumerate(cells):
-            say(f"cell {i + 1}/{len(cells)}: {dial.key} = {v}, seed {s}")
-            frames.append(run_cell(to_dict(sc), agent_data, s, eval_users))
-    say(f"{len(cells)} cells in {time.perf_counter() - start:.0f} s")
+        for i, c in enumerate(todo):
+            say(f"cell {i + 1}/{len(todo)}: {dial.key} = {c.value}, seed {c.seed}")
+            finished(c, run_cell(to_dict(c.scenario), agent_data, c.seed, eval_users))
+    say(f"{len(todo)} cells in {time.perf_counter() - start:.0f} s" + (
+        f" ({len(cells) - len(todo)} finished earlier)" if len(todo) < len(cells) else ""))
     long = [
-        f.assign(dial=dial.key, value=_label(v), seed=s) for (v, _, s), f in zip(cells, frames)
+        (store.load_frame(c.name) if store is not None else frames[c.name]).assign(
+            dial=dial.key, value=_label(c.value), seed=c.seed)
+        for c in cells
     ]
     df = pd.concat(long, ignore_index=True)
     front = ["dial", "value", "seed"]
     return df[front + [c for c in df.columns if c not in front]]
 
 
-def _run_ray(cells: list, agent_data: list[dict], eval_users: int | None, say: Callable[[str], None]) -> list[pd.DataFrame]:
+def _run_ray(
+    cells: list[SweepCell], agent_data: list[dict], eval_users: int | None, say: Callable[[str], None],
+    finished: Callable[[SweepCell, pd.DataFrame], None],
+) -> None:
     try:
         import ray
     except ImportError:
@@ -126,9 +185,14 @@ def _run_ray(cells: list, agent_data: list[dict], eval_users: int | None, say: C
         ray.init(include_dashboard=False, log_to_driver=False)
     try:
         task = ray.remote(run_cell)
-        refs = [task.remote(to_dict(sc), agent_data, s, eval_users) for _, sc, s in cells]
-        say(f"{len(refs)} cells submitted to Ray")
-        return ray.get(refs)
+        pending = {task.remote(to_dict(c.scenario), agent_data, c.seed, eval_users): c for c in cells}
+        say(f"{len(pending)} cells submitted to Ray")
+        while pending:  # save each cell as it finishes, so a killed sweep keeps what Ray finished
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                cell = pending.pop(ref)
+                finished(cell, ray.get(ref))
+                say(f"cell done: {cell.name} ({len(cells) - len(pending)}/{len(cells)})")
     finally:
         if started_here:
             ray.shutdown()
@@ -208,7 +272,7 @@ def plot_sweep(summary: pd.DataFrame, dial: str, path: Any, column: str = VALUE_
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .evaluation.report import _atomic_write
+    from .outputs import atomic_write
 
     values = list(dict.fromkeys(summary["value"]))
     x = np.arange(len(values))
@@ -237,9 +301,12 @@ def plot_sweep(summary: pd.DataFrame, dial: str, path: Any, column: str = VALUE_
         fig.savefig(handle, format="png", dpi=120)
 
     try:
-        return _atomic_write(path, save)
+        return atomic_write(path, save)
     finally:
         plt.close(fig)
 
 
-__all__ = ["BACKENDS", "Dial", "format_sweep", "paired_differences", "plot_sweep", "run_cell", "run_sweep"]
+__all__ = [
+    "BACKENDS", "CellStore", "Dial", "SweepCell", "cell_spec", "format_sweep", "paired_differences", "plot_sweep",
+    "run_cell", "run_sweep", "sweep_cells",
+]

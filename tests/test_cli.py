@@ -38,7 +38,12 @@ def agent_file(tmp_path: Path) -> Path:
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
+    """The CLI as the console script runs it: (exit status, stdout, stderr); argparse's own errors
+    (SystemExit) count as an exit status too."""
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -152,7 +157,8 @@ def test_simulate_refuses_to_clobber_and_failure_leaves_nothing(tmp_path, capsys
     logs = tmp_path / "logs"
     assert run(capsys, "simulate", "--scenario", str(scenario_file), "--out", str(logs), "-q")[0] == 0
     code, _, err = run(capsys, "simulate", "--scenario", str(scenario_file), "--out", str(logs), "-q")
-    assert code == 2 and "already exists" in err
+    assert code == 2 and "is not empty: it holds the results of an earlier 'recsim-post simulate'" in err
+    assert "--overwrite" in err
 
     from recsim_post.logs import simulate as sim_mod
 
@@ -166,9 +172,9 @@ def test_simulate_refuses_to_clobber_and_failure_leaves_nothing(tmp_path, capsys
         return real(*args, **kwargs)
 
     monkeypatch.setattr(sim_mod, "_write_parquet", failing)
-    with pytest.raises(OSError):
-        cli.main(["simulate", "--scenario", str(scenario_file), "--out", str(tmp_path / "half"), "-q"])
-    assert not (tmp_path / "half").exists()
+    code, _, err = run(capsys, "simulate", "--scenario", str(scenario_file), "--out", str(tmp_path / "a" / "half"), "-q")
+    assert code == 1 and err == "recsim-post: error: disk full\n"  # an I/O failure: one line, no traceback
+    assert not (tmp_path / "a").exists()  # not even the parent folder it made
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".half")]
 
 
@@ -288,7 +294,7 @@ def test_rollout_bad_input_exits_2_with_one_line(demo_run, tmp_path, capsys):
     cases = [
         (["--logs", str(tmp_path / "nope"), "--policy", policy], "log folder not found"),
         (["--logs", str(logs), "--policy", policy, "--rounds", "0"], "--rounds = 0 is out of range: must be >= 1"),
-        (["--logs", str(logs), "--policy", policy, "--seeds", "0", "-1"], "--seeds = [0, -1] is out of range"),
+        (["--logs", str(logs), "--policy", policy, "--seeds", "0", "-1"], "--seeds: -1 is out of range: a seed must be >= 0"),
         (["--logs", str(logs), "--policy", policy, "--users", "-3"], "--users = -3 is out of range: must be >= 0"),
         (["--logs", str(logs), "--policy", policy, "--slate-size", "61"],
          "--slate-size = 61 is out of range: must be <= the catalogue size 60"),
@@ -314,7 +320,7 @@ def test_demo_checks_its_closed_loop_flags_before_any_work(tmp_path, capsys, sce
     for flags, needle in [
         (["--rollout-users", "-1"], "--rollout-users = -1 is out of range: must be >= 0"),
         (["--rollout-rounds", "-2"], "--rollout-rounds = -2 is out of range: must be >= 0"),
-        (["--rollout-seeds", "-5"], "--rollout-seeds = [-5] is out of range"),
+        (["--rollout-seeds", "-5"], "--rollout-seeds: -5 is out of range: a seed must be >= 0"),
     ]:
         code, _, err = run(capsys, "demo", "--scenario", str(scenario_file), "--out", str(out), "-q", *flags)
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1

@@ -149,7 +149,8 @@ def test_ope_study_refuses_an_occupied_folder(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "keep.txt").write_text("mine")
-    _exits_2(capsys, tmp_path, "ope", "--scenario", "quickstart", "--out", "busy", match="already exists")
+    _exits_2(capsys, tmp_path, "ope", "--scenario", "quickstart", "--out", "busy",
+             match="--out busy is not empty: it holds files recsim-post did not write (keep.txt)")
     assert (tmp_path / "busy" / "keep.txt").read_text() == "mine"
 
 

@@ -123,7 +123,10 @@ def test_logs_are_byte_identical_and_round_trip(tmp_path: Path, tiny):
     assert {str(n) for n in names} >= {"manifest.json", "interactions.parquet", "items.parquet",
                                        "sealed/impressions.parquet", "sealed/items.parquet", "sealed/users.parquet"}
     for n in names:
+        if n.name == ".recsim-post.json":  # the ownership marker records file times: not part of the logs
+            continue
         assert filecmp.cmp(tmp_path / "a" / n, tmp_path / "b" / n, shallow=False), n
+    assert len(names) == 1 + sum(1 for n in names if n.name != ".recsim-post.json")
     logs = read_public(tmp_path / "a")
     assert logs.n_items == tiny.catalog.n_items and logs.n_users == tiny.users.n_users
     assert set(logs.items.columns) >= {"item_id", "genre", "f0"}
@@ -155,12 +158,13 @@ def test_optional_sealed_files_are_hashed_and_written_atomically(tmp_path: Path,
     import hashlib
     import json
 
-    from recsim_post.errors import LogError
+    from recsim_post.errors import OutputError
     from recsim_post.logs import simulate as sim_mod
     from recsim_post.world.config import DynamicsConfig
 
     base = {"manifest.json", "interactions.parquet", "items.parquet",
-            "sealed/impressions.parquet", "sealed/items.parquet", "sealed/users.parquet"}
+            "sealed/impressions.parquet", "sealed/items.parquet", "sealed/users.parquet",
+            ".recsim-post.json"}  # the ownership marker (recsim_post.outputs)
     plain = write_logs(simulate(tiny), tmp_path / "plain")
     assert {str(p.relative_to(plain)) for p in plain.rglob("*") if p.is_file()} == base  # knobs off: no new files
     cfg = dataclasses.replace(
@@ -173,7 +177,7 @@ def test_optional_sealed_files_are_hashed_and_written_atomically(tmp_path: Path,
     files = {str(p.relative_to(a)) for p in a.rglob("*") if p.is_file()}
     assert files == base | extra
     manifest = json.loads((a / "manifest.json").read_text())
-    assert set(manifest["sha256"]) == files - {"manifest.json"}
+    assert set(manifest["sha256"]) == files - {"manifest.json", ".recsim-post.json"}
     for name, digest in manifest["sha256"].items():
         assert hashlib.sha256((a / name).read_bytes()).hexdigest() == digest, name
         assert filecmp.cmp(a / name, b / name, shallow=False), name  # same seed, same bytes
@@ -194,7 +198,7 @@ def test_optional_sealed_files_are_hashed_and_written_atomically(tmp_path: Path,
         write_logs(simulate(cfg), a, overwrite=True)
     assert json.loads((a / "manifest.json").read_text()) == manifest
     monkeypatch.undo()
-    with pytest.raises(LogError, match="already exists"):
+    with pytest.raises(OutputError, match="is not empty: it holds the results of an earlier 'recsim-post simulate'"):
         write_logs(simulate(cfg), a)
 
 

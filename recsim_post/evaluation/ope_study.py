@@ -54,6 +54,64 @@ class OPEStudy:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass
+class SeedResult:
+    """One seed of a study: its report rows, the story's values at T, and notes."""
+
+    report: pd.DataFrame
+    values: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+
+def check_study(agents: Sequence, seeds: Sequence[int]) -> list[int]:
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds = {seeds} must be a non-empty list of distinct integers")
+    names = [a.name for a in agents]
+    if len(set(names)) != len(names) or UNIFORM in names:
+        raise ConfigError(f"recipe names {names} must be distinct and not {UNIFORM!r} (the reference target)")
+    return seeds
+
+
+def ope_study_seed(
+    scenario: ScenarioConfig,
+    agents: Sequence,  # posttrain.recipe.AgentConfig
+    seed: int,
+    n_bootstrap: int = 200,
+    propensity: str = "bc",
+    q_models: Sequence[str] = Q_MODELS,
+    q_cfg: SequenceQConfig | None = None,
+    model_cfg: PropensityModelConfig | None = None,
+    tau: float = 10.0,
+    progress: bool = False,
+    say: Callable[[str], None] = lambda _: None,
+) -> SeedResult:
+    """One seed of the study (see the module docstring): simulate, train, score every estimator."""
+    from ..story import run_story  # the layer above evaluation: imported where it is used
+
+    story = run_story(scenario, agents, seed=seed, progress=progress, say=say)
+    sim = story.simulation
+    policies = {UNIFORM: UniformPolicy(sim.public.n_items), **story.policies}
+    say(f"seed {seed}: OPE of {', '.join(policies)} ({propensity} propensities, q^ {' + '.join(q_models)}, "
+        f"{n_bootstrap} bootstrap resamples)")
+    rep = ope_report(
+        sim.public, story.evaluator.truth, policies, n_bootstrap=n_bootstrap, seed=seed,
+        propensity=propensity, tau=tau, q_model=tuple(q_models), q_cfg=q_cfg, model_cfg=model_cfg, say=say,
+    )
+    notes = [f"seed {seed}: {n}" for n in rep.attrs.get("notes", [])]
+    return SeedResult(rep.assign(seed=seed), story.frame.assign(seed=seed), notes)
+
+
+def combine_study(parts: Sequence[SeedResult], seeds: Sequence[int], seconds: float) -> OPEStudy:
+    """The study over seeds from its per-seed results (in seed order)."""
+    report = pd.concat([p.report for p in parts], ignore_index=True)
+    return OPEStudy(
+        report, summarise(report), summarise(report, by=("policy",)),
+        pd.concat([p.values for p in parts], ignore_index=True), [int(s) for s in seeds], seconds,
+        [n for p in parts for n in p.notes],
+    )
+
+
 def ope_study(
     scenario: ScenarioConfig,
     agents: Sequence,  # posttrain.recipe.AgentConfig
@@ -67,35 +125,15 @@ def ope_study(
     progress: bool = False,
     say: Callable[[str], None] = lambda _: None,
 ) -> OPEStudy:
-    """Run the study (see the module docstring); ``say`` gets one line per step."""
-    from ..story import run_story  # the layer above evaluation: imported where it is used
-
-    seeds = [int(s) for s in seeds]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"seeds = {seeds} must be a non-empty list of distinct integers")
-    names = [a.name for a in agents]
-    if len(set(names)) != len(names) or UNIFORM in names:
-        raise ConfigError(f"recipe names {names} must be distinct and not {UNIFORM!r} (the reference target)")
+    """Run the study (see the module docstring) seed after seed; ``say`` gets one line per step.
+    (``recsim-post ope --scenario`` runs the same seeds as resumable cells.)"""
+    seeds = check_study(agents, seeds)
     start = time.perf_counter()
-    reports, values, notes = [], [], []
-    for seed in seeds:
-        story = run_story(scenario, agents, seed=seed, progress=progress, say=say)
-        sim = story.simulation
-        policies = {UNIFORM: UniformPolicy(sim.public.n_items), **story.policies}
-        say(f"seed {seed}: OPE of {', '.join(policies)} ({propensity} propensities, q^ {' + '.join(q_models)}, "
-            f"{n_bootstrap} bootstrap resamples)")
-        rep = ope_report(
-            sim.public, story.evaluator.truth, policies, n_bootstrap=n_bootstrap, seed=seed,
-            propensity=propensity, tau=tau, q_model=tuple(q_models), q_cfg=q_cfg, model_cfg=model_cfg, say=say,
-        )
-        notes += [f"seed {seed}: {n}" for n in rep.attrs.get("notes", [])]
-        reports.append(rep.assign(seed=seed))
-        values.append(story.frame.assign(seed=seed))
-    report = pd.concat(reports, ignore_index=True)
-    return OPEStudy(
-        report, summarise(report), summarise(report, by=("policy",)), pd.concat(values, ignore_index=True),
-        seeds, time.perf_counter() - start, notes,
-    )
+    parts = [
+        ope_study_seed(scenario, agents, s, n_bootstrap, propensity, q_models, q_cfg, model_cfg, tau, progress, say)
+        for s in seeds
+    ]
+    return combine_study(parts, seeds, time.perf_counter() - start)
 
 
 def write_study(study: OPEStudy, folder: str | Path) -> list[Path]:
@@ -146,4 +184,7 @@ def format_study(study: OPEStudy) -> str:
     return "\n".join(parts)
 
 
-__all__ = ["OPEStudy", "format_by_policy", "format_study", "ope_study", "write_study"]
+__all__ = [
+    "OPEStudy", "SeedResult", "combine_study", "format_by_policy", "format_study", "ope_study", "ope_study_seed",
+    "write_study",
+]

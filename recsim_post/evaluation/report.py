@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,8 @@ from typing import IO, Literal
 
 import numpy as np
 import pandas as pd
+
+from ..outputs import atomic_write
 
 __all__ = [
     "ResultRow",
@@ -314,7 +315,7 @@ def plot_results(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     def save(handle: IO[bytes]) -> None:
         fig.savefig(handle, format="png", dpi=120)
 
-    return _atomic_write(path, save)
+    return atomic_write(path, save)
 
 
 def write_csv(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
@@ -323,7 +324,7 @@ def write_csv(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     def save(handle: IO[bytes]) -> None:
         handle.write(df.to_csv(index=False).encode("utf-8"))
 
-    return _atomic_write(path, save)
+    return atomic_write(path, save)
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -335,20 +336,3 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     if ra.std() == 0 or rb.std() == 0:
         return None
     return float(np.corrcoef(ra, rb)[0, 1])
-
-
-def _atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        # mkstemp creates 0600; results are meant to be shared like any file `open` would create.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        # Leave nothing half-written behind, whatever interrupted us.
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -20,16 +20,15 @@ A log folder::
                                  theta moved in round t - 1 (those who clicked), so theta_u(t) is
                                  the user's last row with round <= t (exact float64 values)
 
-Same scenario and seed give byte-identical files. The folder is written under a temporary name and
-renamed into place, so a failure never leaves a half-written folder behind.
+Same scenario and seed give byte-identical files. :func:`write_logs` writes the folder through
+``recsim_post.outputs``: built under a hidden temporary name and swapped in atomically, so a failure
+or a kill never leaves a half-written or half-deleted folder behind.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +41,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..behavior.logging_policy import Suggestions, TrendLogger
 from ..config import to_dict
-from ..errors import LogError
+from ..outputs import OutputFolder
 from ..seeding import SeedTree
 from ..world.config import ScenarioConfig
 from ..world.world import World
@@ -248,37 +247,35 @@ def _write_parquet(df: pd.DataFrame, path: Path, schema: pa.Schema | None = None
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def write_log_files(sim: Simulation, folder: str | Path) -> Path:
+    """Write the log files into ``folder`` (made if missing; it should be empty): the building
+    block of :func:`write_logs` and of the commands that write logs inside a larger output."""
+    folder = Path(folder)
+    (folder / "sealed").mkdir(parents=True, exist_ok=True)
+    schema = INTERACTION_SCHEMA
+    if "pscore" in sim.public.interactions.columns:
+        schema = schema.append(pa.field("pscore", pa.float64()))
+    hashes = {
+        "interactions.parquet": _write_parquet(sim.public.interactions, folder / "interactions.parquet", schema),
+        "items.parquet": _write_parquet(sim.public.items, folder / "items.parquet"),
+        "sealed/impressions.parquet": _write_parquet(sim.sealed_impressions, folder / "sealed" / "impressions.parquet"),
+        "sealed/items.parquet": _write_parquet(_sealed_items(sim), folder / "sealed" / "items.parquet"),
+        "sealed/users.parquet": _write_parquet(_sealed_users(sim), folder / "sealed" / "users.parquet"),
+    }
+    optional = {"sealed/logger_rounds.parquet": sim.logger_rounds, "sealed/theta_updates.parquet": sim.theta_updates}
+    for name, df in optional.items():
+        if df is not None:
+            hashes[name] = _write_parquet(df, folder / name)
+    manifest = dict(sim.public.manifest, sha256=hashes)
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return folder
+
+
 def write_logs(sim: Simulation, out: str | Path, overwrite: bool = False) -> Path:
-    """Write a log folder atomically (temporary sibling folder, then rename)."""
-    out = Path(out)
-    occupied = any(out.iterdir()) if out.is_dir() else out.exists()
-    if occupied and not overwrite:
-        raise LogError(f"output folder {out} already exists and is not empty; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
-    try:
-        (tmp / "sealed").mkdir()
-        schema = INTERACTION_SCHEMA
-        if "pscore" in sim.public.interactions.columns:
-            schema = schema.append(pa.field("pscore", pa.float64()))
-        hashes = {
-            "interactions.parquet": _write_parquet(sim.public.interactions, tmp / "interactions.parquet", schema),
-            "items.parquet": _write_parquet(sim.public.items, tmp / "items.parquet"),
-            "sealed/impressions.parquet": _write_parquet(sim.sealed_impressions, tmp / "sealed" / "impressions.parquet"),
-            "sealed/items.parquet": _write_parquet(_sealed_items(sim), tmp / "sealed" / "items.parquet"),
-            "sealed/users.parquet": _write_parquet(_sealed_users(sim), tmp / "sealed" / "users.parquet"),
-        }
-        optional = {"sealed/logger_rounds.parquet": sim.logger_rounds, "sealed/theta_updates.parquet": sim.theta_updates}
-        for name, df in optional.items():
-            if df is not None:
-                hashes[name] = _write_parquet(df, tmp / name)
-        manifest = dict(sim.public.manifest, sha256=hashes)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    """Write a log folder safely (``recsim_post.outputs.OutputFolder``): a non-empty ``out`` is
+    refused unless ``overwrite``; the folder is built under a hidden temporary name and swapped in
+    atomically, so a failure or a kill never leaves a half-written or half-deleted folder."""
+    target = OutputFolder(out, "simulate", overwrite=overwrite, replace_own=False, what="output folder")
+    with target as tmp:
+        write_log_files(sim, tmp)
+    return target.target

@@ -8,6 +8,7 @@ loads from a single ``torch.save`` file (config + state dict, no pickled code).
 from __future__ import annotations
 
 import copy
+import io
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -135,7 +136,11 @@ class SequencePolicy:
             "logit_scale": float(self.logit_scale),
             "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
         }
-        torch.save(payload, path)
+        # Through a buffer: torch names the archive's inner folder after the file, so saving to a
+        # temporary name would make the bytes depend on it; from a buffer they depend only on the policy.
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        path.write_bytes(buffer.getvalue())
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "SequencePolicy":
