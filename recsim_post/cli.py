@@ -65,10 +65,12 @@ def _scenario(name_or_path: str, seed: int | None, sets: Sequence[str] | None = 
 
 
 def _agents(names: Sequence[str]):  # noqa: ANN202
-    from .posttrain.recipe import load_agent
     from .presets import resolve
 
-    agents = [load_agent(resolve("agents", n)) for n in names]
+    paths = [resolve("agents", n) for n in names]  # unknown names fail before torch is imported
+    from .posttrain.recipe import load_agent
+
+    agents = [load_agent(p) for p in paths]
     seen: dict[str, str] = {}
     for n, a in zip(names, agents):
         if a.name in seen:
@@ -79,14 +81,23 @@ def _agents(names: Sequence[str]):  # noqa: ANN202
 
 def _story_agents(names: Sequence[str] | None):  # noqa: ANN202
     """--agents, or every preset in the order of the method registry (BC first, RL last)."""
-    from .posttrain.recipe import METHODS
     from .presets import preset_names
 
     agents = _agents(names or preset_names("agents"))
+    from .posttrain.recipe import METHODS
+
     if not names:
         order = {name: i for i, name in enumerate(METHODS)}
         agents.sort(key=lambda a: (order[a.method.name], a.model.kind != "sasrec", a.name))
     return agents
+
+
+def _check_out(path: str, what: str = "--out") -> None:
+    """The cheap part of an output's checks (a path that must never be written), done before the
+    slow validation (recipes import torch); the full check, with the lock, comes right after."""
+    from .outputs import resolve_output
+
+    resolve_output(path, what)
 
 
 def _seed_arg(text: str) -> int:
@@ -111,9 +122,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     command = args.command
     scenario = _scenario(args.scenario, None, args.set)
+    _check_out(args.out)
     seeds = [args.seed] if args.seed is not None else (args.seeds or [scenario.seed])
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds {' '.join(map(str, seeds))} repeats a seed")
+    if args.agents:  # a misspelt recipe name fails before the slower checks below
+        from .presets import resolve
+
+        for name in args.agents:
+            resolve("agents", name)
     closed = _closed_loop_config(args, DEMO_ROLLOUT_FLAGS)  # checked before any work starts
     agents = _story_agents(args.agents)
     if len(seeds) == 1:
@@ -257,6 +274,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .outputs import OutputFile
 
     say = _say(args.quiet)
+    if args.out:
+        _check_out(args.out)
     logs = read_public(args.logs)
     (agent,) = _agents([args.agent])
     out_path = args.out if args.out else str(Path(args.logs) / "policies" / f"{agent.name}.pt")
@@ -479,12 +498,13 @@ def _ope_study(args: argparse.Namespace, q_models: tuple[str, ...]) -> int:
     say = _say(args.quiet)
     start = time.perf_counter()
     scenario = _scenario(args.scenario, None, args.set)
+    out = args.out or "recsim-post-ope"
+    _check_out(out)
     agents = _agents(args.agents or ["bc"])
     seeds = args.seeds if args.seeds is not None else [scenario.seed]
     from .evaluation.ope_study import check_study
 
     seeds = check_study(agents, seeds)
-    out = args.out or "recsim-post-ope"
     spec = {"scenario": to_dict(scenario), "agents": [to_dict(a) for a in agents], "bootstrap": args.bootstrap,
             "propensity": args.propensity, "q_models": list(q_models)}
     cells = {f"seed-{s}": cell_key({**spec, "seed": s}) for s in seeds}
@@ -535,6 +555,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     say = _say(args.quiet)
     start = time.perf_counter()
     scenario = _scenario(args.scenario, None, args.set)
+    _check_out(args.out)
     dial = Dial.parse(args.dial)
     cells = sweep_cells(scenario, dial, args.seeds)  # every value is checked before any work starts
     agents = _agents(args.agents)

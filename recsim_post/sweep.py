@@ -30,15 +30,17 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
 
 from .config import from_dict, override, parse_value, split_assignment, to_dict
 from .errors import ConfigError
-from .posttrain.recipe import AgentConfig
 from .world.config import ScenarioConfig
+
+if TYPE_CHECKING:  # the recipes import torch: only a sweep's cells need it, not its checks
+    from .posttrain.recipe import AgentConfig
 
 BACKENDS = ("local", "ray")
 VALUE_COLUMN = "true_value_norm"
@@ -116,6 +118,7 @@ def cell_spec(cell: SweepCell, agents: Sequence[AgentConfig], eval_users: int | 
 
 def run_cell(scenario: dict[str, Any], agents: list[dict[str, Any]], seed: int, eval_users: int | None) -> pd.DataFrame:
     """One story (plain-data arguments, so a cell can be shipped to another process): its results frame."""
+    from .posttrain.recipe import AgentConfig
     from .story import run_story  # imported here so a Ray worker pays for torch only when it runs
 
     result = run_story(

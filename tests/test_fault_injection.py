@@ -241,3 +241,26 @@ def test_a_killed_sweep_keeps_its_finished_cells_and_resumes(env):
     assert code == 0 and "resuming: 4 of 4 cells already finished" in err
     pd.testing.assert_frame_equal(pd.read_csv(out / "sweep.csv"), reference)
     assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_two_writers_started_together_never_both_win(env):
+    """Two `simulate` runs (different seeds) and two `train` runs aimed at one output at the same
+    moment: exactly one succeeds, the other stops with one line, and the output is whole."""
+    root = env["root"] / "race"
+    root.mkdir()
+    logs = root / "logs"
+    base = ["simulate", "--scenario", str(env["scenario"]), "--out", str(logs), "-q"]
+    results = [finish(p) for p in [cli(env, *base, "--seed", "0"), cli(env, *base, "--seed", "1")]]
+    assert sorted(code for code, _, _ in results) == [0, 2]
+    (err,) = [e for code, _, e in results if code == 2]
+    assert len(err.strip().splitlines()) == 1 and ("being written by another" in err or "is not empty" in err)
+    winner = next(i for i, (code, _, _) in enumerate(results) if code == 0)
+    assert finish(cli(env, *base[:-3], "--out", str(root / "ref"), "-q", "--seed", str(winner)))[0] == 0
+    assert content(logs) == content(root / "ref") and leftovers(root) == []
+    policy = root / "p.pt"
+    train = ["train", "--logs", str(logs), "--agent", str(env["agent"]), "--out", str(policy), "-q"]
+    results = [finish(p) for p in [cli(env, *train, "--seed", "0"), cli(env, *train, "--seed", "1")]]
+    assert sorted(code for code, _, _ in results) == [0, 2]
+    (err,) = [e for code, _, e in results if code == 2]
+    assert "being written by another" in err or "already exists" in err
+    assert leftovers(root) == [] and policy.stat().st_size > 0
