@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import from_dict, to_dict
+from ..config import from_dict, show, to_dict
 from ..errors import ConfigError, LogError
 from ..logs.public import PAD
 from .device import autocast
@@ -41,9 +41,11 @@ def build_model(cfg: ModelConfig, n_items: int, generator: torch.Generator | Non
 
 def model_config_from_dict(data: Mapping[str, Any]) -> ModelConfig:
     """Read a model config table, dispatching on its ``kind`` key."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"model must be a table of settings, not {show(data)}")
     kind = data.get("kind", "sasrec")
-    if kind not in MODEL_CONFIGS:
-        raise ConfigError(f"model.kind = {kind!r} is not allowed: must be one of {', '.join(MODEL_CONFIGS)}")
+    if not isinstance(kind, str) or kind not in MODEL_CONFIGS:  # a list or table is not hashable
+        raise ConfigError(f"model.kind = {show(kind)} is not allowed: must be one of {', '.join(MODEL_CONFIGS)}")
     return from_dict(MODEL_CONFIGS[kind], data, prefix="model")
 
 
