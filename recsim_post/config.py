@@ -237,7 +237,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
-        raise ConfigError(f"{path} is not UTF-8 text (byte {err.start} is not UTF-8): a TOML file must be") from None
+        raise ConfigError(f"{path} is not UTF-8 text (byte {err.start} cannot be decoded): TOML files must be UTF-8") from None
     except OSError as err:
         raise ConfigError(f"{path} cannot be read: {err.strerror or err}") from None
     try:
