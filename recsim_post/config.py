@@ -50,7 +50,8 @@ def show(value: Any) -> str:
     """``repr(value)`` for an error message: at most SHOW_CHARS characters, and safe for an int too
     long for Python to print (over 4,300 digits)."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
-        return f"a {'negative ' if value < 0 else ''}whole number of about {int(value.bit_length() * 0.30103)} digits"
+        digits = int(value.bit_length() * math.log10(2)) + 1
+        return f"a {'negative ' if value < 0 else ''}whole number of about {digits} digits"
     if isinstance(value, (list, tuple, dict)) and len(value) > SHOW_CHARS:
         return f"a {type(value).__name__} of {len(value)} values"
     try:
@@ -237,7 +238,9 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
-        raise ConfigError(f"{path} is not UTF-8 text (byte {err.start} cannot be decoded): TOML files must be UTF-8") from None
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte at offset {err.start} cannot be decoded): TOML files must be UTF-8"
+        ) from None
     except OSError as err:
         raise ConfigError(f"{path} cannot be read: {err.strerror or err}") from None
     try:

@@ -58,7 +58,7 @@ def require_episode(started: bool, ended: bool, horizon: int) -> None:
         raise ResetNeeded("step() called before reset(): call reset(seed=...) first")
     if ended:
         raise ResetNeeded(
-            f"step() called after the episode was truncated (horizon = {horizon} steps): call reset() to start "
+            f"step() called after the episode was truncated (horizon = {horizon}): call reset() to start "
             "a new one"
         )
 

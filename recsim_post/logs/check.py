@@ -38,6 +38,12 @@ SEALED_FILES = ("sealed/impressions.parquet", "sealed/items.parquet", "sealed/us
 """Sealed files every log folder has; ``sealed/logger_rounds.parquet`` and
 ``sealed/theta_updates.parquet`` are written (and hashed) only when the scenario needs them."""
 
+SCENARIO_WHOLE_NUMBERS = (
+    "catalog.n_items", "catalog.n_genres", "catalog.latent_dim", "users.n_users", "simulation.n_rounds",
+    "logging.slate_size",
+)
+"""Knobs of the manifest's scenario that every log folder has (positive whole numbers)."""
+
 HASH_BLOCK = 1 << 20
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -72,8 +78,14 @@ def scenario_int(manifest: Mapping[str, Any], dotted: str, where: Path, lowest: 
     return value
 
 
-def scenario_float(manifest: Mapping[str, Any], dotted: str, where: Path) -> float:
-    """A numeric knob of the manifest's scenario, checked finite."""
+def scenario_float(manifest: Mapping[str, Any], dotted: str, where: Path, default: float | None = None) -> float:
+    """A numeric knob of the manifest's scenario, checked finite; ``default`` where a log written
+    before the knob existed lacks it."""
+    if default is not None:
+        try:
+            _scenario_value(manifest, dotted, where)
+        except LogError:
+            return default
     value = _scenario_value(manifest, dotted, where)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
         raise LogError(f"{where} is corrupt: scenario.{dotted} = {show(value)} must be a finite number")
@@ -115,6 +127,8 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
             raise LogError(f"{path} is corrupt: rows.{name} = {show(rows[name])} must be a whole number >= 0")
     if not isinstance(manifest["scenario"], dict):
         raise LogError(f"{path} is corrupt: scenario must be a table of settings, not {show(manifest['scenario'])}")
+    for knob in SCENARIO_WHOLE_NUMBERS:  # what the value checks of both sides rely on
+        scenario_int(manifest, knob, path)
     for key, knob in (("n_items", "catalog.n_items"), ("n_users", "users.n_users")):
         if scenario_int(manifest, knob, path) != manifest[key]:
             raise LogError(
@@ -239,7 +253,7 @@ def check_public_tables(
     n_rounds = scenario_int(manifest, "simulation.n_rounds", where_m)
     slate = scenario_int(manifest, "logging.slate_size", where_m)
     n_genres = scenario_int(manifest, "catalog.n_genres", where_m)
-    missing_rate = scenario_float(manifest, "feedback.missing_rate", where_m)
+    missing_rate = scenario_float(manifest, "feedback.missing_rate", where_m, default=0.0)
 
     where = folder / "interactions.parquet"
     _rows(interactions, manifest["rows"]["interactions"], where, "the manifest")
