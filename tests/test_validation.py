@@ -565,11 +565,11 @@ def test_a_manifest_of_the_wrong_shape_names_the_bad_key(logs, keys, value, mess
          "propensity = 0.0 in row 1 (1 rows like it): a propensity must lie in (0, 1]"),
         ("sealed/impressions.parquet", lambda df: _set(df, "propensity_item", 2, 1.5),
          "propensity_item = 1.5 in row 2 (1 rows like it): a propensity must lie in (0, 1]"),
-        ("sealed/users.parquet", lambda df: df.iloc[:-1], "users.parquet is corrupt: 79 rows, n_users = 80 in the manifest says 80"),
+        ("sealed/users.parquet", lambda df: df.iloc[:-1], "users.parquet is corrupt: 79 rows, expected 80 (one per user: n_users in the manifest)"),
         ("sealed/users.parquet", lambda df: _set(df, "theta3", 5, np.nan), "theta3 = nan in row 5"),
         ("sealed/users.parquet", lambda df: _set(df, "satiation1", 5, -1.0), "satiation1 = -1.0 in row 5 (1 rows like it): satiation must be >= 0"),
         ("sealed/items.parquet", lambda df: _set(df, "genre", 0, 4), "genre = 4 in row 0 (1 rows like it): must lie in 0 .. 3"),
-        ("sealed/items.parquet", lambda df: df.drop(columns="v7"), "7 latent columns v*, the scenario's latent_dim is 8"),
+        ("sealed/items.parquet", lambda df: df.drop(columns="v7"), "7 columns v0.., the scenario's latent_dim is 8"),
         ("sealed/items.parquet", lambda df: _set(df, "quality", 9, -np.inf), "quality = -inf in row 9"),
     ],
 )

@@ -81,12 +81,12 @@ def scenario_int(manifest: Mapping[str, Any], dotted: str, where: Path, lowest: 
 def scenario_float(manifest: Mapping[str, Any], dotted: str, where: Path, default: float | None = None) -> float:
     """A numeric knob of the manifest's scenario, checked finite; ``default`` where a log written
     before the knob existed lacks it."""
-    if default is not None:
-        try:
-            _scenario_value(manifest, dotted, where)
-        except LogError:
-            return default
-    value = _scenario_value(manifest, dotted, where)
+    try:
+        value = _scenario_value(manifest, dotted, where)
+    except LogError:
+        if default is None:
+            raise
+        return default
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
         raise LogError(f"{where} is corrupt: scenario.{dotted} = {show(value)} must be a finite number")
     return float(value)
@@ -210,9 +210,7 @@ def _ids(frame: pd.DataFrame, column: str, n: int, where: Path, what: str) -> np
     x = _column(frame, column, where)
     if not np.issubdtype(x.dtype, np.integer):
         raise LogError(f"{where} is corrupt: column {column} holds {x.dtype} values, not whole numbers")
-    bad = (x < 0) | (x >= n)
-    if bad.any():
-        _fail(where, column, x, bad, f"must lie in 0 .. {n - 1} ({what})")
+    _require(where, column, x, (x >= 0) & (x < n), f"must lie in 0 .. {n - 1} ({what})")
     return x
 
 
@@ -226,14 +224,51 @@ def _floats(frame: pd.DataFrame, column: str, where: Path) -> np.ndarray:
 def _finite(frame: pd.DataFrame, columns: list[str], where: Path) -> None:
     for c in columns:
         x = _floats(frame, c, where)
-        bad = ~np.isfinite(x)
-        if bad.any():
-            _fail(where, c, x, bad, "must be a finite number")
+        _require(where, c, x, np.isfinite(x), "must be a finite number")
 
 
-def _rows(frame: pd.DataFrame, expected: int, where: Path, what: str) -> None:
+def _require(where: Path, column: str, values: np.ndarray, ok: np.ndarray, allowed: str) -> None:
+    if not ok.all():
+        _fail(where, column, values, ~ok, allowed)
+
+
+def _signal(frame: pd.DataFrame, column: str, low: float, high: float, clicked: np.ndarray, where: Path) -> np.ndarray:
+    """An observed signal of a click: in [low, high] or NaN, and NaN on every row without a click."""
+    x = _floats(frame, column, where)
+    nan = np.isnan(x)
+    _require(where, column, x, nan | ((x >= low) & (x <= high)), f"must lie in [{low}, {high}] (or be NaN)")
+    _require(where, column, x, clicked | nan, "must be NaN on a row without a click")
+    return x
+
+
+def _propensities(frame: pd.DataFrame, column: str, where: Path) -> None:
+    p = _floats(frame, column, where)
+    _require(where, column, p, (p > 0) & (p <= 1), "a propensity must lie in (0, 1]")
+
+
+def _rows(frame: pd.DataFrame, expected: int, where: Path, why: str) -> None:
     if len(frame) != expected:
-        raise LogError(f"{where} is corrupt: {len(frame):,} rows, {what} says {expected:,}")
+        raise LogError(f"{where} is corrupt: {len(frame):,} rows, expected {expected:,} ({why})")
+
+
+def _one_row_each(frame: pd.DataFrame, column: str, count: str, manifest: Mapping[str, Any], where: Path,
+                  what: str) -> None:
+    """One row per item (or user), ids 0 .. n - 1 in order where the table has an id column."""
+    n = manifest[count]
+    _rows(frame, n, where, f"one per {what}: {count} in the manifest")
+    if column in frame.columns:
+        ids = _ids(frame, column, n, where, f"the {what} ids")
+        if not np.array_equal(ids, np.arange(n)):
+            raise LogError(f"{where} is corrupt: {column} must be 0 .. {n - 1} in order")
+
+
+def _latents(frame: pd.DataFrame, prefix: str, n: int, where: Path, knob: str) -> list[str]:
+    """The columns prefix0 .. prefix{n-1}: as many as the scenario's ``knob`` says, every value finite."""
+    found = _blocks(frame, prefix)
+    if len(found) != n:
+        raise LogError(f"{where} is corrupt: {len(found)} columns {prefix}0.., the scenario's {knob} is {n}")
+    _finite(frame, found, where)
+    return found
 
 
 def _blocks(frame: pd.DataFrame, prefix: str) -> list[str]:
@@ -256,7 +291,7 @@ def check_public_tables(
     missing_rate = scenario_float(manifest, "feedback.missing_rate", where_m, default=0.0)
 
     where = folder / "interactions.parquet"
-    _rows(interactions, manifest["rows"]["interactions"], where, "the manifest")
+    _rows(interactions, manifest["rows"]["interactions"], where, "rows.interactions in the manifest")
     _ids(interactions, "user_id", n_users, where, "the population")
     _ids(interactions, "item_id", n_items, where, "the catalogue")
     _ids(interactions, "timestamp", n_rounds, where, "the logged rounds")
@@ -264,43 +299,22 @@ def check_public_tables(
     slate_id = _column(interactions, "slate_id", where)
     if not np.issubdtype(slate_id.dtype, np.integer):
         raise LogError(f"{where} is corrupt: column slate_id holds {slate_id.dtype} values, not whole numbers")
-    if (slate_id < 0).any():
-        _fail(where, "slate_id", slate_id, slate_id < 0, "must be >= 0")
+    _require(where, "slate_id", slate_id, slate_id >= 0, "must be >= 0")
     click = _column(interactions, "click", where)
-    bad = (click != 0) & (click != 1)
-    if bad.any():
-        _fail(where, "click", click, bad, "must be 0 or 1")
+    _require(where, "click", click, (click == 0) | (click == 1), "must be 0 or 1")
     clicked = click == 1
-    rating = _floats(interactions, "rating", where)
-    nan = np.isnan(rating)
-    bad = ~nan & ~((rating >= 1) & (rating <= 5))
-    if bad.any():
-        _fail(where, "rating", rating, bad, "must lie in [1, 5] (or be NaN)")
-    bad = ~clicked & ~nan
-    if bad.any():
-        _fail(where, "rating", rating, bad, "must be NaN on a row without a click")
+    rating = _signal(interactions, "rating", 1, 5, clicked, where)
     if missing_rate == 0:
-        bad = clicked & nan
-        if bad.any():
-            _fail(where, "rating", rating, bad, "a click must have a rating (the scenario's feedback.missing_rate is 0)")
+        _require(where, "rating", rating, ~clicked | ~np.isnan(rating),
+                 "a click must have a rating (the scenario's feedback.missing_rate is 0)")
     if watch_logged:
-        watch = _floats(interactions, "watch", where)
-        nan = np.isnan(watch)
-        bad = ~nan & ~((watch >= 0) & (watch <= 1))
-        if bad.any():
-            _fail(where, "watch", watch, bad, "must lie in [0, 1] (or be NaN)")
-        bad = ~clicked & ~nan
-        if bad.any():
-            _fail(where, "watch", watch, bad, "must be NaN on a row without a click")
+        _signal(interactions, "watch", 0, 1, clicked, where)
     if "pscore" in interactions.columns:
-        p = _floats(interactions, "pscore", where)
-        bad = ~((p > 0) & (p <= 1))
-        if bad.any():
-            _fail(where, "pscore", p, bad, "a propensity must lie in (0, 1]")
+        _propensities(interactions, "pscore", where)
 
     where = folder / "items.parquet"
-    _rows(items, manifest["rows"]["items"], where, "the manifest")
-    _rows(items, n_items, where, f"n_items = {n_items} in the manifest")
+    _rows(items, manifest["rows"]["items"], where, "rows.items in the manifest")
+    _rows(items, n_items, where, "one per item: n_items in the manifest")
     ids = _ids(items, "item_id", n_items, where, "the catalogue")
     if len(np.unique(ids)) != n_items:
         raise LogError(f"{where} is corrupt: item_id must list every item 0 .. {n_items - 1} once")
@@ -325,57 +339,37 @@ def check_sealed_tables(
     where_m = folder / "manifest.json"
     d = scenario_int(manifest, "catalog.latent_dim", where_m)
     n_genres = scenario_int(manifest, "catalog.n_genres", where_m)
-    n_items, n_users = manifest["n_items"], manifest["n_users"]
+    n_users = manifest["n_users"]
 
     where = folder / "sealed" / "items.parquet"
-    _rows(items, n_items, where, f"n_items = {n_items} in the manifest")
-    if "item_id" in items.columns:
-        ids = _ids(items, "item_id", n_items, where, "the catalogue")
-        if not np.array_equal(ids, np.arange(n_items)):
-            raise LogError(f"{where} is corrupt: item_id must be 0 .. {n_items - 1} in order")
+    _one_row_each(items, "item_id", "n_items", manifest, where, "item")
     _ids(items, "genre", n_genres, where, "the scenario's genres")
-    vectors = _blocks(items, "v")
-    if len(vectors) != d:
-        raise LogError(f"{where} is corrupt: {len(vectors)} latent columns v*, the scenario's latent_dim is {d}")
+    _latents(items, "v", d, where, "latent_dim")
     cols = ["quality", "quality_hat", "trend"] + [c for c in ("hype", "popularity", "shock", "logger_boost")
                                                   if c in items.columns]
-    _finite(items, vectors + cols, where)
+    _finite(items, cols, where)
 
     where = folder / "sealed" / "users.parquet"
-    _rows(users, n_users, where, f"n_users = {n_users} in the manifest")
-    if "user_id" in users.columns:
-        ids = _ids(users, "user_id", n_users, where, "the population")
-        if not np.array_equal(ids, np.arange(n_users)):
-            raise LogError(f"{where} is corrupt: user_id must be 0 .. {n_users - 1} in order")
-    for prefix, n in (("theta", d), ("theta_hat", d), ("satiation", n_genres)):
-        found = _blocks(users, prefix)
-        if len(found) != n:
-            raise LogError(f"{where} is corrupt: {len(found)} columns {prefix}*, the scenario needs {n}")
-        _finite(users, found, where)
-    sat = users[_blocks(users, "satiation")].to_numpy()
-    if (sat < 0).any():
-        col = _blocks(users, "satiation")[int(np.argwhere(sat < 0)[0, 1])]
-        _fail(where, col, users[col].to_numpy(), users[col].to_numpy() < 0, "satiation must be >= 0")
+    _one_row_each(users, "user_id", "n_users", manifest, where, "user")
+    _latents(users, "theta", d, where, "latent_dim")
+    _latents(users, "theta_hat", d, where, "latent_dim")
+    for c in _latents(users, "satiation", n_genres, where, "n_genres"):
+        x = users[c].to_numpy()
+        _require(where, c, x, x >= 0, "satiation must be >= 0")
 
     where = folder / "sealed" / "impressions.parquet"
-    _rows(impressions, manifest["rows"]["interactions"], where, "the manifest (one row per impression)")
+    _rows(impressions, manifest["rows"]["interactions"], where, "one per impression: rows.interactions in the manifest")
     _finite(impressions, ["true_reward"], where)
     for c in ("propensity", "propensity_item"):
         if c in impressions.columns:
-            p = _floats(impressions, c, where)
-            bad = ~((p > 0) & (p <= 1))
-            if bad.any():
-                _fail(where, c, p, bad, "a propensity must lie in (0, 1]")
+            _propensities(impressions, c, where)
     if "logger_id" in impressions.columns:
         _ids(impressions, "logger_id", n_loggers, where, "the scenario's loggers")
 
     if theta_updates is not None:
         where = folder / "sealed" / "theta_updates.parquet"
         _ids(theta_updates, "user_id", n_users, where, "the population")
-        found = _blocks(theta_updates, "theta")
-        if len(found) != d:
-            raise LogError(f"{where} is corrupt: {len(found)} columns theta*, the scenario's latent_dim is {d}")
-        _finite(theta_updates, found, where)
+        _latents(theta_updates, "theta", d, where, "latent_dim")
 
 
 __all__ = [
