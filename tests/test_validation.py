@@ -140,6 +140,25 @@ def test_recipe_knobs_are_checked_the_same_way(data, message):
     assert message in one_line_error(err.value)
 
 
+# the symbol a recipe's description uses -> the [method] knobs it may stand for
+SYMBOLS = {"α": ("alpha",), "T": ("temperature",), "λ": ("lam",), "β": ("beta", "kl_coef"), "τ": ("tau",),
+           "ε": ("clip_eps",), "G": ("group_size",)}
+
+
+@pytest.mark.parametrize("name", preset_names("agents"))
+def test_a_recipe_description_states_the_values_its_file_sets(name):
+    import re
+
+    agent = load_agent(resolve("agents", name))
+    stated = re.findall(r"(α|T|λ|β|τ|ε|G) = (-?\d+(?:\.\d+)?)", agent.description)
+    for symbol, number in stated:
+        knobs = [k for k in SYMBOLS[symbol] if hasattr(agent.method, k)]
+        assert knobs, f"{name}: the description names {symbol}, which is no knob of {agent.method.name}"
+        assert getattr(agent.method, knobs[0]) == float(number), f"{name}: {symbol} = {number} in the description"
+    if name == "cql":
+        assert ("T", "1") in stated
+
+
 def test_closed_loop_seeds_are_bounded_too():
     from recsim_post.evaluation.rollout import ClosedLoopConfig
 
