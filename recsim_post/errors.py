@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+# Every character str.splitlines() breaks on: a message holding one (a path or a TOML key with a
+# newline in it) would print as several lines, so they are shown escaped instead.
+_LINE_BREAKS = {c: ascii(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+_ESCAPE = str.maketrans(_LINE_BREAKS)
+
+
+def one_line(text: object) -> str:
+    """``str(text)`` with every line break escaped (``\\n``, ``\\u2028`` ...), so it prints as one line."""
+    return str(text).translate(_ESCAPE)
+
 
 class RecsimError(Exception):
     """Base class: bad input the user can fix. The message is one line naming what is wrong."""
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        super().__init__(one_line(message), *args)
 
 
 class ConfigError(RecsimError, ValueError):

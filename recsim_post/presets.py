@@ -8,11 +8,11 @@ wherever a preset name does.
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Literal
 
-from .errors import ConfigError
+from .config import read_toml
+from .errors import ConfigError, one_line
 
 Kind = Literal["envs", "agents"]
 
@@ -32,11 +32,12 @@ def preset_names(kind: Kind) -> list[str]:
 
 
 def preset_description(path: Path) -> str:
-    """The ``description`` line of a preset (empty if it has none)."""
+    """The ``description`` line of a preset (empty if it has none), or why it cannot be read: a
+    listing shows every preset, so one broken file does not stop it."""
     try:
-        return str(tomllib.loads(path.read_text()).get("description", ""))
-    except (tomllib.TOMLDecodeError, OSError):
-        return "(unreadable)"
+        return one_line(read_toml(path).get("description", ""))
+    except ConfigError as err:
+        return f"(unreadable: {err})"
 
 
 def resolve(kind: Kind, name_or_path: str | Path) -> Path:

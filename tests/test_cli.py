@@ -145,7 +145,7 @@ def test_missing_and_corrupt_logs_exit_2(tmp_path, capsys, scenario_file):
     data = (logs / "interactions.parquet").read_bytes()
     (logs / "interactions.parquet").write_bytes(data[: len(data) // 2])
     code, _, err = run(capsys, "train", "--logs", str(logs), "--agent", "bc", "-q")
-    assert code == 2 and "interactions.parquet is corrupt" in err
+    assert code == 2 and "interactions.parquet does not match the sha256 in manifest.json" in err
     (logs / "manifest.json").write_text("{ not json")
     code, _, err = run(capsys, "train", "--logs", str(logs), "--agent", "bc", "-q")
     assert code == 2 and "manifest.json is corrupt" in err

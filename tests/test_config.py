@@ -39,7 +39,7 @@ def test_round_trip_through_toml(tmp_path):
     ("data", "message"),
     [
         ({"feedback": {"noise_std": -0.1}}, "feedback.noise_std = -0.1 is out of range: must be >= 0"),
-        ({"logging": {"temperature": 0}}, "logging.temperature = 0.0 is out of range: must be > 0"),
+        ({"logging": {"temperature": 0}}, "logging.temperature = 0.0 is out of range: must be >= 0.001 and <= 100"),
         ({"catalog": {"n_items": 0}}, "catalog.n_items = 0 is out of range: must be >= 2"),
         ({"bogus": 1}, "unknown key 'bogus'; allowed keys: name, description, seed, catalog"),
         ({"users": {"n_user": 5}}, "unknown key 'users.n_user'; allowed keys: n_users"),

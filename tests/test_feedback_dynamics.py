@@ -353,6 +353,8 @@ def test_exact_ope_truth_under_drift_matches_sealed_rewards():
 
 
 def test_exact_ope_truth_without_sealed_history_fails_clearly(tmp_path):
+    import json
+
     from recsim_post.errors import LogError
     from recsim_post.evaluation.ground_truth import GroundTruth
     from recsim_post.evaluation.ope_report import exact_reward
@@ -360,7 +362,11 @@ def test_exact_ope_truth_without_sealed_history_fails_clearly(tmp_path):
 
     sim = simulate(tiny_scenario(seed=4, **DRIFT))
     folder = write_logs(sim, tmp_path / "logs")
-    (folder / "sealed" / "theta_updates.parquet").unlink()  # a folder written before the history existed
+    # a folder written before the history existed: neither the file nor its hash in the manifest
+    (folder / "sealed" / "theta_updates.parquet").unlink()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["sha256"]["sealed/theta_updates.parquet"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
     truth = GroundTruth.load(folder)
     ctx, sealed_r = _top_rows(sim)
     with pytest.raises(LogError, match="no sealed theta history") as err:

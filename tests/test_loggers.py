@@ -362,7 +362,7 @@ def test_mixture_knobs_are_validated():
         LoggingConfig(extra_temperatures=(1.0,))
     with pytest.raises(ConfigError, match="same length"):
         LoggingConfig(switch_every=1, extra_temperatures=(1.0,), extra_epsilons=(0.1, 0.2))
-    with pytest.raises(ConfigError, match=r"extra_epsilons\[1\] = 1.5 is out of range"):
+    with pytest.raises(ConfigError, match=r"extra_epsilons = \[0.1, 1.5\] is out of range: every value must be >= 0 and <= 1"):
         LoggingConfig(switch_prob=0.1, extra_epsilons=(0.1, 1.5))
     with pytest.raises(ConfigError, match="switch_prob = 1.5 is out of range"):
         LoggingConfig(switch_prob=1.5)

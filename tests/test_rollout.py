@@ -19,6 +19,7 @@ from recsim_post.evaluation.rollout import (
     ROUND_COLUMNS, ClosedLoop, ClosedLoopConfig, logger_policy, oracle_policy, rollout, sample_slates,
     topk_slates, uniform_policy, world_at_end_of_logging,
 )
+from recsim_post.logs.check import sha256_file
 from recsim_post.logs.public import read_public
 from recsim_post.logs.simulate import simulate, write_logs
 from recsim_post.world.config import DynamicsConfig
@@ -259,6 +260,11 @@ def test_world_at_end_of_logging_refuses_logs_it_cannot_reproduce(dyn_folder, tm
     users = pq.read_table(edited / "sealed" / "users.parquet").to_pandas()
     users["satiation0"] += 1.0
     pq.write_table(pa.Table.from_pandas(users, preserve_index=False), edited / "sealed" / "users.parquet")
+    with pytest.raises(LogError, match="sealed/users.parquet does not match the sha256 in manifest.json"):
+        GroundTruth.load(edited)  # the hash catches the edit before any table is read
+    manifest = json.loads((edited / "manifest.json").read_text())  # a consistent manifest: the world decides
+    manifest["sha256"]["sealed/users.parquet"] = sha256_file(edited / "sealed" / "users.parquet")
+    (edited / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(LogError, match="the sealed satiation at T differs"):
         world_at_end_of_logging(edited, read_public(edited), GroundTruth.load(edited))
     # no sha256 table: nothing to verify against

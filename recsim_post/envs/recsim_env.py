@@ -9,10 +9,10 @@ import numpy as np
 from gymnasium import spaces
 
 from ..errors import ActionError
-from ..presets import resolve
 from ..world import kernels
-from ..world.config import ScenarioConfig, load_scenario
+from ..world.config import ScenarioConfig
 from ..world.world import World
+from .common import check_render_mode, env_setup, require_episode
 
 
 class RecSimEnv(gym.Env[np.ndarray, np.int64]):
@@ -45,11 +45,13 @@ class RecSimEnv(gym.Env[np.ndarray, np.int64]):
     A user drawn uniformly from the population, with no satiation and an empty history.
 
     ## Episode End
-    Truncation after ``horizon`` steps; there is no termination.
+    Truncation after ``horizon`` steps; there is no termination. ``step`` before the first
+    ``reset``, or after truncation without a ``reset``, raises ``gymnasium.error.ResetNeeded``.
 
     ## Arguments
     ``scenario``: a preset name, a TOML path or a :class:`ScenarioConfig`;
-    ``horizon`` (default 50); ``history_len`` (default 10).
+    ``horizon`` (default 50); ``history_len`` (default 10): whole numbers in the ranges of
+    :class:`~.common.EnvArgs`, else :class:`recsim_post.errors.ConfigError`.
 
     ## Version History
     * v0: initial version.
@@ -64,16 +66,9 @@ class RecSimEnv(gym.Env[np.ndarray, np.int64]):
         history_len: int = 10,
         render_mode: str | None = None,
     ) -> None:
-        if isinstance(scenario, ScenarioConfig):
-            cfg = scenario
-        else:
-            cfg = load_scenario(resolve("envs", scenario))
-        if horizon < 1:
-            raise ActionError(f"horizon = {horizon} is out of range: must be >= 1")
-        if history_len < 1:
-            raise ActionError(f"history_len = {history_len} is out of range: must be >= 1")
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ActionError(f"render_mode = {render_mode!r} is not allowed: must be None or 'ansi'")
+        cfg, args = env_setup(scenario, horizon=horizon, history_len=history_len)
+        check_render_mode(render_mode, self.metadata["render_modes"])
+        horizon, history_len = args.horizon, args.history_len
         self.cfg, self.horizon, self.history_len, self.render_mode = cfg, horizon, history_len, render_mode
         self.world = World.create(cfg)
         n = self.world.n_items
@@ -86,6 +81,7 @@ class RecSimEnv(gym.Env[np.ndarray, np.int64]):
         self._shock = np.zeros(n)
         self._history = np.full(history_len, n, dtype=np.int64)
         self._last: dict[str, Any] = {}
+        self._started = self._ended = False  # step() needs a running episode
 
     def _obs(self) -> np.ndarray:
         return self._history.copy()
@@ -98,9 +94,11 @@ class RecSimEnv(gym.Env[np.ndarray, np.int64]):
         self._shock[:] = 0.0
         self._history[:] = self.world.n_items
         self._last = {}
+        self._started, self._ended = True, False
         return self._obs(), {"user_id": self._user}
 
     def step(self, action):  # noqa: ANN001 - gymnasium's signature
+        require_episode(self._started, self._ended, self.horizon)
         item = self._check_action(action)
         w, rng = self.world, self.np_random
         u = np.array([self._user])
@@ -130,7 +128,8 @@ class RecSimEnv(gym.Env[np.ndarray, np.int64]):
             "user_id": self._user,
         }
         self._last = dict(info, item=item)
-        return self._obs(), reward, False, self._t >= self.horizon, info
+        self._ended = self._t >= self.horizon
+        return self._obs(), reward, False, self._ended, info
 
     def _check_action(self, action: Any) -> int:
         a = np.asarray(action)

@@ -12,10 +12,10 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
 from ..errors import ActionError
-from ..presets import resolve
 from ..world import kernels
-from ..world.config import ScenarioConfig, load_scenario
+from ..world.config import ScenarioConfig
 from ..world.world import World
+from .common import check_render_mode, env_setup, require_episode
 
 _RESCALE_BELOW = 1e-150  # renormalise a row's lazily decayed shocks before the scale underflows
 
@@ -66,7 +66,10 @@ class RecSimVectorEnv(gym.vector.VectorEnv):
     ``num_envs``; ``scenario``: a preset name, a TOML path or a :class:`ScenarioConfig`;
     ``horizon`` (default 50); ``history_len`` (default 10); ``slate_size`` (default 1);
     ``max_episode_steps``: if given, replaces ``horizon`` (``gymnasium.make_vec`` passes it when a
-    registration sets one).
+    registration sets one). Whole numbers in the ranges of :class:`~.common.EnvArgs`, the slate at most
+    the catalogue, and the world with ``num_envs`` users in memory, else
+    :class:`recsim_post.errors.ConfigError`. ``step`` before the first ``reset`` raises
+    ``gymnasium.error.ResetNeeded``.
 
     ## Version History
     * v0: initial version.
@@ -84,19 +87,14 @@ class RecSimVectorEnv(gym.vector.VectorEnv):
         max_episode_steps: int | None = None,
         render_mode: str | None = None,
     ) -> None:
-        cfg = scenario if isinstance(scenario, ScenarioConfig) else load_scenario(resolve("envs", scenario))
         if max_episode_steps is not None:
             horizon = max_episode_steps
-        for name, value in (("num_envs", num_envs), ("horizon", horizon), ("history_len", history_len),
-                            ("slate_size", slate_size)):
-            if int(value) != value or value < 1:
-                raise ActionError(f"{name} = {value} is out of range: must be an integer >= 1")
-        if slate_size > cfg.catalog.n_items:
-            raise ActionError(f"slate_size = {slate_size} is out of range: must be <= n_items = {cfg.catalog.n_items}")
-        if render_mode is not None:
-            raise ActionError(f"render_mode = {render_mode!r} is not allowed: must be None")
-        self.cfg, self.horizon, self.history_len, self.slate_size = cfg, int(horizon), int(history_len), int(slate_size)
-        self.num_envs, self.render_mode = int(num_envs), None
+        cfg, args = env_setup(
+            scenario, horizon=horizon, history_len=history_len, slate_size=slate_size, num_envs=num_envs
+        )
+        check_render_mode(render_mode, self.metadata["render_modes"])
+        self.cfg, self.horizon, self.history_len, self.slate_size = cfg, args.horizon, args.history_len, args.slate_size
+        self.num_envs, self.render_mode = args.num_envs, None
         self.world = w = World.create(cfg)
         n, N, K = w.n_items, self.num_envs, self.slate_size
         self.single_action_space = (
@@ -155,8 +153,7 @@ class RecSimVectorEnv(gym.vector.VectorEnv):
         self._needs_reset[mask] = False
 
     def step(self, actions):  # noqa: ANN001 - gymnasium's signature
-        if not self._started:
-            raise ActionError("step() called before reset(): call reset(seed=...) first")
+        require_episode(self._started, False, self.horizon)  # ended sub-envs autoreset instead
         slates = self._check_actions(actions)  # (N, K) int64
         w, rng, cfg = self.world, self.np_random, self.cfg
         N, n = self.num_envs, w.n_items

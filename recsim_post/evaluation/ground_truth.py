@@ -17,7 +17,6 @@ too (:attr:`GroundTruth.logger_rounds`).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -25,12 +24,12 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ..behavior.logging_policy import TrendLogger
 from ..config import from_dict
-from ..errors import LogError
+from ..errors import ConfigError, LogError
+from ..logs.check import check_log_folder, check_sealed_tables
+from ..logs.public import read_parquet
 from ..world.config import ScenarioConfig
 from ..world.world import true_reward_matrix
 
@@ -160,22 +159,30 @@ class GroundTruth:
 
     @classmethod
     def load(cls, folder: str | Path) -> "GroundTruth":
-        """Read ``sealed/`` and the manifest of a log folder."""
+        """Read ``sealed/`` and the manifest of a log folder.
+
+        The folder is checked first (:func:`~recsim_post.logs.check.check_log_folder`: manifest,
+        ``sealed/`` present, every sealed file matching its SHA-256), then each table is read once
+        and its values checked (:func:`~recsim_post.logs.check.check_sealed_tables`). Raises a
+        one-line LogError naming what is missing or corrupt.
+        """
         folder = Path(folder)
+        manifest = check_log_folder(folder, "sealed")
         try:
-            manifest = json.loads((folder / "manifest.json").read_text())
             scenario = from_dict(ScenarioConfig, manifest["scenario"])
-            items = pq.read_table(folder / "sealed" / "items.parquet").to_pandas()
-            users = pq.read_table(folder / "sealed" / "users.parquet").to_pandas()
-            impressions = pq.read_table(folder / "sealed" / "impressions.parquet").to_pandas()
-            optional = {}
-            for name in ("logger_rounds", "theta_updates"):  # written only when the scenario needs them
-                path = folder / "sealed" / f"{name}.parquet"
-                optional[name] = pq.read_table(path).to_pandas() if path.is_file() else None
-        except FileNotFoundError as err:
-            raise LogError(f"{folder} has no sealed ground truth: {Path(err.filename).name} is missing") from None
-        except (pa.ArrowException, OSError, KeyError, json.JSONDecodeError) as err:
-            raise LogError(f"{folder}: sealed ground truth is corrupt: {str(err).splitlines()[0]}") from None
+        except ConfigError as err:
+            raise LogError(f"{folder / 'manifest.json'} is corrupt: its scenario is not valid: {err}") from None
+        sealed = folder / "sealed"
+        items = read_parquet(sealed / "items.parquet")
+        users = read_parquet(sealed / "users.parquet")
+        impressions = read_parquet(sealed / "impressions.parquet")
+        optional = {}
+        for name in ("logger_rounds", "theta_updates"):  # written (and hashed) only when the scenario needs them
+            listed = f"sealed/{name}.parquet" in manifest["sha256"]
+            optional[name] = read_parquet(sealed / f"{name}.parquet") if listed else None
+        check_sealed_tables(
+            folder, manifest, items, users, impressions, scenario.logging.n_loggers, optional["theta_updates"]
+        )
 
         def block(df, prefix: str) -> np.ndarray:  # noqa: ANN001
             cols = [c for c in df.columns if c.startswith(prefix) and c[len(prefix):].isdigit()]

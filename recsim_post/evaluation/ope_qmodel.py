@@ -65,16 +65,16 @@ PREDICT_CHUNK = 2048
 class SequenceQConfig(Config):
     """The personalised q^ of DM / DR / Switch-DR: a small SASRec plus a bilinear item head."""
 
-    dim: int = knob(32, "hidden width of the history encoder and the item vectors", ge=1)
-    n_layers: int = knob(1, "transformer blocks of the history encoder", ge=1)
-    n_heads: int = knob(1, "attention heads (must divide dim)", ge=1)
-    max_len: int = knob(20, "clicks of history the model reads", ge=1)
+    dim: int = knob(32, "hidden width of the history encoder and the item vectors", ge=1, le=4096)
+    n_layers: int = knob(1, "transformer blocks of the history encoder", ge=1, le=48)
+    n_heads: int = knob(1, "attention heads (must divide dim)", ge=1, le=64)
+    max_len: int = knob(20, "clicks of history the model reads", ge=1, le=4096)
     dropout: float = knob(0.1, "dropout on embeddings and residual branches", ge=0, lt=1)
-    epochs: int = knob(5, "passes over the training rows of each fold", ge=1)
-    batch_size: int = knob(256, "rows per optimiser step", ge=1)
+    epochs: int = knob(5, "passes over the training rows of each fold", ge=1, le=100_000)
+    batch_size: int = knob(256, "rows per optimiser step", ge=1, le=1_000_000)
     lr: float = knob(3e-3, "AdamW learning rate", gt=0, le=1)
     weight_decay: float = knob(1e-4, "AdamW decoupled weight decay", ge=0, le=1)
-    folds: int = knob(2, "user folds K of the cross-fitting (each row scored by the model of the other K-1)", ge=2)
+    folds: int = knob(2, "user folds K of the cross-fitting (each row scored by the model of the other K-1)", ge=2, le=100)
     features: bool = knob(True, "add the content term P phi_a from the public item features")
     device: DevicePref = knob("auto", "where to train: 'auto' (CUDA if present), 'cpu' or 'cuda'")
 

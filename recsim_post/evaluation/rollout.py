@@ -37,7 +37,6 @@ doc for why that is a verified re-simulation rather than a read of ``sealed/``).
 from __future__ import annotations
 
 import copy
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,10 +49,11 @@ import pandas as pd
 from .. import __version__
 from ..config import Config, from_dict, knob
 from ..errors import ConfigError, LogError
+from ..logs.check import check_log_folder
 from ..logs.public import PublicLogs, histories
 from ..logs.simulate import Simulation, simulate
 from ..seeding import SeedTree
-from ..world.config import ScenarioConfig
+from ..world.config import MAX_ENTITIES, SEED_MAX, ScenarioConfig
 from ..world.world import World
 from .ground_truth import GroundTruth
 
@@ -294,20 +294,19 @@ class ClosedLoopConfig(Config):
     with the same seeds, so differences between rows are not drawn from independent noise.
     """
 
-    rounds: int = knob(5, "rounds each policy is deployed for after logging ends (0: no closed-loop column)", ge=0)
-    seeds: tuple[int, ...] = knob((0, 1), "rollout seeds; the column is the mean over them")
+    rounds: int = knob(5, "rounds each policy is deployed for after logging ends (0: no closed-loop column)", ge=0,
+                       le=100_000)
+    seeds: tuple[int, ...] = knob((0, 1), "rollout seeds; the column is the mean over them", ge=0, le=SEED_MAX)
     users: int | None = knob(250, "cohort: at most this many users drawn at random (the same for every policy); "
-                             "the others ask for no slates (None: every user)", ge=1)
+                             "the others ask for no slates (None: every user)", ge=1, le=MAX_ENTITIES)
     slate: Literal["topk", "sample"] = knob("topk", "how a policy builds its slate: its top k, or k items drawn "
                                              "without replacement from its softmax (the logger always samples, as "
                                              "in the logs; the oracle always shows its top k)")
-    k: int | None = knob(None, "slate size (None: the logging slate size)", ge=1)
+    k: int | None = knob(None, "slate size (None: the logging slate size)", ge=1, le=1000)
 
     def check(self) -> None:
         if not self.seeds:
             raise ConfigError("seeds = () must hold at least one rollout seed")
-        if min(self.seeds) < 0:
-            raise ConfigError(f"seeds = {list(self.seeds)} is out of range: every seed must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -368,17 +367,6 @@ class ClosedLoop:
         return ClosedLoopValue(float(values.mean()), std, tuple(runs))
 
 
-PUBLIC_FILES = ("interactions.parquet", "items.parquet")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _same_frame(a: pd.DataFrame, b: pd.DataFrame) -> bool:
     try:  # exact values, NaN where NaN, same columns in the same order, same dtypes
         pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True), check_exact=True)
@@ -407,14 +395,7 @@ def world_at_end_of_logging(folder: str | Path, logs: PublicLogs, truth: GroundT
     approximate is ever rolled. Costs one simulation of the scenario.
     """
     folder = Path(folder)
-    sums = logs.manifest.get("sha256")
-    if not isinstance(sums, dict):
-        raise LogError(f"{folder}/manifest.json has no sha256 table: the logs cannot be verified for a re-simulation")
-    for name in PUBLIC_FILES:
-        if name not in sums:
-            raise LogError(f"{folder}/manifest.json has no sha256 of {name}: the logs cannot be verified")
-        if _sha256(folder / name) != sums[name]:
-            raise LogError(f"{folder}/{name} does not match the sha256 in manifest.json (changed after it was written)")
+    check_log_folder(folder, "public")  # the files as they are on disk now, whatever ``logs`` holds
     if "scenario" not in logs.manifest:
         raise LogError(f"{folder}/manifest.json is corrupt: key 'scenario' is missing")
     scenario = truth.scenario if truth is not None else from_dict(ScenarioConfig, logs.manifest["scenario"])

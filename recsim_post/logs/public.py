@@ -27,7 +27,6 @@ user's last click is the test target, the second-last the validation target, the
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import LogError
+from .check import check_log_folder, check_public_tables
 
 INTERACTION_SCHEMA = pa.schema(
     [
@@ -131,41 +131,31 @@ def histories(clicks: pd.DataFrame, users: np.ndarray, max_len: int) -> np.ndarr
     return out
 
 
+def read_parquet(path: Path) -> pd.DataFrame:
+    """One Parquet table as a DataFrame; an unreadable file raises LogError naming it."""
+    try:
+        return pq.read_table(path).to_pandas()
+    except (pa.ArrowException, OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LogError(f"{path} is corrupt: {first}") from None
+
+
 def read_public(folder: str | Path) -> PublicLogs:
     """Read the public part of a log folder written by ``recsim-post simulate``.
 
-    Raises LogError naming the missing or unreadable file.
+    The folder is checked first (:func:`.check.check_log_folder`: manifest, files, SHA-256), each
+    table is read once and its values checked (:func:`.check.check_public_tables`). Raises LogError
+    naming the missing, unreadable or corrupt file. Needs no ``sealed/`` folder.
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        raise LogError(f"log folder not found: {folder}")
-    manifest_path = folder / "manifest.json"
-    if not manifest_path.is_file():
-        raise LogError(f"{folder} is not a log folder: manifest.json is missing")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise LogError(f"{manifest_path} is corrupt: {err}") from None
-    for key in ("n_items", "n_users", "rows"):
-        if key not in manifest:
-            raise LogError(f"{manifest_path} is corrupt: key '{key}' is missing")
-    frames = {}
-    for name in ("interactions", "items"):
-        path = folder / f"{name}.parquet"
-        if not path.is_file():
-            raise LogError(f"{folder} is incomplete: {name}.parquet is missing")
-        try:
-            frames[name] = pq.read_table(path).to_pandas()
-        except (pa.ArrowException, OSError) as err:
-            raise LogError(f"{path} is corrupt: {str(err).splitlines()[0]}") from None
-        expected = manifest["rows"].get(name)
-        if expected is not None and len(frames[name]) != expected:
-            raise LogError(
-                f"{path} is corrupt: {len(frames[name])} rows, the manifest says {expected}"
-            )
-    if "watch" not in frames["interactions"].columns:  # logs written before the watch signal existed
-        frames["interactions"]["watch"] = np.float32(np.nan)
-    missing = set(INTERACTION_SCHEMA.names) - set(frames["interactions"].columns)
+    manifest = check_log_folder(folder, "public")
+    interactions = read_parquet(folder / "interactions.parquet")
+    items = read_parquet(folder / "items.parquet")
+    watch_logged = "watch" in interactions.columns
+    if not watch_logged:  # logs written before the watch signal existed
+        interactions["watch"] = np.float32(np.nan)
+    missing = set(INTERACTION_SCHEMA.names) - set(interactions.columns)
     if missing:
         raise LogError(f"{folder / 'interactions.parquet'} lacks columns: {', '.join(sorted(missing))}")
-    return PublicLogs(frames["interactions"], frames["items"], manifest)
+    check_public_tables(interactions, items, manifest, folder, watch_logged)
+    return PublicLogs(interactions, items, manifest)

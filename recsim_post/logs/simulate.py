@@ -43,7 +43,7 @@ from ..behavior.logging_policy import Suggestions, TrendLogger
 from ..config import to_dict
 from ..outputs import OutputFolder
 from ..seeding import SeedTree
-from ..world.config import ScenarioConfig
+from ..world.config import ScenarioConfig, check_memory
 from ..world.world import World
 from .public import INTERACTION_SCHEMA, PublicLogs
 
@@ -76,6 +76,7 @@ def simulate(cfg: ScenarioConfig, progress: bool = False) -> Simulation:
     its state at T = n_rounds (active logger and suggestion boost of round T, no new campaign).
     ``logging/switching`` (only drawn with switch_prob > 0) is the random switching chain.
     """
+    check_memory(cfg)  # refuse a world that cannot fit before allocating any of it
     tree = SeedTree(cfg.seed)
     world = World.create(cfg, tree.child("world"))
     logger = TrendLogger.create(cfg.logging, world, tree.child("logging"))

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import copy
 import io
+import math
+import pickle
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -16,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import from_dict, to_dict
+from ..config import from_dict, show, to_dict
 from ..errors import ConfigError, LogError
 from ..logs.public import PAD
 from .device import autocast
@@ -42,9 +45,11 @@ def build_model(cfg: ModelConfig, n_items: int, generator: torch.Generator | Non
 
 def model_config_from_dict(data: Mapping[str, Any]) -> ModelConfig:
     """Read a model config table, dispatching on its ``kind`` key."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"model must be a table of settings, not {show(data)}")
     kind = data.get("kind", "sasrec")
-    if kind not in MODEL_CONFIGS:
-        raise ConfigError(f"model.kind = {kind!r} is not allowed: must be one of {', '.join(MODEL_CONFIGS)}")
+    if not isinstance(kind, str) or kind not in MODEL_CONFIGS:  # a list or table is not hashable
+        raise ConfigError(f"model.kind = {show(kind)} is not allowed: must be one of {', '.join(MODEL_CONFIGS)}")
     return from_dict(MODEL_CONFIGS[kind], data, prefix="model")
 
 
@@ -144,28 +149,87 @@ class SequencePolicy:
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "SequencePolicy":
-        """Read a policy written by :meth:`save`; a missing or corrupt file raises LogError."""
+        """Read a policy written by :meth:`save`; a missing or corrupt file raises a one-line
+        LogError naming the field that is wrong (see :func:`check_payload`)."""
         path = Path(path)
         if not path.is_file():
             raise LogError(f"policy file not found: {path}")
         try:
-            # weights_only: the file holds plain data and tensors, and loading must never run code.
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises many types for a bad file (EOF, unpickling, zip)
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise LogError(f"{path} is not a readable policy file: {first}") from None
+            with warnings.catch_warnings():  # torch warns about pickle protocols on stderr
+                warnings.simplefilter("ignore")
+                # weights_only: the file holds plain data and tensors, and loading must never run code.
+                payload = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            if "weights only" in str(err).lower():  # torch's advice here (weights_only=False) would run the file's code
+                raise LogError(
+                    f"{path} is not a recsim-post policy file: it holds Python objects other than plain data "
+                    "and tensors, and those are never loaded (loading them could run code)"
+                ) from None
+            raise LogError(f"{path} is not a recsim-post policy file: torch cannot read it (corrupt pickle)") from None
+        except Exception as err:  # torch raises many types for a bad file (EOF, unicode, zip)
+            raise LogError(
+                f"{path} is not a recsim-post policy file: torch cannot read it ({type(err).__name__})"
+            ) from None
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise LogError(f"{path} is not a recsim-post policy file (format {FORMAT!r} expected)")
+        cfg, n_items, max_len, logit_scale, history, state = check_payload(payload, path)
         try:
-            model = build_model(model_config_from_dict(payload["model"]), int(payload["n_items"]))
-            model.load_state_dict(payload["state_dict"])
-            policy = cls(model, int(payload["n_items"]), int(payload["max_len"]))
-        except (KeyError, ConfigError, RuntimeError) as err:
+            model = build_model(cfg, n_items)
+            model.load_state_dict(state)
+            policy = cls(model, n_items, max_len)
+        except (ConfigError, RuntimeError) as err:
             first = str(err).strip().splitlines()[0]
             raise LogError(f"{path} is a corrupt policy file: {first}") from None
-        policy.history = list(payload.get("history", []))
-        policy.logit_scale = float(payload.get("logit_scale", 1.0))
+        policy.history = history
+        policy.logit_scale = logit_scale
         return policy.to(device)
 
 
-__all__ = ["SequencePolicy", "build_model", "model_config_from_dict", "ModelConfig", "MODEL_CONFIGS"]
+def check_payload(
+    payload: Mapping[str, Any], path: Path
+) -> tuple[ModelConfig, int, int, float, list[dict[str, Any]], dict[str, torch.Tensor]]:
+    """The fields of a policy file, each checked: (model config, n_items, max_len, logit_scale,
+    history, state dict). A missing, non-numeric, NaN or out-of-range field, a weight that is not
+    a tensor or holds NaN or inf, or an item embedding that does not match n_items and the model's
+    width raise a one-line LogError naming it -- before any model is built (so a file claiming a
+    huge catalogue cannot make the loader allocate it)."""
+    def bad(what: str) -> LogError:
+        return LogError(f"{path} is a corrupt policy file: {what}")
+
+    for key in ("model", "n_items", "max_len", "state_dict"):
+        if key not in payload:
+            raise bad(f"field '{key}' is missing")
+    try:
+        cfg = model_config_from_dict(payload["model"])
+    except ConfigError as err:
+        raise bad(str(err)) from None
+    values = {}
+    for key in ("n_items", "max_len"):
+        v = payload[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise bad(f"{key} = {show(v)} must be a whole number >= 1")
+        values[key] = v
+    scale = payload.get("logit_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        raise bad(f"logit_scale = {show(scale)} must be a finite number > 0")
+    history = payload.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        raise bad("history must be a list of tables (one per training epoch)")
+    state = payload["state_dict"]
+    if not isinstance(state, dict):
+        raise bad(f"state_dict must be a table of weights, not {type(state).__name__}")
+    for key, t in state.items():
+        if not isinstance(t, torch.Tensor):
+            raise bad(f"weight {show(key)} is a {type(t).__name__}, not a tensor")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise bad(f"weight {show(key)} holds NaN or infinite values")
+    emb = state.get("item_emb.weight")
+    expected = (values["n_items"] + 1, cfg.dim)
+    if emb is None or tuple(emb.shape) != expected:
+        shape = "missing" if emb is None else f"of shape {tuple(emb.shape)}"
+        raise bad(f"the item embedding item_emb.weight is {shape}; n_items = {values['n_items']} and "
+                  f"model.dim = {cfg.dim} need {expected}")
+    return cfg, values["n_items"], values["max_len"], float(scale), history, state
+
+
+__all__ = ["SequencePolicy", "check_payload", "build_model", "model_config_from_dict", "ModelConfig", "MODEL_CONFIGS"]

@@ -61,14 +61,16 @@ class ASFTConfig(Config):
     """Advantage-weighted SFT: weights min(exp((r − V̂(x))/β), w_max)."""
 
     name: Literal["asft"] = knob("asft", "method name")
-    beta: float = knob(1.0, "temperature β of the weights exp(A/β); large β approaches BC", gt=0.0)
-    w_max: float = knob(20.0, "clip every weight to at most this (AWR's ω_max)", gt=0.0)
+    beta: float = knob(
+        1.0, "temperature β of the weights exp(A/β); large β approaches BC (1e12: BC to float precision)", gt=0.0, le=1e12
+    )
+    w_max: float = knob(20.0, "clip every weight to at most this (AWR's ω_max)", gt=0.0, le=1e6)
     baseline: Baseline = knob(
         "user-mean",
         "V̂(x): 'user-mean' (the user's mean training rating), 'reward-model' (Σ_y π_ref(y|x) R̂(x,y)), "
         "'batch-mean' (mean rating of the batch's targets)",
     )
-    shrinkage: float = knob(0.0, "user-mean only: pseudo-count k pulling each user's mean toward the global mean", ge=0.0)
+    shrinkage: float = knob(0.0, "user-mean only: pseudo-count k pulling each user's mean toward the global mean", ge=0.0, le=1e6)
     normalize: Literal["none", "batch"] = knob(
         "none", "'none': mean of w·nll over rated targets (AWR); 'batch': divide by the batch's sum of weights"
     )

@@ -39,8 +39,10 @@ class CQLConfig(Config):
     """Discrete CQL(H) with a one-step (reward-only) TD target; the policy is softmax(Q/T)."""
 
     name: Literal["cql"] = knob("cql", "method name")
-    alpha: float = knob(1.0, "α: weight of the conservative term logsumexp Q − Q(logged); 0 = plain TD regression", ge=0.0)
-    temperature: float = knob(1.0, "T of the deployed policy softmax(Q/T), in rating units", gt=0.0)
+    alpha: float = knob(1.0, "α: weight of the conservative term logsumexp Q − Q(logged); 0 = plain TD regression", ge=0.0, le=1000.0)
+    temperature: float = knob(
+        1.0, "T of the deployed policy softmax(Q/T), in rating units (1/T scales float32 logits)", ge=1e-3, le=1000.0
+    )
 
 
 CONFIG = CQLConfig

@@ -39,7 +39,7 @@ class DPOConfig(PairMiningConfig):
     """DPO: −log σ(β h) on pairs mined with a reward-model ensemble."""
 
     name: Literal["dpo"] = knob("dpo", "method name")
-    beta: float = knob(0.1, "β: weight of the KL pull towards π_ref (larger stays closer; 0.1 as in TRL)", gt=0.0)
+    beta: float = knob(0.1, "β: weight of the KL pull towards π_ref (larger stays closer; 0.1 as in TRL)", gt=0.0, le=1000.0)
 
 
 CONFIG = DPOConfig

@@ -79,8 +79,12 @@ class ExpRSFTConfig(Config):
     """Exponential reward-weighted SFT: weights w = exp(r/λ), in one of four normalisations."""
 
     name: Literal["exp-rsft"] = knob("exp-rsft", "method name")
-    lam: float = knob(1.0, "temperature λ of the weights exp(r/λ); large λ approaches BC", gt=0.0)
-    r_max: float = knob(5.0, "top of the reward scale: rewards are clipped to it; 'shifted' divides by exp(r_max/λ)")
+    lam: float = knob(
+        1.0, "temperature λ of the weights exp(r/λ); large λ approaches BC (1e12: BC to float precision)", gt=0.0, le=1e12
+    )
+    r_max: float = knob(
+        5.0, "top of the reward scale: rewards are clipped to it; 'shifted' divides by exp(r_max/λ)", ge=-100.0, le=100.0
+    )
     normalize: Normalize = knob(
         "batch",
         "'raw': mean of exp(r/λ)·nll; 'shifted': mean of exp((r − r_max)/λ)·nll; 'batch': divide by "

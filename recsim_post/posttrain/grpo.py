@@ -62,14 +62,14 @@ class GRPOConfig(Config):
     name: Literal["grpo"] = knob("grpo", "method name")
     group_size: int = knob(8, "G: items sampled per context from π_old", ge=2, le=4096)
     clip_eps: float = knob(0.2, "clip range ε of the ratio π_θ/π_old", gt=0.0, lt=1.0)
-    kl_coef: float = knob(0.04, "β: weight of the KL to π_ref (the paper uses 0.04)", ge=0.0)
+    kl_coef: float = knob(0.04, "β: weight of the KL to π_ref (the paper uses 0.04)", ge=0.0, le=100.0)
     kl_estimator: Literal["exact", "k3"] = knob(
         "exact", "'exact': KL summed over the catalogue; 'k3': the paper's per-sample estimator"
     )
     scale_rewards: Literal["group", "none"] = knob(
         "group", "'group': Â = (r − mean)/(std + eps); 'none': Â = r − mean (Dr. GRPO)"
     )
-    std_eps: float = knob(1e-4, "eps added to the group std", gt=0.0)
+    std_eps: float = knob(1e-4, "eps added to the group std", gt=0.0, le=1.0)
     grpo_epochs: int = knob(1, "gradient steps on each batch of groups (the paper's μ)", ge=1, le=100)
     disable_dropout: bool = knob(True, "run the updates without dropout, so the first one has ρ = 1 exactly (as TRL)")
 

@@ -36,7 +36,7 @@ class IPOConfig(PairMiningConfig):
     """IPO: (h − 1/(2τ))² on pairs mined with a reward-model ensemble."""
 
     name: Literal["ipo"] = knob("ipo", "method name")
-    tau: float = knob(0.1, "τ: regularisation strength; the target log-ratio margin is 1/(2τ) (TRL default 0.1)", gt=0.0)
+    tau: float = knob(0.1, "τ: regularisation strength; the target log-ratio margin is 1/(2τ) (TRL default 0.1)", ge=1e-3, le=1000.0)
 
 
 CONFIG = IPOConfig

@@ -37,7 +37,7 @@ class TrainConfig(Config):
     batch_size: int = knob(128, "windows per optimiser step", ge=1, le=1_000_000)
     lr: float = knob(1e-3, "AdamW learning rate", gt=0.0, le=1.0)
     weight_decay: float = knob(0.0, "AdamW decoupled weight decay (matrices and embeddings only)", ge=0.0, le=1.0)
-    grad_clip: float = knob(1.0, "clip the global gradient norm to this (0 = no clipping)", ge=0.0)
+    grad_clip: float = knob(1.0, "clip the global gradient norm to this (0 = no clipping)", ge=0.0, le=1e6)
     device: DevicePref = knob("auto", "where to train: 'auto' (CUDA if present), 'cpu' or 'cuda'")
 
 

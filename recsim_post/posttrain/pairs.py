@@ -63,7 +63,7 @@ class PairMiningConfig(Config):
     n_candidates: int = knob(
         8, "offline: items sampled from π_ref beside the logged click (online always draws 2)", ge=1, le=100_000
     )
-    z: float = knob(1.0, "width of the ensemble confidence intervals μ ± z·s (strict rule)", ge=0.0)
+    z: float = knob(1.0, "width of the ensemble confidence intervals μ ± z·s (strict rule)", ge=0.0, le=100.0)
     rule: Rule = knob("strict", "'strict': keep a pair if LCB(y_w) > UCB(y_l); 'loose': if μ(y_w) > μ(y_l)")
     disable_dropout: bool = knob(True, "run the policy without dropout during updates (as TRL does)")
 

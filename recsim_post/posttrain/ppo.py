@@ -61,7 +61,7 @@ class PPOConfig(Config):
 
     name: Literal["ppo"] = knob("ppo", "method name")
     clip_eps: float = knob(0.2, "clip range ε of the ratio π_θ/π_old", gt=0.0, lt=1.0)
-    kl_coef: float = knob(0.05, "β_KL: weight of KL(π_θ ‖ π_ref) per context, in reward units", ge=0.0)
+    kl_coef: float = knob(0.05, "β_KL: weight of KL(π_θ ‖ π_ref) per context, in reward units", ge=0.0, le=100.0)
     ppo_epochs: int = knob(4, "gradient steps on each batch of samples (PPO's K epochs)", ge=1, le=100)
     disable_dropout: bool = knob(True, "run the updates without dropout, so the first one has ρ = 1 exactly (as TRL)")
     baseline: Literal["exact", "none"] = knob(

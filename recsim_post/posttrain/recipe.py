@@ -24,7 +24,7 @@ from typing import Any, Mapping, Union
 import pandas as pd
 import torch
 
-from ..config import Config, from_dict, knob, read_toml
+from ..config import Config, from_dict, knob, read_toml, show
 from ..errors import ConfigError
 from ..models.policy import ModelConfig, SequencePolicy, build_model, model_config_from_dict
 from ..models.sasrec import SASRecConfig
@@ -58,8 +58,8 @@ def method_config_from_dict(data: Mapping[str, Any]) -> MethodConfig:
     if "name" not in data:
         raise ConfigError(f"method.name is missing: must be one of {known}")
     name = data["name"]
-    if name not in METHODS:
-        raise ConfigError(f"method.name = {name!r} is not a known method: must be one of {known}")
+    if not isinstance(name, str) or name not in METHODS:  # a list or table is not hashable
+        raise ConfigError(f"method.name = {show(name)} is not a known method: must be one of {known}")
     return from_dict(METHODS[name].CONFIG, data, prefix="method")
 
 

@@ -6,6 +6,7 @@ are the ``quickstart`` scenario, so ``ScenarioConfig()`` is the embedded default
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -13,29 +14,48 @@ from typing import Literal
 from ..config import Config, from_dict, knob, read_toml
 from ..errors import ConfigError
 
+# Ranges shared by many knobs. Every numeric knob has both ends, so no value is infinite or NaN.
+SCALE_MAX = 100.0
+"""Largest weight, std or utility offset. Utilities, logits and ratings are O(1): at 100 a term
+already decides every choice (exp(100) ~ 1e43), and sums of such terms stay far inside float32."""
+TEMPERATURE_MIN = 1e-3
+"""Smallest logger temperature: 1/T multiplies float32 logits, and below this the logger is argmax anyway."""
+MAX_ENTITIES = 1_000_000_000
+"""Most items or users: ids are int32 in the logs. Whether such a world fits in memory is checked
+separately (:func:`check_memory`), before anything is allocated."""
+MAX_ROUNDS = 1_000_000
+"""Most rounds (of logging, of a session, of a campaign, between logger switches)."""
+SEED_MAX = 2**32 - 1
+"""Largest seed (numpy's legacy range; seeds are written to JSON and result tables)."""
+
 
 @dataclass(frozen=True)
 class CatalogConfig(Config):
     """Items: latent vectors in genre clusters, true quality, hype, observable features."""
 
-    n_items: int = knob(500, "number of items in the catalogue", ge=2)
-    n_genres: int = knob(10, "number of genre clusters", ge=1)
-    latent_dim: int = knob(16, "dimension of latent user and item vectors", ge=1)
-    genre_spread: float = knob(1.0, "spread of item vectors around their genre centre", ge=0)
-    quality_std: float = knob(0.3, "std of true item quality q_i (adds to every user's reward)", ge=0)
-    hype_std: float = knob(1.0, "std of hype h_i: attracts clicks, adds no true value", ge=0)
-    n_features: int = knob(8, "number of observable item features f0..f{k-1}", ge=1)
-    feature_noise: float = knob(0.3, "noise std of the observable features", ge=0)
+    n_items: int = knob(
+        500, "number of items in the catalogue (ids are int32; memory is checked before simulating)",
+        ge=2, le=MAX_ENTITIES,
+    )
+    n_genres: int = knob(10, "number of genre clusters", ge=1, le=100_000)
+    latent_dim: int = knob(16, "dimension of latent user and item vectors", ge=1, le=4096)
+    genre_spread: float = knob(1.0, "spread of item vectors around their genre centre", ge=0, le=SCALE_MAX)
+    quality_std: float = knob(0.3, "std of true item quality q_i (adds to every user's reward)", ge=0, le=SCALE_MAX)
+    hype_std: float = knob(1.0, "std of hype h_i: attracts clicks, adds no true value", ge=0, le=SCALE_MAX)
+    n_features: int = knob(8, "number of observable item features f0..f{k-1}", ge=1, le=4096)
+    feature_noise: float = knob(0.3, "noise std of the observable features", ge=0, le=SCALE_MAX)
 
 
 @dataclass(frozen=True)
 class UserConfig(Config):
     """Users: latent preferences near a few favourite genres, trend susceptibility, activity."""
 
-    n_users: int = knob(1000, "number of users", ge=1)
-    favourite_genres: int = knob(2, "genres a user's preference vector is built from", ge=1)
-    preference_scale: float = knob(1.5, "norm scale of user preference vectors", ge=0)
-    preference_noise: float = knob(1.0, "idiosyncratic part of a user's preference", ge=0)
+    n_users: int = knob(
+        1000, "number of users (ids are int32; memory is checked before simulating)", ge=1, le=MAX_ENTITIES
+    )
+    favourite_genres: int = knob(2, "genres a user's preference vector is built from", ge=1, le=100_000)
+    preference_scale: float = knob(1.5, "norm scale of user preference vectors", ge=0, le=SCALE_MAX)
+    preference_noise: float = knob(1.0, "idiosyncratic part of a user's preference", ge=0, le=SCALE_MAX)
     trend_susceptibility: float = knob(
         0.5, "mean of s_u ~ Beta, how strongly a user follows trends", gt=0, lt=1
     )
@@ -52,10 +72,12 @@ class TrendConfig(Config):
 
     memory: float = knob(0.8, "fraction of popularity kept from one round to the next", ge=0, lt=1)
     exposure_weight: float = knob(0.5, "share of popularity fed by exposure rather than clicks", ge=0, le=1)
-    initial_hype_weight: float = knob(1.0, "how much hype shapes the initial popularity", ge=0)
-    floor: float = knob(0.05, "popularity floor relative to uniform, keeps log-trend finite", gt=0)
+    initial_hype_weight: float = knob(1.0, "how much hype shapes the initial popularity", ge=0, le=SCALE_MAX)
+    floor: float = knob(
+        0.05, "popularity floor relative to uniform, keeps log-trend finite (1: no item below uniform)", gt=0, le=1
+    )
     shock_rate: float = knob(0.1, "probability per round of an external shock (an item goes viral)", ge=0, le=1)
-    shock_size: float = knob(3.0, "boost to a shocked item's trend", ge=0)
+    shock_size: float = knob(3.0, "boost to a shocked item's trend (logit units)", ge=0, le=SCALE_MAX)
     shock_decay: float = knob(0.8, "per-round decay of a shock", ge=0, lt=1)
 
 
@@ -63,7 +85,7 @@ class TrendConfig(Config):
 class SatiationConfig(Config):
     """Per-genre satiation: S_ug <- decay * S_ug + 1[clicked genre g]; reward loses strength * S_ug."""
 
-    strength: float = knob(0.2, "true reward lost per unit of satiation", ge=0)
+    strength: float = knob(0.2, "true reward lost per unit of satiation", ge=0, le=SCALE_MAX)
     decay: float = knob(0.7, "per-round decay of satiation", ge=0, lt=1)
 
 
@@ -85,11 +107,13 @@ class ChoiceConfig(Config):
     Trend pull and hype add engagement, never true reward, under either model.
     """
 
-    reward_weight: float = knob(1.5, "weight of the true reward in engagement utility", ge=0)
-    trend_pull: float = knob(1.0, "weight of s_u * trend_i: engagement that adds no true value", ge=0)
-    hype_pull: float = knob(0.5, "weight of hype h_i: engagement that adds no true value", ge=0)
-    position_bias: float = knob(0.5, "utility lost by slate position k: bias * log2(1 + k)", ge=0)
-    no_click_utility: float = knob(5.0, "utility of choosing nothing")
+    reward_weight: float = knob(1.5, "weight of the true reward in engagement utility", ge=0, le=SCALE_MAX)
+    trend_pull: float = knob(1.0, "weight of s_u * trend_i: engagement that adds no true value", ge=0, le=SCALE_MAX)
+    hype_pull: float = knob(0.5, "weight of hype h_i: engagement that adds no true value", ge=0, le=SCALE_MAX)
+    position_bias: float = knob(0.5, "utility lost by slate position k: bias * log2(1 + k)", ge=0, le=SCALE_MAX)
+    no_click_utility: float = knob(
+        5.0, "utility of choosing nothing (beyond +-100 users always or never click)", ge=-SCALE_MAX, le=SCALE_MAX
+    )
     click_model: Literal["mnl", "cascade"] = knob(
         "mnl", "mnl: logit over the slate and no click; cascade: top-down scan, first click stops"
     )
@@ -109,15 +133,19 @@ class FeedbackConfig(Config):
             (watch_censor = 1 is no censoring). NaN when there was no click.
     """
 
-    rating_center: float = knob(1.5, "rating of an item with true reward 0")
-    rating_scale: float = knob(1.0, "rating points per unit of true reward", ge=0)
-    noise_std: float = knob(0.5, "Gaussian noise std sigma on the latent rating", ge=0)
+    rating_center: float = knob(
+        1.5, "rating of an item with true reward 0 (before clipping to 1..5)", ge=-SCALE_MAX, le=SCALE_MAX
+    )
+    rating_scale: float = knob(1.0, "rating points per unit of true reward", ge=0, le=SCALE_MAX)
+    noise_std: float = knob(0.5, "Gaussian noise std sigma on the latent rating", ge=0, le=SCALE_MAX)
     flip_rate: float = knob(0.0, "probability that a rating is flipped (6 - rating)", ge=0, le=1)
     quantize: bool = knob(True, "round ratings to whole stars 1..5; false keeps the clipped value")
     missing_rate: float = knob(0.0, "probability that a clicked item's rating is missing (NaN)", ge=0, le=1)
-    watch_offset: float = knob(0.0, "a in watch = sigmoid(a + b * r*) + noise: watch at r* = 0")
-    watch_scale: float = knob(1.0, "b in watch = sigmoid(a + b * r*) + noise", ge=0)
-    watch_noise_std: float = knob(0.1, "Gaussian noise std on the watch fraction", ge=0)
+    watch_offset: float = knob(
+        0.0, "a in watch = sigmoid(a + b * r*) + noise: watch at r* = 0", ge=-SCALE_MAX, le=SCALE_MAX
+    )
+    watch_scale: float = knob(1.0, "b in watch = sigmoid(a + b * r*) + noise", ge=0, le=SCALE_MAX)
+    watch_noise_std: float = knob(0.1, "Gaussian noise std on the watch fraction", ge=0, le=SCALE_MAX)
     watch_censor: float = knob(1.0, "watch fractions >= this are recorded as this (1 = off)", gt=0, le=1)
 
 
@@ -136,7 +164,7 @@ class DynamicsConfig(Config):
     """
 
     drift_rate: float = knob(0.0, "eta: step of theta_u toward the clicked item's vector v_i", ge=0, le=1)
-    session_budget: int = knob(0, "slates in a row before a user leaves (0 = users never leave)", ge=0)
+    session_budget: int = knob(0, "slates in a row before a user leaves (0 = users never leave)", ge=0, le=MAX_ROUNDS)
     return_prob: float = knob(0.5, "per-round probability that a user who left comes back", ge=0, le=1)
     arrival: float = knob(0.0, "fraction of users absent at round 0 who arrive later", ge=0, le=1)
 
@@ -174,35 +202,42 @@ class LoggingConfig(Config):
         reward and the logger's state stay sealed), so OPE must estimate them from the logs.
     """
 
-    slate_size: int = knob(10, "items shown per slate", ge=1)
-    temperature: float = knob(0.5, "softmax temperature of the logger", gt=0)
-    relevance_weight: float = knob(1.0, "weight of the logger's relevance estimate", ge=0)
-    relevance_noise: float = knob(0.7, "noise std of the logger's stale preference estimate", ge=0)
-    trend_weight: float = knob(0.5, "weight of the trend term in the logger", ge=0)
+    slate_size: int = knob(10, "items shown per slate", ge=1, le=1000)
+    temperature: float = knob(0.5, "softmax temperature of the logger", ge=TEMPERATURE_MIN, le=SCALE_MAX)
+    relevance_weight: float = knob(1.0, "weight of the logger's relevance estimate", ge=0, le=SCALE_MAX)
+    relevance_noise: float = knob(0.7, "noise std of the logger's stale preference estimate", ge=0, le=SCALE_MAX)
+    trend_weight: float = knob(0.5, "weight of the trend term in the logger", ge=0, le=SCALE_MAX)
     epsilon: float = knob(0.05, "uniform exploration mixed into the logger", ge=0, le=1)
     support: float = knob(1.0, "fraction of the catalogue the logger can show (1 = all)", gt=0, le=1)
     suggestion_rate: float = knob(0.0, "per-round probability of an external-suggestion campaign (0 = off)", ge=0, le=1)
-    suggestion_size: float = knob(2.0, "logit boost b added to each suggested item's z while pushed", ge=0)
-    suggestion_items: int = knob(3, "items pushed by one suggestion campaign", ge=1)
-    suggestion_duration: int = knob(5, "rounds a suggestion campaign lasts", ge=1)
-    switch_every: int = knob(0, "schedule switching: rounds between switches to the next logger (0 = off)", ge=0)
+    suggestion_size: float = knob(2.0, "logit boost b added to each suggested item's z while pushed", ge=0, le=SCALE_MAX)
+    suggestion_items: int = knob(3, "items pushed by one suggestion campaign", ge=1, le=MAX_ENTITIES)
+    suggestion_duration: int = knob(5, "rounds a suggestion campaign lasts", ge=1, le=MAX_ROUNDS)
+    switch_every: int = knob(
+        0, "schedule switching: rounds between switches to the next logger (0 = off)", ge=0, le=MAX_ROUNDS
+    )
     switch_prob: float = knob(
         0.0, "random switching: per-round probability of jumping to a uniformly drawn other logger (0 = off)",
         ge=0, le=1,
     )
-    alt_trend_weight: float = knob(2.0, "trend_weight of logger 1 (used when switching is on)", ge=0)
-    alt_temperature: float = knob(1.0, "temperature of logger 1 (used when switching is on)", gt=0)
+    alt_trend_weight: float = knob(2.0, "trend_weight of logger 1 (used when switching is on)", ge=0, le=SCALE_MAX)
+    alt_temperature: float = knob(
+        1.0, "temperature of logger 1 (used when switching is on)", ge=TEMPERATURE_MIN, le=SCALE_MAX
+    )
     extra_trend_weights: tuple[float, ...] = knob(
-        (), "trend_weight of loggers 2, 3, ... (each >= 0; [] = logger 0's value or no extra loggers)"
+        (), "trend_weight of loggers 2, 3, ... (each in trend_weight's range; [] = logger 0's value or no extra "
+        "loggers)", ge=0, le=SCALE_MAX,
     )
     extra_temperatures: tuple[float, ...] = knob(
-        (), "temperature of loggers 2, 3, ... (each > 0; [] = logger 0's value or no extra loggers)"
+        (), "temperature of loggers 2, 3, ... (each in temperature's range; [] = logger 0's value or no extra "
+        "loggers)", ge=TEMPERATURE_MIN, le=SCALE_MAX,
     )
     extra_epsilons: tuple[float, ...] = knob(
-        (), "epsilon of loggers 2, 3, ... (each in [0, 1]; [] = logger 0's value or no extra loggers)"
+        (), "epsilon of loggers 2, 3, ... (each in [0, 1]; [] = logger 0's value or no extra loggers)", ge=0, le=1
     )
     extra_relevance_weights: tuple[float, ...] = knob(
-        (), "relevance_weight of loggers 2, 3, ... (each >= 0; [] = logger 0's value or no extra loggers)"
+        (), "relevance_weight of loggers 2, 3, ... (each in relevance_weight's range; [] = logger 0's value or "
+        "no extra loggers)", ge=0, le=SCALE_MAX,
     )
     propensity_mode: Literal["hidden", "logged", "none"] = knob(
         "hidden",
@@ -236,17 +271,6 @@ class LoggingConfig(Config):
         for name, n in lengths.items():
             if n > 100:  # logger_id is sealed as int8
                 raise ConfigError(f"{name} has {n} values: at most 100 extra loggers are allowed")
-        bounds = {
-            "extra_trend_weights": (">= 0", lambda x: x >= 0),
-            "extra_temperatures": ("> 0", lambda x: x > 0),
-            "extra_epsilons": (">= 0 and <= 1", lambda x: 0 <= x <= 1),
-            "extra_relevance_weights": (">= 0", lambda x: x >= 0),
-        }
-        for name, values in self._extras().items():
-            text, ok = bounds[name]
-            for i, x in enumerate(values):
-                if not ok(x):  # NaN fails every comparison, so it is refused too
-                    raise ConfigError(f"{name}[{i}] = {x!r} is out of range: must be {text}")
 
     def n_supported(self, n_items: int) -> int:
         """|S|: the number of items the logger can show."""
@@ -301,7 +325,7 @@ class LoggingConfig(Config):
 class SimulationConfig(Config):
     """How long the logger runs."""
 
-    n_rounds: int = knob(30, "rounds of logging; each active user gets one slate per round", ge=1)
+    n_rounds: int = knob(30, "rounds of logging; each active user gets one slate per round", ge=1, le=MAX_ROUNDS)
 
 
 @dataclass(frozen=True)
@@ -310,7 +334,7 @@ class ScenarioConfig(Config):
 
     name: str = knob("quickstart", "scenario name")
     description: str = knob("small and fast: the demo's default world", "one-line description")
-    seed: int = knob(0, "root seed of the scenario's random streams", ge=0)
+    seed: int = knob(0, "root seed of the scenario's random streams", ge=0, le=SEED_MAX)
     catalog: CatalogConfig = knob(CatalogConfig(), "items")
     users: UserConfig = knob(UserConfig(), "users")
     trends: TrendConfig = knob(TrendConfig(), "popularity and shocks")
@@ -352,3 +376,115 @@ def load_scenario(path: str | Path) -> ScenarioConfig:
         return from_dict(ScenarioConfig, data)
     except ConfigError as err:
         raise ConfigError(f"{Path(path).name}: {err}") from None
+
+
+# ------------------------------------------------------------------------------------------------
+# Memory: a scenario whose arrays cannot fit is refused before anything is allocated.
+# ------------------------------------------------------------------------------------------------
+
+LOG_ROW_BYTES = 250
+"""Bytes per logged impression while simulating and writing: the per-round parts, their
+concatenation and the public and sealed tables (measured 140-210 on quickstart-like worlds)."""
+
+WORKING_BYTES = 100 * 10**6
+"""Buffers that do not grow with the world (Arrow and Parquet writers, per-round scratch)."""
+
+GB = 10**9
+
+
+def memory_estimate(cfg: ScenarioConfig, num_envs: int = 0, history_len: int = 10) -> int:
+    """Bytes a run of ``cfg`` needs at its peak, an estimate on the safe side (about 1.5-2x the
+    peak RSS measured on worlds dominated by items, users or log rows).
+
+    ``num_envs = 0``: ``simulate`` and writing its logs -- the world, the logger (its float32 item
+    vectors and one (64, n_items) float32 buffer per thread), users' latents with their sealed table,
+    and every potential impression (n_users * min(1, activity) * n_rounds * slate_size rows) at
+    LOG_ROW_BYTES each. ``num_envs >= 1``: a Gymnasium env -- the world, plus per sub-env a shock per
+    item and its history. Streaming the logs to disk will shrink the rows' term.
+    """
+    c, u = cfg.catalog, cfg.users
+    d, g, f = c.latent_dim, c.n_genres, c.n_features
+    fav = min(u.favourite_genres, g)
+    # items: vectors (and two temporaries while drawn), features (float64, then float32), quality,
+    # hype, genre, popularity, shock, trend, exposure counts
+    per_item = 8 * d * 3 + 12 * f + 8 * 10
+    # users: theta (and its noise), satiation (and the draw that picks favourites), the favourites'
+    # centres (fav x d while summed), activity, susceptibility, arrival and session state
+    per_user = 8 * d * (2 + fav) + 8 * g * 3 + 8 * 6
+    if num_envs:
+        per_env = 8 * c.n_items + 8 * g + 16 * history_len + 200
+        return WORKING_BYTES + c.n_items * per_item + u.n_users * per_user + num_envs * per_env
+    threads = os.cpu_count() or 1
+    # the logger: float32 vectors twice (as given, and transposed over its support), its quality
+    # estimate, and per thread a weight buffer of at least 64 users and a float64 CDF
+    per_item += 8 * d + 8 + threads * (4 * 64 + 8)
+    # the sealed tables (vectors, quality, hype, estimate, trend state) as a frame and as Arrow
+    per_item += 2 * (8 * d + 8 * 8)
+    # the logger's estimate of theta (and its noise); the sealed users table as a frame and as Arrow
+    per_user += 8 * d * 2 + 2 * 8 * (2 * d + g + 3)
+    rows = u.n_users * cfg.simulation.n_rounds * cfg.logging.slate_size
+    rows = int(rows * min(1.0, u.activity))
+    total = WORKING_BYTES + c.n_items * per_item + u.n_users * per_user + rows * LOG_ROW_BYTES
+    if cfg.dynamics.drift_rate > 0:  # theta of every click, kept per round, then as a table
+        total += u.n_users * cfg.simulation.n_rounds * 8 * (3 * d + 4)
+    return total
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate without swapping: /proc/meminfo's MemAvailable (or
+    os.sysconf), capped by a cgroup (container) memory limit; None where neither can be read."""
+    found = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    found = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if found is None:
+        try:
+            found = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):
+            return None
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # cgroup v2
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),  # v1
+    ):
+        try:
+            limit = int(Path(limit_file).read_text().strip())  # "max" (no limit) raises ValueError
+            usage = int(Path(usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit < 2**60:  # v1 writes a huge number for "no limit"
+            found = min(found, max(limit - usage, 0))
+    return found
+
+
+def _size_text(n: float) -> str:
+    if n >= 10 * GB:
+        return f"{n / GB:,.0f} GB"
+    if n >= GB:
+        return f"{n / GB:.1f} GB"
+    return f"{n / 10**6:,.0f} MB"
+
+
+def check_memory(cfg: ScenarioConfig, num_envs: int = 0, history_len: int = 10, available: int | None = None) -> None:
+    """Raise ConfigError when :func:`memory_estimate` exceeds the memory available (read from the
+    machine unless ``available`` is given, in bytes; nothing is checked where it cannot be read)."""
+    need = memory_estimate(cfg, num_envs, history_len)
+    have = available_memory() if available is None else available
+    if have is None or need <= have:
+        return
+    c, u = cfg.catalog, cfg.users
+    if num_envs:
+        knobs = f"catalog.n_items = {c.n_items}, users.n_users = {u.n_users} and num_envs = {num_envs}"
+        what = "for the environment"
+    else:
+        knobs = (f"catalog.n_items = {c.n_items}, users.n_users = {u.n_users}, simulation.n_rounds = "
+                 f"{cfg.simulation.n_rounds} and logging.slate_size = {cfg.logging.slate_size}")
+        what = "for the simulation"
+    raise ConfigError(
+        f"{knobs} need about {_size_text(need)} {what}; this machine has {_size_text(have)} available: "
+        "make the world smaller"
+    )
