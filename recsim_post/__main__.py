@@ -4,4 +4,5 @@ import sys
 
 from .cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # a tool that imports every module of the package must not run the CLI
+    sys.exit(main())

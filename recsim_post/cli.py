@@ -57,11 +57,15 @@ def _scenario(name_or_path: str, seed: int | None, sets: Sequence[str] | None = 
     from .presets import resolve
     from .world.config import load_scenario
 
+    from .world.config import check_memory
+
     cfg = load_scenario(resolve("envs", name_or_path))
     if sets:
         cfg = override(cfg, sets)
         cfg = dataclasses.replace(cfg, name=f"{cfg.name}[{','.join(s.strip() for s in sets)}]")
-    return dataclasses.replace(cfg, seed=seed) if seed is not None else cfg
+    cfg = dataclasses.replace(cfg, seed=seed) if seed is not None else cfg
+    check_memory(cfg)  # a world that cannot fit is refused before anything else is loaded
+    return cfg
 
 
 def _agents(names: Sequence[str]):  # noqa: ANN202
@@ -106,8 +110,10 @@ def _seed_arg(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is out of range: a seed must be >= 0")
+    from .world.config import SEED_MAX
+
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"{value} is out of range: a seed must be >= 0 and <= {SEED_MAX}")
     return value
 
 
@@ -304,6 +310,7 @@ def _evaluation_inputs(folder: str, paths: Sequence[str]):  # noqa: ANN202
     from .models.policy import SequencePolicy
 
     logs = read_public(folder)
+    truth = GroundTruth.load(folder)  # a folder without sealed/ is reported before the policy files
     policies = {}
     for path in paths:
         name = Path(path).stem
@@ -314,7 +321,7 @@ def _evaluation_inputs(folder: str, paths: Sequence[str]):  # noqa: ANN202
             raise ConfigError(
                 f"policy '{name}' scores {policies[name].n_items} items but the logs have {logs.n_items}"
             )
-    return logs, GroundTruth.load(folder), policies
+    return logs, truth, policies
 
 
 def _json_records(frame) -> list[dict]:  # noqa: ANN001 - a DataFrame; NaN -> null
@@ -558,6 +565,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     _check_out(args.out)
     dial = Dial.parse(args.dial)
     cells = sweep_cells(scenario, dial, args.seeds)  # every value is checked before any work starts
+    from .world.config import check_memory
+
+    for cell in cells[:: len(args.seeds)]:  # one scenario per dial value
+        check_memory(cell.scenario)
     agents = _agents(args.agents)
     names = [a.name for a in agents]
     if args.baseline not in names:

@@ -27,7 +27,6 @@ or a kill never leaves a half-written or half-deleted folder behind.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ from .. import __version__
 from ..behavior.logging_policy import Suggestions, TrendLogger
 from ..config import to_dict
 from ..outputs import OutputFolder
+from .check import sha256_file
 from ..seeding import SeedTree
 from ..world.config import ScenarioConfig, check_memory
 from ..world.world import World
@@ -245,7 +245,7 @@ def _write_parquet(df: pd.DataFrame, path: Path, schema: pa.Schema | None = None
     # no pandas metadata: keeps files byte-identical across pandas versions and small
     table = table.replace_schema_metadata(None)
     pq.write_table(table, path, compression="zstd")
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return sha256_file(path)
 
 
 def write_log_files(sim: Simulation, folder: str | Path) -> Path:
