@@ -1,11 +1,12 @@
 """Simulated user-steps per second: the Numba kernels against the plain-numpy references.
 
-One user-step is what ``recsim_post.logs.simulate`` does for one active user in one round: the
-logging policy's softmax over the whole catalogue, a slate of K items drawn without replacement
-(Plackett-Luce, inverse CDF), the user's choice from the slate (MNL with a no-click option) and the
-rating. The random numbers (K slate uniforms, a choice uniform, a normal and a flip uniform per
-user) are drawn inside the timed work, and the users are processed in chunks of
-``CHUNK_USERS`` exactly as the simulator does, so memory stays bounded.
+One user-step is what ``recsim_post.logs.simulate`` does for one active user in one round, through
+the same code (the round of ``recsim_post.world.engine`` served by the logging policy): the logging
+policy's softmax over the whole catalogue, a slate of K items drawn without replacement
+(Plackett-Luce, inverse CDF), the user's choice from the slate (MNL with a no-click option) and
+every feedback signal (rating, watch). The random numbers are drawn inside the timed work, and the
+logger serves the users in chunks of ``SERVE_CHUNK_USERS`` exactly as the simulator does, so memory
+stays bounded.
 
 Each (path, catalogue size) row runs in a fresh Python process, so that its peak RSS is its own.
 The numpy reference is timed on fewer users (``--ref-users``) because it is much slower; its
@@ -56,31 +57,20 @@ def build(n_items: int, n_users: int):
 
 
 def user_steps(world, logger, users: np.ndarray, rng: np.random.Generator, chunk: int, reference: bool):
-    """One round's per-user work for ``users``, chunk by chunk; returns the outputs."""
-    K = logger.cfg.slate_size
+    """One round's per-user work for ``users``, through the world engine (world/engine.py): the
+    logger serves the round (in chunks of ``chunk`` users), the users choose and record their
+    signals. Every random number comes from ``rng``; returns the outputs."""
+    from recsim_post.behavior.logging_policy import LoggerServer
+    from recsim_post.world import signals
+    from recsim_post.world.engine import Round, respond
+
     n = len(users)
-    trend = world.trend()
-    slates = np.empty((n, K), dtype=np.int32)
-    prop = np.empty((n, K))
-    p_item = np.empty((n, K))
-    choice = np.empty(n, dtype=np.int32)
-    rating = np.empty(n, dtype=np.float32)
-    rstar = np.empty((n, K))
-    cprob = np.empty(n)
-    for lo in range(0, n, chunk):
-        sl = slice(lo, min(lo + chunk, n))
-        m = sl.stop - sl.start
-        uniforms = rng.random((m, K))
-        u_choice = rng.random(m)
-        z_noise = rng.standard_normal(m)
-        u_flip = rng.random(m)
-        slates[sl], prop[sl], p_item[sl] = logger.sample(users[sl], trend, uniforms, reference=reference)
-        choice[sl], rating[sl], rstar[sl], cprob[sl] = world.respond(
-            users[sl], slates[sl], u_choice, z_noise, u_flip, trend=trend, reference=reference
-        )
-    return slates, prop, p_item, choice, rating, rstar, cprob
-
-
+    rnd = Round(world.state.round, users, world.trend(), rng.random(n),
+                signals.draw({s: rng for s in signals.SIGNAL_STREAMS}, n))
+    slates, extras = LoggerServer(logger, None, rng, reference=reference, chunk=chunk)(world, rnd)
+    resp = respond(world, rnd, slates, reference=reference)
+    return (slates, extras["propensity"], extras["propensity_item"], resp.choice, resp.signals["rating"],
+            resp.rstar, resp.signals["watch"])
 def rss_now_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -124,7 +114,7 @@ def measure_row(path: str, n_items: int, n_users: int, timed_users: int, chunk: 
     if reference:  # same users, same random numbers: the Numba path must agree
         got = user_steps(world, logger, users, np.random.default_rng(1234), chunk, False)
         ref = user_steps(world, logger, users, np.random.default_rng(1234), chunk, True)
-        names = ("slates", "propensity", "p_item", "choice", "rating", "true_reward", "choice_prob")
+        names = ("slates", "propensity", "p_item", "choice", "rating", "true_reward", "watch")
         row["identical"] = [k for k, a, b in zip(names, got, ref) if np.array_equal(a, b, equal_nan=True)]
         row["differ"] = {
             k: float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300)))
@@ -188,7 +178,7 @@ def table(rows: list[dict], chunk: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from recsim_post.logs.simulate import CHUNK_USERS
+    from recsim_post.behavior.logging_policy import SERVE_CHUNK_USERS as CHUNK_USERS
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--users", type=int, default=100_000, help="users per batch (and in the world)")

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recsim_post.logs.simulate import simulate
-from recsim_post.world import kernels
+from recsim_post.world import kernels, signals
 from recsim_post.world.config import (
     ChoiceConfig, DynamicsConfig, FeedbackConfig, SatiationConfig, SimulationConfig,
 )
@@ -23,7 +23,7 @@ SETTINGS = settings(max_examples=40, deadline=None)
 
 
 # ---------------------------------------------------------------------------------------------
-# choose_and_rate with the cascade model and continuous ratings equals its numpy reference
+# the choice kernel with the cascade model equals its numpy reference
 # ---------------------------------------------------------------------------------------------
 
 
@@ -36,37 +36,27 @@ def choice_problems(draw):
     G = draw(st.integers(1, 3))
     seed = draw(st.integers(0, 2**32 - 1))
     cascade = draw(st.booleans())
-    quantize = draw(st.booleans())
     rng = np.random.default_rng(seed)
     slates = np.stack([rng.permutation(n)[:K] for _ in range(B)]).astype(np.int32)
     params = np.array([
-        rng.uniform(0, 2), rng.uniform(0, 2), rng.uniform(0, 1), rng.normal(0, 3), rng.uniform(0, 1),
-        rng.normal(2, 1), rng.uniform(0, 2), rng.uniform(0, 2), rng.uniform(0, 1),
-        float(cascade), float(quantize),
+        rng.uniform(0, 2), rng.uniform(0, 2), rng.uniform(0, 1), rng.normal(0, 3), rng.uniform(0, 1), float(cascade),
     ])
     args = (
         slates, rng.normal(size=(B, d)), rng.random(B), rng.exponential(size=(B, G)),
         rng.normal(size=(n, d)), rng.normal(size=n), rng.normal(size=n), rng.integers(0, G, n),
-        rng.normal(size=n), params, rng.uniform(0, 2, K), rng.random(B), rng.standard_normal(B),
-        rng.random(B),
+        rng.normal(size=n), params, rng.uniform(0, 2, K), rng.random(B),
     )
     return args
 
 
 @SETTINGS
 @given(choice_problems())
-def test_choose_and_rate_cascade_and_continuous_match_reference(args):
-    got = kernels.choose_and_rate(*args)
-    ref = kernels.choose_and_rate_ref(*args)
+def test_choose_cascade_and_mnl_match_reference(args):
+    got = kernels.choose(*args)
+    ref = kernels.choose_ref(*args)
     np.testing.assert_array_equal(got[0], ref[0])  # choices: bit-equal
-    np.testing.assert_array_equal(np.isnan(got[1]), np.isnan(ref[1]))
-    np.testing.assert_allclose(got[1], ref[1], rtol=1e-6)
+    np.testing.assert_array_equal(got[1], ref[1])
     np.testing.assert_allclose(got[2], ref[2], rtol=1e-12)
-    np.testing.assert_allclose(got[3], ref[3], rtol=1e-12)
-    clicked = got[0] >= 0
-    assert ((got[1][clicked] >= 1) & (got[1][clicked] <= 5)).all()
-    if args[9][10] == 1.0:  # quantised: whole stars
-        np.testing.assert_array_equal(got[1][clicked], np.round(got[1][clicked]))
 
 
 @SETTINGS
@@ -79,9 +69,8 @@ def test_choice_probabilities_with_no_click_sum_to_one(args):
     for i in (0, 1, 2, 3):  # slates, theta, susceptibility, satiation: the first user, repeated
         one[i] = np.repeat(args[i][:1], reps, axis=0)
     one[11] = (np.arange(reps) + 0.5) / reps
-    one[12], one[13] = np.zeros(reps), np.ones(reps)
     K = args[0].shape[1]
-    choice, _, _, cprob = kernels.choose_and_rate(*one)
+    choice, _, cprob = kernels.choose(*one)
     outcome = np.where(choice < 0, K, choice)
     prob = np.zeros(K + 1)
     prob[outcome] = cprob
@@ -99,13 +88,13 @@ def test_cascade_click_probabilities_match_frequencies():
     theta = np.tile(rng.normal(size=d), (B, 1))
     quality = rng.normal(size=K)
     u0 = 1.0
-    params = np.array([1.0, 0.0, 0.0, u0, 0.0, 1.5, 1.0, 0.5, 0.0, 1.0, 1.0])
+    params = np.array([1.0, 0.0, 0.0, u0, 0.0, 1.0])
     penalty = 0.3 * np.log2(1.0 + np.arange(K))
     slates = np.tile(np.arange(K, dtype=np.int32), (B, 1))
     zeros = np.zeros(K)
-    choice, _, rstar, cprob = kernels.choose_and_rate(
+    choice, rstar, cprob = kernels.choose(
         slates, theta, np.zeros(B), np.zeros((B, 1)), item_vecs, quality, zeros, np.zeros(K, np.int64),
-        zeros, params, penalty, rng.random(B), rng.standard_normal(B), rng.random(B),
+        zeros, params, penalty, rng.random(B),
     )
     util = rstar[0] - penalty
     p = 1 / (1 + np.exp(u0 - util))
@@ -118,8 +107,15 @@ def test_cascade_click_probabilities_match_frequencies():
 
 
 # ---------------------------------------------------------------------------------------------
-# Watch fraction, censoring, missing and continuous ratings
+# Watch fraction, censoring, missing and continuous ratings (world/signals.py)
 # ---------------------------------------------------------------------------------------------
+
+
+def _draws(rng: np.random.Generator, n: int, **fixed) -> dict[str, np.ndarray]:  # noqa: ANN003
+    d = {"z_rating": rng.standard_normal(n), "u_flip": rng.random(n), "z_watch": rng.standard_normal(n),
+         "u_missing": rng.random(n)}
+    d.update({k: np.broadcast_to(np.asarray(v, float), n) for k, v in fixed.items()})
+    return d
 
 
 @SETTINGS
@@ -128,27 +124,46 @@ def test_watch_is_bounded_censored_and_nan_without_click(seed, censor, noise, mi
     rng = np.random.default_rng(seed)
     B = 50
     clicked = rng.random(B) < 0.6
-    rating = np.where(clicked, rng.integers(1, 6, B), np.nan).astype(np.float32)
-    watch, rated = kernels.watch_and_missing(
-        rng.normal(0, 3, B), clicked, rating, rng.normal(), rng.uniform(0, 2), noise, censor, missing,
-        rng.standard_normal(B), rng.random(B),
-    )
+    fb = FeedbackConfig(watch_offset=float(rng.normal()), watch_scale=float(rng.uniform(0, 2)), watch_noise_std=noise,
+                        watch_censor=censor, missing_rate=missing)
+    r, draws = rng.normal(0, 3, B), _draws(rng, B)
+    out = signals.observe(fb, r, clicked, draws)
+    watch, rated = out["watch"], out["rating"]
     assert np.isnan(watch[~clicked]).all() and np.isnan(rated[~clicked]).all()
     w = watch[clicked]
     assert ((w >= 0) & (w <= censor)).all()
     kept = clicked & ~np.isnan(rated)
-    np.testing.assert_array_equal(rated[kept], rating[kept])  # a rating is dropped, never changed
+    full = signals.observe(dataclasses.replace(fb, missing_rate=0.0), r, clicked, draws)["rating"]
+    np.testing.assert_array_equal(rated[kept], full[kept])  # a rating is dropped, never changed
+    assert (np.isnan(rated[clicked]) == (draws["u_missing"][clicked] < missing)).all()
 
 
 def test_watch_formula_and_censoring():
     r = np.array([-10.0, 0.0, 0.5, 10.0])
     clicked = np.ones(4, bool)
-    rating = np.full(4, 3.0, np.float32)
-    watch, _ = kernels.watch_and_missing(r, clicked, rating, 0.2, 1.5, 0.0, 1.0, 0.0, np.zeros(4), np.ones(4))
+    fb = FeedbackConfig(watch_offset=0.2, watch_scale=1.5, watch_noise_std=0.0)
+    watch = signals.watch(fb, r, clicked, _draws(np.random.default_rng(0), 4, z_watch=0.0))
     np.testing.assert_allclose(watch, 1 / (1 + np.exp(-(0.2 + 1.5 * r))), rtol=1e-6)
-    censored, _ = kernels.watch_and_missing(r, clicked, rating, 0.2, 1.5, 0.0, 0.6, 0.0, np.zeros(4), np.ones(4))
+    censored = signals.watch(dataclasses.replace(fb, watch_censor=0.6), r, clicked,
+                             _draws(np.random.default_rng(0), 4, z_watch=0.0))
     np.testing.assert_allclose(censored, np.minimum(watch, 0.6), rtol=1e-6)
     assert (censored[watch >= 0.6] == np.float32(0.6)).all()
+
+
+def test_rating_by_hand():
+    """rating = clip(round(center + scale r* + sigma z), 1, 5), flipped to 6 - rating."""
+    fb = FeedbackConfig(rating_center=3.0, rating_scale=1.0, noise_std=0.5, flip_rate=0.5)
+    r = np.array([0.2, 0.6, 5.0, -9.0, 0.4, 0.0])
+    z = np.array([0.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    u_flip = np.array([0.9, 0.9, 0.9, 0.9, 0.1, 0.9])
+    clicked = np.array([True, True, True, True, True, False])
+    got = signals.rating(fb, r, clicked, _draws(np.random.default_rng(0), 6, z_rating=z, u_flip=u_flip, u_missing=1.0))
+    # 3.2 -> 3; 3.6 -> 4; 8 -> 5 (clipped); -6 -> 1 (clipped); 3.4 + 0.5 = 3.9 -> 4, flipped -> 2; no click
+    np.testing.assert_array_equal(got[:5], [3.0, 4.0, 5.0, 1.0, 2.0])
+    assert np.isnan(got[5]) and got.dtype == np.float32
+    cont = signals.rating(dataclasses.replace(fb, quantize=False, flip_rate=0.0), r[:2], clicked[:2],
+                          _draws(np.random.default_rng(0), 2, z_rating=0.0, u_missing=1.0))
+    np.testing.assert_allclose(cont, [3.2, 3.6], rtol=1e-6)
 
 
 def test_missing_rate_frequency_and_continuous_ratings():

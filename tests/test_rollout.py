@@ -120,17 +120,17 @@ def test_rollout_slates_have_no_duplicates_and_histories_grow(sim, monkeypatch):
     from recsim_post.world.world import World
 
     shown, seen = [], []
-    respond = World.respond
+    choose = World.choose
 
-    def spy_respond(self, users, slates, *args, **kwargs):
+    def spy_choose(self, users, slates, *args, **kwargs):
         shown.append(np.array(slates))
-        return respond(self, users, slates, *args, **kwargs)
+        return choose(self, users, slates, *args, **kwargs)
 
     def spy(users, hist):
         seen.append(dict(zip(users.tolist(), hist.copy())))
         return np.tile(np.arange(sim.world.n_items, dtype=np.float32) % 3, (len(users), 1))
 
-    monkeypatch.setattr(World, "respond", spy_respond)
+    monkeypatch.setattr(World, "choose", spy_choose)
     r = rollout(sim.world, spy, sim.public.clicks(), 3, SeedTree(0), k=7)
     assert r.summary["k"] == 7 and len(shown) == 3
     for s in shown:

@@ -16,7 +16,7 @@ once from the logging stream. Slates are drawn without replacement (Plackett-Luc
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numba
 import numpy as np
@@ -267,3 +267,55 @@ class Suggestions:
                 b[items] += self.cfg.suggestion_size
         return b
 
+
+SERVE_CHUNK_USERS = 8192
+"""Users per call of :meth:`TrendLogger.sample` when serving a round (bounds its buffers)."""
+
+
+@dataclass
+class LoggerServer:
+    """The logging policy serving the world's rounds (a ``world.engine.SlateFn``).
+
+    Each round, in this order: K uniforms per request from ``rng`` (stream ``logging/slates``),
+    maybe a new suggestion campaign, the logger put in its state of the round (active logger,
+    boost), then slates drawn by Plackett-Luce with their exact propensities as the round's extras
+    (``propensity``: the slate's PL probability per position; ``propensity_item``: the single-draw
+    probability pi_0(item | u, t)). ``active`` records the active logger of every round served.
+    """
+
+    logger: TrendLogger
+    suggestions: Suggestions | None
+    rng: np.random.Generator
+    active: list[int] = field(default_factory=list)
+    reference: bool = False  # sample with the plain-numpy reference kernels (benchmarks, checks)
+    chunk: int = SERVE_CHUNK_USERS  # users per sample() call
+
+    @classmethod
+    def create(cls, logger: TrendLogger, n_items: int, seed: SeedTree) -> "LoggerServer":
+        """The server of ``logger`` with its streams under the logging node ``seed``."""
+        return cls(logger, Suggestions.create(logger.cfg, n_items, seed), seed.generator("slates"))
+
+    def set_round(self, t: int) -> None:
+        """Put the logger in its state of round t (a new campaign may start)."""
+        if self.suggestions is not None:
+            self.suggestions.draw(t)
+        self.logger.set_round(t, self.suggestions.boost(t) if self.suggestions is not None else None)
+        self.active.append(self.logger.active)
+
+    def __call__(self, world: World, rnd) -> tuple[np.ndarray, dict[str, np.ndarray]]:  # noqa: ANN001 - an engine.Round
+        K = self.logger.cfg.slate_size
+        uniforms = self.rng.random((rnd.n, K))
+        self.set_round(rnd.t)
+        slates = np.empty((rnd.n, K), dtype=np.int32)
+        prop = np.empty((rnd.n, K))
+        p_item = np.empty((rnd.n, K))
+        for lo in range(0, rnd.n, self.chunk):
+            sl = slice(lo, min(lo + self.chunk, rnd.n))
+            slates[sl], prop[sl], p_item[sl] = self.logger.sample(rnd.users[sl], rnd.trend, uniforms[sl],
+                                                                  reference=self.reference)
+        return slates, {"propensity": prop, "propensity_item": p_item}
+
+    def finish(self, t: int) -> None:
+        """Leave the logger in its state at T = t (the boost of round T; no new campaign)."""
+        self.logger.set_round(t, self.suggestions.boost(t) if self.suggestions is not None else None)
+        self.active.append(self.logger.active)

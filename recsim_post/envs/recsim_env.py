@@ -1,4 +1,4 @@
-"""A single-user recommendation environment over a scenario's world."""
+"""The world as a Gymnasium environment that serves one request per step."""
 
 from __future__ import annotations
 
@@ -8,53 +8,66 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from ..errors import ActionError
-from ..world import kernels
-from ..world.config import ScenarioConfig
-from ..world.world import World
-from .common import check_render_mode, env_setup, require_episode
+from ..errors import ActionError, ConfigError
+from ..world.config import SEED_MAX, ScenarioConfig
+from .common import Session, check_render_mode, check_slates, env_setup, require_episode, reward_of
 
 
-class RecSimEnv(gym.Env[np.ndarray, np.int64]):
-    """Recommend one item at a time to one simulated user.
+class RecSimEnv(gym.Env[np.ndarray, Any]):
+    """Serve the world's requests, one per step: the recommender in the logging policy's seat.
 
     ## Description
-    The world (catalogue, user population, hype) is built from the scenario and its seed, so every
-    episode happens in the same world. At ``reset`` a user is drawn from the population; at each
-    step the agent recommends an item, the user clicks it or not (multinomial logit against a
-    no-click option, on an engagement utility that mixes the true reward with trend pull and hype)
-    and rates what they clicked with the scenario's feedback noise. Clicking raises the user's
-    satiation for that genre, which decays each step. Item popularity stays at the world's initial
-    state (one user does not move a population's trends); exogenous shocks arrive and decay as in
-    the scenario.
+    The scenario's whole world runs underneath: every round the active users ask for a slate
+    (activity, sessions, arrivals), each is served by the agent in turn, users choose by the
+    scenario's choice model and record its feedback signals, and when everyone was served the
+    world moves on (popularity feeds on exposure and clicks, shocks, satiation, preference drift).
+    It is the round of ``recsim_post.world.engine`` that ``simulate`` runs, so every knob of the
+    scenario acts here, and an agent that serves each request with the logger's slate reproduces
+    the logs of ``recsim-post simulate`` at the same seed exactly (a test checks it per preset).
+    Requests come in the logs' order: round by round, users in increasing id within a round.
 
     ## Action Space
-    ``Discrete(n_items)``: the item to recommend. Anything else raises
+    ``Discrete(n_items)`` when ``slate_size == 1`` (the default), else ``MultiDiscrete([n_items] *
+    slate_size)``: a slate of distinct items, position 0 first (``slate_size =
+    cfg.logging.slate_size`` is the logs' setting). Anything else raises
     :class:`recsim_post.errors.ActionError`.
 
     ## Observation Space
-    ``MultiDiscrete([n_items + 1] * history_len)``: the user's last ``history_len`` clicked items,
-    oldest first, left-padded with ``n_items`` (meaning "no click yet").
+    ``MultiDiscrete([n_items + 1] * history_len)``: the requesting user's last ``history_len``
+    clicked items, oldest first, left-padded with ``n_items`` (her public history, as in the logs).
 
     ## Rewards
-    The observed feedback: the 1-5 rating if the user clicked, else 0. The ground truth
-    r*(u, item, t) = theta_u . v_item + q_item - satiation.strength * S_u,genre(item) is in
-    ``info["true_reward"]`` at every step, clicked or not.
+    The ``reward`` signal (default ``"rating"``; ``"watch"`` or ``"click"`` too) of the click, 0
+    without a click or when the signal went missing. ``info`` holds the ground truth
+    ``true_reward`` (r* of every slate item at the round's start), ``clicked``,
+    ``clicked_position`` (-1: none), every signal (``rating``, ``watch``: 0 where unobserved) with
+    ``observed`` (a dict of bools), ``user_id`` and ``round`` of the request just served; after
+    ``reset`` and ``step`` alike, ``next_user`` and ``next_round`` name the request the
+    observation belongs to.
 
     ## Starting State
-    A user drawn uniformly from the population, with no satiation and an empty history.
+    The world of ``SeedTree(seed)`` at round 0, built exactly as ``simulate`` builds it: nobody has
+    clicked, so every history is empty.
 
     ## Episode End
-    Truncation after ``horizon`` steps; there is no termination. ``step`` before the first
-    ``reset``, or after truncation without a ``reset``, raises ``gymnasium.error.ResetNeeded``.
+    Truncation once every request of ``horizon`` rounds (default: the scenario's
+    ``simulation.n_rounds``) was served; no termination.
 
     ## Arguments
-    ``scenario``: a preset name, a TOML path or a :class:`ScenarioConfig`;
-    ``horizon`` (default 50); ``history_len`` (default 10): whole numbers in the ranges of
-    :class:`~.common.EnvArgs`, else :class:`recsim_post.errors.ConfigError`.
+    ``scenario``: a preset name, a TOML path or a :class:`ScenarioConfig`; ``horizon`` (rounds);
+    ``history_len`` (default 10); ``slate_size`` (default 1); ``reward`` (default ``"rating"``);
+    ``render_mode`` (``None`` or ``"ansi"``). Out-of-range values raise
+    :class:`recsim_post.errors.ConfigError`; ``step`` before ``reset`` or after truncation raises
+    ``gymnasium.error.ResetNeeded``.
+
+    ## Seeding
+    ``reset(seed=s)`` builds the world and every stream from ``s``: ``reset(seed=cfg.seed)`` is the
+    preset's logged world. ``reset()`` starts a new world from a seed drawn from ``self.np_random``.
 
     ## Version History
-    * v0: initial version.
+    * v1: the world engine underneath: requests of the whole population, trends that move, every
+      scenario knob (sessions, drift, missing ratings, ...), the logs reproduced exactly.
+    * v0: one user per episode over a world frozen at its initial popularity.
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
@@ -62,89 +75,126 @@ class RecSimEnv(gym.Env[np.ndarray, np.int64]):
     def __init__(
         self,
         scenario: str | ScenarioConfig = "quickstart",
-        horizon: int = 50,
+        horizon: int | None = None,
         history_len: int = 10,
+        slate_size: int = 1,
+        reward: str = "rating",
         render_mode: str | None = None,
     ) -> None:
-        cfg, args = env_setup(scenario, horizon=horizon, history_len=history_len)
+        cfg, args = env_setup(scenario, horizon=horizon, history_len=history_len, slate_size=slate_size, reward=reward)
         check_render_mode(render_mode, self.metadata["render_modes"])
-        horizon, history_len = args.horizon, args.history_len
-        self.cfg, self.horizon, self.history_len, self.render_mode = cfg, horizon, history_len, render_mode
-        self.world = World.create(cfg)
-        n = self.world.n_items
-        self.action_space = spaces.Discrete(n)
-        self.observation_space = spaces.MultiDiscrete(np.full(history_len, n + 1, dtype=np.int64))
-        self._trend0 = self.world.trend() - self.world.state.shock
-        self._user = 0
-        self._t = 0
-        self._satiation = np.zeros((1, cfg.catalog.n_genres))
-        self._shock = np.zeros(n)
-        self._history = np.full(history_len, n, dtype=np.int64)
+        self.cfg, self.render_mode = cfg, render_mode
+        self.horizon, self.history_len, self.slate_size, self.reward = (
+            cfg.simulation.n_rounds, args.history_len, args.slate_size, args.reward)
+        n = cfg.catalog.n_items
+        self.n_items = n
+        self.action_space = spaces.Discrete(n) if self.slate_size == 1 else spaces.MultiDiscrete(
+            np.full(self.slate_size, n, dtype=np.int64))
+        self.observation_space = spaces.MultiDiscrete(np.full(self.history_len, n + 1, dtype=np.int64))
+        self.session: Session | None = None
+        self._row = 0  # the next request of the current round
+        self._slates: np.ndarray | None = None  # the round's slates, filled request by request
+        self._choice: np.ndarray | None = None
+        self._ended = False
         self._last: dict[str, Any] = {}
-        self._started = self._ended = False  # step() needs a running episode
 
-    def _obs(self) -> np.ndarray:
-        return self._history.copy()
+    @property
+    def world(self):  # noqa: ANN201 - world.World
+        """The world of the current episode (None before the first reset)."""
+        return None if self.session is None else self.session.world
+
+    @property
+    def current_round(self):  # noqa: ANN201 - world.engine.Round
+        """The round being served (its users, random numbers and trend)."""
+        return None if self.session is None else self.session.round
+
+    # ------------------------------------------------------------------------------------------
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        self._user = int(self.np_random.integers(self.world.n_users))
-        self._t = 0
-        self._satiation[:] = 0.0
-        self._shock[:] = 0.0
-        self._history[:] = self.world.n_items
+        world_seed = seed if seed is not None else int(self.np_random.integers(SEED_MAX + 1))
+        self.session = Session(self.cfg, world_seed, self.history_len)
+        self._ended = False
         self._last = {}
-        self._started, self._ended = True, False
-        return self._obs(), {"user_id": self._user}
+        if not self._next_request():
+            raise ConfigError("no user asks for a slate in the whole episode: raise users.activity or the horizon")
+        return self._obs(), self._next_info({"seed": world_seed})
+
+    def _next_request(self) -> bool:
+        """Move to the next request, ending and beginning rounds as needed; False at the episode's end."""
+        s = self.session
+        assert s is not None
+        while True:
+            if s.round is not None and self._row < s.round.n:
+                return True
+            if s.round is not None:  # everyone of this round was served
+                s.end(self._slates, self._choice)
+            if s.finished:
+                return False
+            rnd = s.begin()
+            self._row = 0
+            self._slates = np.zeros((rnd.n, self.slate_size), dtype=np.int32)
+            self._choice = np.full(rnd.n, -1, dtype=np.int32)
+
+    def _obs(self) -> np.ndarray:
+        s = self.session
+        assert s is not None and s.round is not None
+        return s.hist[s.round.users[self._row]].copy()
+
+    def _next_info(self, info: dict[str, Any]) -> dict[str, Any]:
+        s = self.session
+        if s is not None and s.round is not None and self._row < s.round.n:
+            info.update(next_user=int(s.round.users[self._row]), next_round=int(s.round.t))
+        else:
+            info.update(next_user=-1, next_round=-1)
+        return info
 
     def step(self, action):  # noqa: ANN001 - gymnasium's signature
-        require_episode(self._started, self._ended, self.horizon)
-        item = self._check_action(action)
-        w, rng = self.world, self.np_random
-        u = np.array([self._user])
-        choice, rating, rstar, _ = kernels.choose_and_rate(
-            np.array([[item]], dtype=np.int32), w.users.theta[u], w.users.susceptibility[u],
-            self._satiation, w.catalog.vectors, w.catalog.quality, w.catalog.hype, w.catalog.genre,
-            self._trend0 + self._shock, w.choice_params, w.position_penalty,
-            rng.random(1), rng.standard_normal(1), rng.random(1),
-        )
-        clicked = bool(choice[0] >= 0)
-        # the world moves on: satiation decays and grows on a click, shocks decay and arrive
-        t = self.cfg.trends
-        self._satiation *= self.cfg.satiation.decay
-        self._shock *= t.shock_decay
-        if rng.random() < t.shock_rate:
-            self._shock[rng.integers(w.n_items)] += t.shock_size
-        if clicked:
-            self._satiation[0, w.catalog.genre[item]] += 1.0
-            self._history = np.roll(self._history, -1)
-            self._history[-1] = item
-        self._t += 1
-        reward = float(rating[0]) if clicked else 0.0
+        require_episode(self.session is not None, self._ended, self.horizon)
+        s = self.session
+        slate = self._check_action(action)
+        b = self._row
+        rnd = s.round
+        resp = s.respond(slate[None, :], rows=np.array([b]))
+        self._slates[b], self._choice[b] = slate, resp.choice[0]
+        reward, values, observed = reward_of(resp, self.reward)
         info = {
-            "true_reward": float(rstar[0, 0]),
-            "clicked": clicked,
-            "rating": reward,  # 0 when there was no click (NaN would break equality checks)
-            "user_id": self._user,
+            "user_id": int(rnd.users[b]), "round": int(rnd.t),
+            "true_reward": resp.rstar[0].copy(),
+            "clicked": bool(resp.clicked[0]), "clicked_position": int(resp.choice[0]),
+            **{name: float(v[0]) for name, v in values.items()},
+            "observed": {name: bool(v[0]) for name, v in observed.items()},
         }
-        self._last = dict(info, item=item)
-        self._ended = self._t >= self.horizon
-        return self._obs(), reward, False, self._ended, info
+        self._last = dict(info, slate=slate)
+        self._row += 1
+        more = self._next_request()
+        self._ended = not more
+        obs = self._obs() if more else np.full(self.history_len, self.n_items, dtype=np.int64)
+        return obs, float(reward[0]), False, not more, self._next_info(info)
 
-    def _check_action(self, action: Any) -> int:
+    def _check_action(self, action: Any) -> np.ndarray:
         a = np.asarray(action)
-        if a.shape != () or not np.issubdtype(a.dtype, np.integer) or not self.action_space.contains(a.astype(np.int64)):
-            raise ActionError(
-                f"action {action!r} is outside the action space Discrete({self.world.n_items}): "
-                f"must be an integer in [0, {self.world.n_items - 1}]"
-            )
-        return int(a)
+        n, K = self.n_items, self.slate_size
+        if K == 1:
+            if a.shape != () or not np.issubdtype(a.dtype, np.integer) or not self.action_space.contains(a.astype(np.int64)):
+                raise ActionError(
+                    f"action {action!r} is outside the action space Discrete({n}): must be an integer in [0, {n - 1}]"
+                )
+            return a.astype(np.int32).reshape(1)
+        if a.shape != (K,) or not np.issubdtype(a.dtype, np.integer):
+            raise ActionError(f"action of shape {a.shape} and dtype {a.dtype} is outside the action space: "
+                              f"must be {K} distinct integers in [0, {n - 1}]")
+        check_slates(a.astype(np.int64)[None, :], n, what="the slate of user", ids=self.session.round.users[self._row:])
+        return a.astype(np.int32)
 
     def render(self) -> str | None:
         if self.render_mode != "ansi":
             return None
         if not self._last:
-            return f"user {self._user}: no recommendation yet"
+            return "no request served yet"
         x = self._last
-        what = f"clicked, rated {x['rating']:.0f}" if x["clicked"] else "no click"
-        return f"t={self._t} user {self._user}: item {x['item']} -> {what} (true reward {x['true_reward']:+.2f})"
+        what = "no click" if not x["clicked"] else (
+            f"clicked position {x['clicked_position']}"
+            + (f", rated {x['rating']:.0f}" if x["observed"].get("rating") else ", rating missing"))
+        return (f"round {x['round']} user {x['user_id']}: slate {x['slate'].tolist()} -> {what} "
+                f"(true reward of the slate's top item {x['true_reward'][0]:+.2f})")

@@ -54,6 +54,8 @@ from ..logs.public import PublicLogs, histories
 from ..logs.simulate import Simulation, simulate
 from ..seeding import SeedTree
 from ..world.config import MAX_ENTITIES, SEED_MAX, ScenarioConfig
+from ..world.engine import Round, Streams, step_round
+from ..world.signals import SIGNALS
 from ..world.world import World
 from .ground_truth import GroundTruth
 
@@ -190,9 +192,6 @@ def rollout(
     k = int(w.cfg.logging.slate_size if k is None else k)
     if not 1 <= k <= n_items:
         raise ValueError(f"k = {k}: must be between 1 and the catalogue size {n_items}")
-    if k > len(w.position_penalty):  # the world's position penalty covers the logging slate size
-        ch = w.cfg.choice
-        w.position_penalty = ch.position_bias * np.log2(1.0 + np.arange(k, dtype=np.float64))
     score = _score_fn(policy)
     if isinstance(policy, WorldPolicy) and policy.slate is not None:
         slate = policy.slate
@@ -208,35 +207,25 @@ def rollout(
     hist = histories(clicks, np.arange(n_users), max_len)  # (N, L), grows as users click
 
     tree = seed.child("rollout")
-    rng_active, rng_slate = tree.generator("activity"), tree.generator("slates")
-    rng_choice, rng_feedback = tree.generator("choice"), tree.generator("feedback")
-    rng_extra, rng_shock = tree.generator("feedback-extra"), tree.generator("shocks")
-    rng_dynamics = tree.generator("dynamics")
+    streams, rng_slate = Streams.flat(tree), tree.generator("slates")
+
+    def serve(world: World, rnd: Round) -> tuple[np.ndarray, dict]:
+        slates = np.empty((rnd.n, k), dtype=np.int32)
+        for lo in range(0, rnd.n, CHUNK_USERS):
+            sl = slice(lo, min(lo + CHUNK_USERS, rnd.n))
+            logits = np.asarray(score(world, rnd.users[sl], hist[rnd.users[sl]]), dtype=np.float64)
+            if logits.shape != (sl.stop - lo, n_items):
+                raise ValueError(f"policy returned logits of shape {logits.shape}, expected {(sl.stop - lo, n_items)}")
+            slates[sl] = make(logits, k, rng_slate)
+        return slates, {}
 
     cum = np.zeros(n_users)
     rows, parts = [], []
     for h in range(n_rounds):
-        active = w.active_users(rng_active.random(n_users))
-        active = active[in_cohort[active]]
-        n = len(active)
-        u_choice = rng_choice.random(n)
-        z_noise, u_flip = rng_feedback.standard_normal(n), rng_feedback.random(n)
-        z_watch, u_missing = rng_extra.standard_normal(n), rng_extra.random(n)
-        trend = w.trend()
-        slates = np.empty((n, k), dtype=np.int32)
-        for lo in range(0, n, CHUNK_USERS):
-            sl = slice(lo, min(lo + CHUNK_USERS, n))
-            logits = np.asarray(score(w, active[sl], hist[active[sl]]), dtype=np.float64)
-            if logits.shape != (sl.stop - lo, n_items):
-                raise ValueError(f"policy returned logits of shape {logits.shape}, expected {(sl.stop - lo, n_items)}")
-            slates[sl] = make(logits, k, rng_slate)
-        choice, rating, rstar, _ = w.respond(active, slates, u_choice, z_noise, u_flip, trend=trend)
-        clicked = choice >= 0
-        r_click = rstar[np.arange(n), np.maximum(choice, 0)]
-        _, rating = w.observe(r_click, clicked, rating, z_watch, u_missing)
-        cu, ci = active[clicked], slates[clicked, choice[clicked]].astype(np.int64)
-        world_round = w.state.round
-        w.advance(slates, cu, ci, rng_shock, active, rng_dynamics)
+        rec = step_round(w, streams, serve, cohort=in_cohort)
+        resp, n = rec.responses, len(rec.users)
+        clicked, r_click, rating = resp.clicked, resp.rstar_chosen, resp.signals["rating"]
+        cu, ci = rec.clicked_users, rec.clicked_items
         if len(cu):  # a user clicks at most once per round: shift her history left by one
             hist[cu, :-1] = hist[cu, 1:]
             hist[cu, -1] = ci
@@ -244,10 +233,10 @@ def rollout(
         nc = int(clicked.sum())
         rows.append(
             dict(
-                round=h, world_round=world_round, n_active=n, n_clicks=nc,
+                round=h, world_round=rec.t, n_active=n, n_clicks=nc,
                 ctr=nc / n if n else np.nan,
                 reward_clicked=float(r_click[clicked].mean()) if nc else np.nan,
-                reward_shown=float(rstar.mean()) if n else np.nan,
+                reward_shown=float(resp.rstar.mean()) if n else np.nan,
                 rating=float(np.nanmean(rating[clicked])) if np.isfinite(rating[clicked]).any() else np.nan,
                 reward_per_user=float(r_click[clicked].sum() / len(cohort)),
             )
@@ -256,17 +245,17 @@ def rollout(
             pd.DataFrame(
                 {
                     "user_id": cu.astype(np.int32),
-                    "timestamp": np.full(nc, world_round, dtype=np.int32),
-                    "position": choice[clicked].astype(np.int16),
+                    "timestamp": np.full(nc, rec.t, dtype=np.int32),
+                    "position": resp.choice[clicked].astype(np.int16),
                     "item_id": ci.astype(np.int32),
-                    "rating": rating[clicked].astype(np.float32),
+                    **{name: values[clicked] for name, values in resp.signals.items()},
                     "true_reward": r_click[clicked],
                 }
             )
         )
     frame = pd.DataFrame(rows, columns=ROUND_COLUMNS)
     new_clicks = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
-        columns=["user_id", "timestamp", "position", "item_id", "rating", "true_reward"]
+        columns=["user_id", "timestamp", "position", "item_id", *SIGNALS, "true_reward"]
     )
     shown = (frame["n_active"] * k).sum()
     n_clicks = frame["n_clicks"].sum()

@@ -38,17 +38,15 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..behavior.logging_policy import Suggestions, TrendLogger
+from ..behavior.logging_policy import LoggerServer, TrendLogger
 from ..config import to_dict
 from ..outputs import OutputFolder
 from .check import sha256_file
 from ..seeding import SeedTree
 from ..world.config import ScenarioConfig, check_memory
+from ..world.engine import RoundRecord, Streams, step_round
 from ..world.world import World
 from .public import INTERACTION_SCHEMA, PublicLogs
-
-CHUNK_USERS = 8192
-"""Users per kernel call: bounds memory at CHUNK_USERS * n_items * 12 bytes."""
 
 
 @dataclass
@@ -80,85 +78,25 @@ def simulate(cfg: ScenarioConfig, progress: bool = False) -> Simulation:
     tree = SeedTree(cfg.seed)
     world = World.create(cfg, tree.child("world"))
     logger = TrendLogger.create(cfg.logging, world, tree.child("logging"))
-    rng_shock = tree.child("world").generator("shocks")
-    rng_slate = tree.child("logging").generator("slates")
-    rng_active = tree.child("users").generator("activity")
-    rng_choice = tree.child("users").generator("choice")
-    rng_feedback = tree.generator("feedback")
-    rng_extra = tree.generator("feedback-extra")
-    rng_dynamics = tree.child("users").generator("dynamics")
-    suggestions = Suggestions.create(cfg.logging, world.n_items, tree.child("logging"))
+    server = LoggerServer.create(logger, world.n_items, tree.child("logging"))
+    streams = Streams.logging(tree)
     switching = cfg.logging.n_loggers > 1
     K = cfg.logging.slate_size
     drift = cfg.dynamics.drift_rate > 0
     # theta_u at the start of round 0 (everyone), then the rows that moved in each round
     theta_log = [(0, np.arange(world.n_users), world.users.theta.copy())] if drift else []
-    active = []
 
     parts: list[dict[str, np.ndarray]] = []
     next_slate = 0
     for t in tqdm(range(cfg.simulation.n_rounds), desc="simulate", disable=not progress, unit="round"):
-        users = world.active_users(rng_active.random(world.n_users))
-        n = len(users)
-        uniforms = rng_slate.random((n, K))
-        u_choice = rng_choice.random(n)
-        z_noise = rng_feedback.standard_normal(n)
-        u_flip = rng_feedback.random(n)
-        z_watch = rng_extra.standard_normal(n)
-        u_missing = rng_extra.random(n)
-        trend = world.trend()
-        if suggestions is not None:
-            suggestions.draw(t)
-        logger.set_round(t, suggestions.boost(t) if suggestions is not None else None)
-        active.append(logger.active)
-        slates = np.empty((n, K), dtype=np.int32)
-        prop = np.empty((n, K))
-        p_item = np.empty((n, K))
-        choice = np.empty(n, dtype=np.int32)
-        rating = np.empty(n, dtype=np.float32)
-        rstar = np.empty((n, K))
-        for lo in range(0, n, CHUNK_USERS):
-            sl = slice(lo, min(lo + CHUNK_USERS, n))
-            slates[sl], prop[sl], p_item[sl] = logger.sample(users[sl], trend, uniforms[sl])
-            choice[sl], rating[sl], rstar[sl], _ = world.respond(
-                users[sl], slates[sl], u_choice[sl], z_noise[sl], u_flip[sl], trend=trend
-            )
-        clicked = choice >= 0
-        clicked_items = slates[clicked, choice[clicked]]
-        watch, rating = world.observe(
-            rstar[np.arange(n), np.maximum(choice, 0)], clicked, rating, z_watch, u_missing
-        )
-        world.advance(slates, users[clicked], clicked_items, rng_shock, users, rng_dynamics)
-        if drift:  # advance moved theta of exactly the users who clicked (at most one click each)
-            theta_log.append((t + 1, users[clicked], world.users.theta[users[clicked]]))  # fancy index: a copy
+        rec = step_round(world, streams, server)
+        if drift:  # the round moved theta of exactly the users who clicked (at most one click each)
+            theta_log.append((t + 1, rec.clicked_users, world.users.theta[rec.clicked_users]))  # fancy index: a copy
+        parts.append(impression_rows(rec, next_slate, logger_id=server.active[-1] if switching else None))
+        next_slate += len(rec.users)
 
-        click = np.zeros((n, K), dtype=np.int8)
-        click[np.flatnonzero(clicked), choice[clicked]] = 1
-        rating_rows = np.full((n, K), np.nan, dtype=np.float32)
-        rating_rows[np.flatnonzero(clicked), choice[clicked]] = rating[clicked]
-        watch_rows = np.full((n, K), np.nan, dtype=np.float32)
-        watch_rows[np.flatnonzero(clicked), choice[clicked]] = watch[clicked]
-        extra = {"logger_id": np.full(n * K, logger.active, dtype=np.int8)} if switching else {}
-        parts.append(
-            dict(
-                **extra,
-                user_id=np.repeat(users, K).astype(np.int32),
-                timestamp=np.full(n * K, t, dtype=np.int32),
-                slate_id=np.repeat(np.arange(next_slate, next_slate + n, dtype=np.int64), K),
-                position=np.tile(np.arange(K, dtype=np.int16), n),
-                item_id=slates.ravel(),
-                click=click.ravel(),
-                rating=rating_rows.ravel(),
-                watch=watch_rows.ravel(),
-                true_reward=rstar.ravel(),
-                propensity=prop.ravel(),
-                propensity_item=p_item.ravel(),
-            )
-        )
-        next_slate += n
-
-    logger.set_round(cfg.simulation.n_rounds, suggestions.boost(cfg.simulation.n_rounds) if suggestions is not None else None)
-    active.append(logger.active)
+    server.finish(cfg.simulation.n_rounds)
+    active = server.active
     cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     interactions = pd.DataFrame({k: cols[k] for k in INTERACTION_SCHEMA.names})
     mode = cfg.logging.propensity_mode
@@ -196,6 +134,34 @@ def simulate(cfg: ScenarioConfig, progress: bool = False) -> Simulation:
         "clicks": int(interactions["click"].sum()),
     }
     return Simulation(PublicLogs(interactions, items, manifest), sealed, world, logger, logger_rounds, theta_updates)
+
+
+def impression_rows(rec: RoundRecord, first_slate: int, logger_id: int | None = None) -> dict[str, np.ndarray]:
+    """A round as impression rows (one per shown item): the public columns, the true reward and
+    the server's extras (the logger's propensities), slates numbered from ``first_slate``."""
+    n, K = rec.slates.shape
+    resp = rec.responses
+    clicked = resp.clicked
+    rows, pos = np.flatnonzero(clicked), resp.choice[clicked]
+    click = np.zeros((n, K), dtype=np.int8)
+    click[rows, pos] = 1
+    cols: dict[str, np.ndarray] = {} if logger_id is None else {"logger_id": np.full(n * K, logger_id, dtype=np.int8)}
+    cols.update(
+        user_id=np.repeat(rec.users, K).astype(np.int32),
+        timestamp=np.full(n * K, rec.t, dtype=np.int32),
+        slate_id=np.repeat(np.arange(first_slate, first_slate + n, dtype=np.int64), K),
+        position=np.tile(np.arange(K, dtype=np.int16), n),
+        item_id=rec.slates.ravel(),
+        click=click.ravel(),
+    )
+    for name, values in resp.signals.items():  # what a click records, NaN on the other rows
+        full = np.full((n, K), np.nan, dtype=np.float32)
+        full[rows, pos] = values[clicked]
+        cols[name] = full.ravel()
+    cols["true_reward"] = resp.rstar.ravel()
+    for name, values in rec.extras.items():
+        cols[name] = np.asarray(values).reshape(n * K)
+    return cols
 
 
 def _sealed_items(sim: Simulation) -> pd.DataFrame:

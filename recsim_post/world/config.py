@@ -399,8 +399,9 @@ def memory_estimate(cfg: ScenarioConfig, num_envs: int = 0, history_len: int = 1
     ``num_envs = 0``: ``simulate`` and writing its logs -- the world, the logger (its float32 item
     vectors and one (64, n_items) float32 buffer per thread), users' latents with their sealed table,
     and every potential impression (n_users * min(1, activity) * n_rounds * slate_size rows) at
-    LOG_ROW_BYTES each. ``num_envs >= 1``: a Gymnasium env -- the world, plus per sub-env a shock per
-    item and its history. Streaming the logs to disk will shrink the rows' term.
+    LOG_ROW_BYTES each. ``num_envs >= 1``: a Gymnasium env serving the world (``num_envs`` users,
+    the population of ``cfg`` in the vector env) -- the world, and per user a click history and the
+    round's responses. Streaming the logs to disk will shrink the rows' term.
     """
     c, u = cfg.catalog, cfg.users
     d, g, f = c.latent_dim, c.n_genres, c.n_features
@@ -412,7 +413,7 @@ def memory_estimate(cfg: ScenarioConfig, num_envs: int = 0, history_len: int = 1
     # centres (fav x d while summed), activity, susceptibility, arrival and session state
     per_user = 8 * d * (2 + fav) + 8 * g * 3 + 8 * 6
     if num_envs:
-        per_env = 8 * c.n_items + 8 * g + 16 * history_len + 200
+        per_env = 16 * history_len + 48 * cfg.logging.slate_size + 200
         return WORKING_BYTES + c.n_items * per_item + u.n_users * per_user + num_envs * per_env
     threads = os.cpu_count() or 1
     # the logger: float32 vectors twice (as given, and transposed over its support), its quality

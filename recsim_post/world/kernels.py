@@ -413,7 +413,7 @@ def sample_slates_ref(
 
 
 # ---------------------------------------------------------------------------------------------
-# Slate choice and feedback.
+# Slate choice.
 #   r*_k   = theta_u . v_{i_k} + q_{i_k} - satiation_strength * S_{u, genre(i_k)}
 #   util_k = reward_weight * r*_k + trend_pull * s_u * trend_{i_k} + hype_pull * h_{i_k}
 #            - position_bias * log2(1 + k)
@@ -421,18 +421,17 @@ def sample_slates_ref(
 #   cascade: p_k = 1 / (1 + exp(u_0 - util_k)),  P(k) = p_k * prod_{j<k} (1 - p_j),
 #            P(no click) = prod_j (1 - p_j)   (Craswell et al. 2008: scan top-down, stop at a click)
 #   Either way one uniform per user picks the outcome by inverse CDF over [slot 0..K-1, no click].
-#   rating = clip(floor(center + scale * r*_c + sigma * z + 1/2), 1, 5)   (quantize = 1)
-#            clip(center + scale * r*_c + sigma * z, 1, 5)                 (quantize = 0)
-#            then flipped to 6 - rating with probability flip_rate.
-# params = [reward_weight, trend_pull, hype_pull, no_click_utility, satiation_strength,
-#           rating_center, rating_scale, noise_std, flip_rate, cascade, quantize]
-# (a 9-element params array means mnl with quantised ratings, as before the last two existed)
+#   What is recorded of the click (rating, watch, ...) is world/signals.py's.
+# params = [reward_weight, trend_pull, hype_pull, no_click_utility, satiation_strength, cascade]
 # position_penalty[k] = position_bias * log2(1 + k), computed once by the caller.
+# theta_u . v_i is summed in the fixed order j = 0 .. d - 1 (kernel and reference alike).
 # ---------------------------------------------------------------------------------------------
+
+CHOICE_PARAMS = ("reward_weight", "trend_pull", "hype_pull", "no_click_utility", "satiation_strength", "cascade")
 
 
 @numba.njit(cache=True, nogil=True)
-def choose_and_rate_rows(
+def choose_rows(
     slates: np.ndarray,
     theta: np.ndarray,
     susceptibility: np.ndarray,
@@ -445,22 +444,17 @@ def choose_and_rate_rows(
     params: np.ndarray,
     position_penalty: np.ndarray,
     u_choice: np.ndarray,
-    z_noise: np.ndarray,
-    u_flip: np.ndarray,
     lo: int,
     hi: int,
     choice: np.ndarray,
-    rating: np.ndarray,
     rstar: np.ndarray,
     cprob: np.ndarray,
 ) -> None:
-    """Rows lo..hi of :func:`choose_and_rate` into its outputs, serially and without the GIL."""
+    """Rows lo..hi of :func:`choose` into its outputs, serially and without the GIL."""
     K = slates.shape[1]
     d = theta.shape[1]
-    reward_w, trend_pull, hype_pull, u0 = params[0], params[1], params[2], params[3]
-    sat_s, center, scale, sigma, flip = params[4], params[5], params[6], params[7], params[8]
-    cascade = params.shape[0] > 9 and params[9] != 0.0
-    quantize = params.shape[0] <= 10 or params[10] != 0.0
+    reward_w, trend_pull, hype_pull, u0, sat_s = params[0], params[1], params[2], params[3], params[4]
+    cascade = params[5] != 0.0
     util = np.empty(K + 1, dtype=np.float64)
     for b in range(lo, hi):
         for k in range(K):
@@ -505,25 +499,14 @@ def choose_and_rate_rows(
                 c = k
                 break
         cprob[b] = util[c] / total
-        if c == K:
-            choice[b] = -1
-            rating[b] = np.nan
-        else:
-            choice[b] = c
-            x = center + scale * rstar[b, c] + sigma * z_noise[b]
-            if quantize:
-                x = np.floor(x + 0.5)
-            x = min(max(x, 1.0), 5.0)
-            if u_flip[b] < flip:
-                x = 6.0 - x
-            rating[b] = x
+        choice[b] = -1 if c == K else c
 
 
 CHOICE_BLOCK_USERS = 1024
-"""Rows per piece of work in :func:`choose_and_rate` (threads claim pieces one at a time)."""
+"""Rows per piece of work in :func:`choose` (threads claim pieces one at a time)."""
 
 
-def choose_and_rate(
+def choose(
     slates: np.ndarray,
     theta: np.ndarray,
     susceptibility: np.ndarray,
@@ -536,24 +519,20 @@ def choose_and_rate(
     params: np.ndarray,
     position_penalty: np.ndarray,
     u_choice: np.ndarray,
-    z_noise: np.ndarray,
-    u_flip: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Users choose from their slates (B, K) and rate what they chose.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Users choose (at most) one item of their slates (B, K).
 
     theta (B, d), susceptibility (B,), satiation (B, n_genres) are the rows of the users in the batch.
-    Returns (choice (B,) int32: slate position or -1 for no click, rating (B,) float32: NaN when no
-    click, true_reward (B, K) float64 of every shown item, choice_prob (B,) of what happened).
-    Runs :func:`choose_and_rate_rows` on ``numba.get_num_threads()`` threads (see
-    :func:`run_on_threads`).
+    Returns (choice (B,) int32: slate position or -1 for no click, true_reward (B, K) float64 of
+    every shown item, choice_prob (B,) of what happened). Runs :func:`choose_rows` on
+    ``numba.get_num_threads()`` threads (see :func:`run_on_threads`).
     """
     B, K = slates.shape
     choice = np.empty(B, dtype=np.int32)
-    rating = np.empty(B, dtype=np.float32)
     rstar = np.empty((B, K), dtype=np.float64)
     cprob = np.empty(B, dtype=np.float64)
     args = (slates, theta, susceptibility, satiation, item_vecs, quality, hype, genre, trend, params,
-            position_penalty, u_choice, z_noise, u_flip)
+            position_penalty, u_choice)
     starts = range(0, B, CHOICE_BLOCK_USERS)
     claim = itertools.count()
 
@@ -561,21 +540,20 @@ def choose_and_rate(
         while (i := next(claim)) < len(starts):
             lo = starts[i]
             hi = min(lo + CHOICE_BLOCK_USERS, B)
-            choose_and_rate_rows(*args, lo, hi, choice, rating, rstar, cprob)
+            choose_rows(*args, lo, hi, choice, rstar, cprob)
 
     run_on_threads(work, min(numba.get_num_threads(), len(starts)))
-    return choice, rating, rstar, cprob
+    return choice, rstar, cprob
 
 
-def choose_and_rate_ref(
+def choose_ref(
     slates, theta, susceptibility, satiation, item_vecs, quality, hype, genre, trend, params,
-    position_penalty, u_choice, z_noise, u_flip,
+    position_penalty, u_choice,
 ):
-    """Plain-numpy reference of :func:`choose_and_rate`, vectorised over users and slots."""
+    """Plain-numpy reference of :func:`choose`, vectorised over users and slots."""
     B, K = slates.shape
-    reward_w, trend_pull, hype_pull, u0, sat_s, center, scale, sigma, flip = params[:9]
-    cascade = len(params) > 9 and params[9] != 0.0
-    quantize = len(params) <= 10 or params[10] != 0.0
+    reward_w, trend_pull, hype_pull, u0, sat_s = params[:5]
+    cascade = params[5] != 0.0
     vecs = item_vecs[slates]  # (B, K, d)
     dot = np.zeros((B, K))
     for j in range(theta.shape[1]):  # sequential over d, as in the kernel, so sums agree exactly
@@ -612,47 +590,5 @@ def choose_and_rate_ref(
         hit = (c == K) & (t < acc)
         c[hit] = k
     cprob = e[np.arange(B), c] / total
-    clicked = c < K
-    safe_c = np.where(clicked, c, 0)
-    x = center + scale * rstar[np.arange(B), safe_c] + sigma * z_noise
-    if quantize:
-        x = np.floor(x + 0.5)
-    x = np.clip(x, 1.0, 5.0)
-    x = np.where(u_flip < flip, 6.0 - x, x)
-    rating = np.where(clicked, x, np.nan).astype(np.float32)
-    choice = np.where(clicked, c, -1).astype(np.int32)
-    return choice, rating, rstar, cprob
-
-
-# ---------------------------------------------------------------------------------------------
-# The other observed signals of a click: watch fraction and missing ratings (O(B), plain numpy).
-#   watch = clip(sigmoid(offset + scale * r*_c) + noise_std * z2, 0, 1); watch >= censor -> censor
-#   rating -> NaN where u_missing < missing_rate
-# ---------------------------------------------------------------------------------------------
-
-
-def watch_and_missing(
-    rstar_chosen: np.ndarray,
-    clicked: np.ndarray,
-    rating: np.ndarray,
-    offset: float,
-    scale: float,
-    noise_std: float,
-    censor: float,
-    missing_rate: float,
-    z_watch: np.ndarray,
-    u_missing: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Watch fraction (B,) float32 of each clicked item (NaN without a click) and the ratings (B,)
-    float32 with the missing ones set to NaN (``rating`` itself is not changed).
-
-    rstar_chosen (B,) is the true reward of the chosen item (any value where ``clicked`` is False).
-    """
-    clicked = np.asarray(clicked, dtype=bool)
-    r = np.where(clicked, rstar_chosen, 0.0)
-    w = 1.0 / (1.0 + np.exp(-(offset + scale * r))) + noise_std * z_watch
-    w = np.clip(w, 0.0, 1.0)
-    w = np.where(w >= censor, censor, w)
-    watch = np.where(clicked, w, np.nan).astype(np.float32)
-    rating = np.where(clicked & (u_missing < missing_rate), np.nan, rating).astype(np.float32)
-    return watch, rating
+    choice = np.where(c < K, c, -1).astype(np.int32)
+    return choice, rstar, cprob

@@ -118,17 +118,17 @@ class World:
     choice_params: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
-        ch, fb = self.cfg.choice, self.cfg.feedback
-        k = np.arange(max(self.cfg.logging.slate_size, 1), dtype=np.float64)
-        self.position_penalty = ch.position_bias * np.log2(1.0 + k)
-        self.choice_params = np.array(
-            [
-                ch.reward_weight, ch.trend_pull, ch.hype_pull, ch.no_click_utility,
-                self.cfg.satiation.strength, fb.rating_center, fb.rating_scale, fb.noise_std,
-                fb.flip_rate, float(ch.click_model == "cascade"), float(fb.quantize),
-            ],
+        ch = self.cfg.choice
+        self.position_penalty = self.position_penalties(self.cfg.logging.slate_size)
+        self.choice_params = np.array(  # kernels.CHOICE_PARAMS
+            [ch.reward_weight, ch.trend_pull, ch.hype_pull, ch.no_click_utility, self.cfg.satiation.strength,
+             float(ch.click_model == "cascade")],
             dtype=np.float64,
         )
+
+    def position_penalties(self, k: int) -> np.ndarray:
+        """position_bias * log2(1 + j) for slate positions j = 0 .. k - 1."""
+        return self.cfg.choice.position_bias * np.log2(1.0 + np.arange(max(k, 1), dtype=np.float64))
 
     @classmethod
     def create(cls, cfg: ScenarioConfig, seed: SeedTree | None = None) -> "World":
@@ -167,24 +167,26 @@ class World:
             self.catalog.quality[items], self.catalog.genre[items], self.cfg.satiation.strength,
         )
 
-    def respond(
+    def choose(
         self,
         users: np.ndarray,
         slates: np.ndarray,
         u_choice: np.ndarray,
-        z_noise: np.ndarray,
-        u_flip: np.ndarray,
         trend: np.ndarray | None = None,
         reference: bool = False,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Users (B,) choose from slates (B, K) and rate: see :func:`kernels.choose_and_rate`."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Users (B,) choose from slates (B, K): (choice, r* of the shown items, probability of
+        the outcome); see :func:`kernels.choose`. What they record of it: world/signals.py."""
         trend = self.trend() if trend is None else trend
-        fn = kernels.choose_and_rate_ref if reference else kernels.choose_and_rate
+        slates = np.ascontiguousarray(slates, dtype=np.int32)
+        penalty = self.position_penalty
+        if slates.shape[1] > len(penalty):  # a slate longer than the logger's (a rollout's k, an env's)
+            penalty = self.position_penalties(slates.shape[1])
+        fn = kernels.choose_ref if reference else kernels.choose
         return fn(
-            np.ascontiguousarray(slates, dtype=np.int32),
-            self.users.theta[users], self.users.susceptibility[users], self.state.satiation[users],
+            slates, self.users.theta[users], self.users.susceptibility[users], self.state.satiation[users],
             self.catalog.vectors, self.catalog.quality, self.catalog.hype, self.catalog.genre,
-            trend, self.choice_params, self.position_penalty, u_choice, z_noise, u_flip,
+            trend, self.choice_params, penalty, u_choice,
         )
 
     def active_users(self, u_activity: np.ndarray) -> np.ndarray:
@@ -194,21 +196,6 @@ class World:
         if dyn.arrival > 0 or dyn.session_budget > 0:
             want &= self.state.present()
         return np.flatnonzero(want)
-
-    def observe(
-        self,
-        rstar_chosen: np.ndarray,
-        clicked: np.ndarray,
-        rating: np.ndarray,
-        z_watch: np.ndarray,
-        u_missing: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Watch fraction and ratings with missing ones NaN: see :func:`kernels.watch_and_missing`."""
-        fb = self.cfg.feedback
-        return kernels.watch_and_missing(
-            rstar_chosen, clicked, rating, fb.watch_offset, fb.watch_scale, fb.watch_noise_std,
-            fb.watch_censor, fb.missing_rate, z_watch, u_missing,
-        )
 
     def advance(
         self,
