@@ -61,12 +61,12 @@ def user_steps(world, logger, users: np.ndarray, rng: np.random.Generator, chunk
     logger serves the round (in chunks of ``chunk`` users), the users choose and record their
     signals. Every random number comes from ``rng``; returns the outputs."""
     from recsim_post.behavior.logging_policy import LoggerServer
-    from recsim_post.world import signals
+    from recsim_post.world import feedback
     from recsim_post.world.engine import Round, respond
 
     n = len(users)
     rnd = Round(world.state.round, users, world.trend(), rng.random(n),
-                signals.draw({s: rng for s in signals.SIGNAL_STREAMS}, n))
+                feedback.draw({s: rng for s in feedback.SIGNAL_STREAMS}, n))
     slates, extras = LoggerServer(logger, None, rng, reference=reference, chunk=chunk)(world, rnd)
     resp = respond(world, rnd, slates, reference=reference)
     return (slates, extras["propensity"], extras["propensity_item"], resp.choice, resp.signals["rating"],

@@ -78,7 +78,7 @@ def run_story(
             refs[key] = pretrain(evaluator.train, logs.n_items, agent, tree, progress=progress)
         rm = None
         if needs_reward_model(agent):
-            rm_key = key + repr(to_dict(agent.reward_model))
+            rm_key = key + repr((to_dict(agent.reward_model), agent.reward))  # one ensemble per signal
             if rm_key not in reward_models:
                 say(f"fitting a reward-model ensemble ({agent.reward_model.members} members) on pi_ref's backbone")
                 reward_models[rm_key] = fit_reward(refs[key], evaluator.train, logs.n_items, agent, tree, progress)

@@ -19,7 +19,7 @@ from recsim_post.logs.simulate import simulate
 from recsim_post.presets import preset_names, resolve
 from recsim_post.seeding import SeedTree
 from recsim_post.world.config import ScenarioConfig, load_scenario
-from recsim_post.world.signals import SIGNALS
+from recsim_post.signals import SIGNALS
 
 from .conftest import tiny_scenario
 

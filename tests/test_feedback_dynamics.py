@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recsim_post.logs.simulate import simulate
-from recsim_post.world import kernels, signals
+from recsim_post.world import feedback, kernels
 from recsim_post.world.config import (
     ChoiceConfig, DynamicsConfig, FeedbackConfig, SatiationConfig, SimulationConfig,
 )
@@ -107,7 +107,7 @@ def test_cascade_click_probabilities_match_frequencies():
 
 
 # ---------------------------------------------------------------------------------------------
-# Watch fraction, censoring, missing and continuous ratings (world/signals.py)
+# Watch fraction, censoring, missing and continuous ratings (world/feedback.py)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -127,13 +127,13 @@ def test_watch_is_bounded_censored_and_nan_without_click(seed, censor, noise, mi
     fb = FeedbackConfig(watch_offset=float(rng.normal()), watch_scale=float(rng.uniform(0, 2)), watch_noise_std=noise,
                         watch_censor=censor, missing_rate=missing)
     r, draws = rng.normal(0, 3, B), _draws(rng, B)
-    out = signals.observe(fb, r, clicked, draws)
+    out = feedback.observe(fb, r, clicked, draws)
     watch, rated = out["watch"], out["rating"]
     assert np.isnan(watch[~clicked]).all() and np.isnan(rated[~clicked]).all()
     w = watch[clicked]
     assert ((w >= 0) & (w <= censor)).all()
     kept = clicked & ~np.isnan(rated)
-    full = signals.observe(dataclasses.replace(fb, missing_rate=0.0), r, clicked, draws)["rating"]
+    full = feedback.observe(dataclasses.replace(fb, missing_rate=0.0), r, clicked, draws)["rating"]
     np.testing.assert_array_equal(rated[kept], full[kept])  # a rating is dropped, never changed
     assert (np.isnan(rated[clicked]) == (draws["u_missing"][clicked] < missing)).all()
 
@@ -142,9 +142,9 @@ def test_watch_formula_and_censoring():
     r = np.array([-10.0, 0.0, 0.5, 10.0])
     clicked = np.ones(4, bool)
     fb = FeedbackConfig(watch_offset=0.2, watch_scale=1.5, watch_noise_std=0.0)
-    watch = signals.watch(fb, r, clicked, _draws(np.random.default_rng(0), 4, z_watch=0.0))
+    watch = feedback.watch(fb, r, clicked, _draws(np.random.default_rng(0), 4, z_watch=0.0))
     np.testing.assert_allclose(watch, 1 / (1 + np.exp(-(0.2 + 1.5 * r))), rtol=1e-6)
-    censored = signals.watch(dataclasses.replace(fb, watch_censor=0.6), r, clicked,
+    censored = feedback.watch(dataclasses.replace(fb, watch_censor=0.6), r, clicked,
                              _draws(np.random.default_rng(0), 4, z_watch=0.0))
     np.testing.assert_allclose(censored, np.minimum(watch, 0.6), rtol=1e-6)
     assert (censored[watch >= 0.6] == np.float32(0.6)).all()
@@ -157,11 +157,11 @@ def test_rating_by_hand():
     z = np.array([0.0, 0.0, 0.0, 0.0, 1.0, 0.0])
     u_flip = np.array([0.9, 0.9, 0.9, 0.9, 0.1, 0.9])
     clicked = np.array([True, True, True, True, True, False])
-    got = signals.rating(fb, r, clicked, _draws(np.random.default_rng(0), 6, z_rating=z, u_flip=u_flip, u_missing=1.0))
+    got = feedback.rating(fb, r, clicked, _draws(np.random.default_rng(0), 6, z_rating=z, u_flip=u_flip, u_missing=1.0))
     # 3.2 -> 3; 3.6 -> 4; 8 -> 5 (clipped); -6 -> 1 (clipped); 3.4 + 0.5 = 3.9 -> 4, flipped -> 2; no click
     np.testing.assert_array_equal(got[:5], [3.0, 4.0, 5.0, 1.0, 2.0])
     assert np.isnan(got[5]) and got.dtype == np.float32
-    cont = signals.rating(dataclasses.replace(fb, quantize=False, flip_rate=0.0), r[:2], clicked[:2],
+    cont = feedback.rating(dataclasses.replace(fb, quantize=False, flip_rate=0.0), r[:2], clicked[:2],
                           _draws(np.random.default_rng(0), 2, z_rating=0.0, u_missing=1.0))
     np.testing.assert_allclose(cont, [3.2, 3.6], rtol=1e-6)
 

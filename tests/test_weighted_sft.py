@@ -168,10 +168,18 @@ def test_exp_rsft_raw_overflow_raises_a_clear_error():
     # The shifted form of the same λ is finite, as is raw just below the float32 limit (5/0.06 = 83.3).
     assert torch.isfinite(exp_rsft_loss(logits, targets, rewards, mask, lam=0.01, normalize="shifted")[0])
     assert torch.isfinite(exp_rsft_loss(logits, targets, rewards, mask, lam=0.06, normalize="raw")[0])
-    # The config refuses the combination up front, naming the key.
+    # The config refuses the combination up front, naming the key: with its r_max, or, where r_max
+    # comes from the reward signal (None), in the recipe that names the signal.
     with pytest.raises(ConfigError, match=r"^lam = 0.01 overflows"):
-        ExpRSFTConfig(lam=0.01, normalize="raw")
-    ExpRSFTConfig(lam=0.06, normalize="raw")
+        ExpRSFTConfig(lam=0.01, normalize="raw", r_max=5.0)
+    raw = ExpRSFTConfig(lam=0.01, normalize="raw")
+    for reward in ("rating", "watch"):  # exp(5 / 0.01) and exp(1 / 0.01) both overflow
+        with pytest.raises(ConfigError, match=r"^lam = 0.01 overflows"):
+            AgentConfig(method=raw, reward=reward)
+    AgentConfig(method=ExpRSFTConfig(lam=0.02, normalize="raw"), reward="watch")  # exp(50) fits, exp(250) not:
+    with pytest.raises(ConfigError, match=r"^lam = 0.02 overflows"):
+        AgentConfig(method=ExpRSFTConfig(lam=0.02, normalize="raw"), reward="rating")
+    ExpRSFTConfig(lam=0.06, normalize="raw", r_max=5.0)
     ExpRSFTConfig(lam=0.01, normalize="shifted")
 
 
@@ -335,7 +343,7 @@ def test_batch_and_reward_model_baselines_hand_computed():
         (LinearRSFTConfig, {"normalize": "sum"}, "method.normalize"),
         (ExpRSFTConfig, {"normalize": "none"}, "method.normalize"),  # renamed to "shifted"
         (ExpRSFTConfig, {"lam": 0.0}, "method.lam"),
-        (ExpRSFTConfig, {"lam": 0.001, "normalize": "raw"}, "method.lam"),
+        (ExpRSFTConfig, {"lam": 0.001, "normalize": "raw", "r_max": 5.0}, "method.lam"),
         (ASFTConfig, {"beta": 0.0}, "method.beta"),
         (ASFTConfig, {"beta": -1.0}, "method.beta"),
         (ASFTConfig, {"w_max": 0.0}, "method.w_max"),
@@ -392,8 +400,8 @@ def test_recipes_parse_and_share_pi_ref_sections(name, cls):
     assert cfg.name == name == recipe["name"]
     for section in ("model", "pretrain", "finetune"):
         assert recipe[section] == bc[section], section
-    if name == "exp-rsft":  # defaults kept
-        assert cfg == ExpRSFTConfig(lam=1.0, r_max=5.0, normalize="batch")
+    if name == "exp-rsft":  # defaults kept (r_max: the top of the reward signal, 5 for ratings)
+        assert cfg == ExpRSFTConfig(lam=1.0, normalize="batch") and cfg.top("rating") == 5.0
 
 
 # ================================================================ learning on a tiny bandit world

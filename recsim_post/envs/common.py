@@ -15,7 +15,7 @@ from ..config import Config, knob
 from ..errors import ActionError, ConfigError
 from ..presets import resolve
 from ..seeding import SeedTree
-from ..world import signals
+from .. import signals
 from ..world.config import ScenarioConfig, check_memory, load_scenario
 from ..world.engine import Responses, Round, Streams, begin_round, end_round, respond
 from ..world.world import World
@@ -30,7 +30,7 @@ class EnvArgs(Config):
     history_len: int = knob(10, "clicked items in an observation", ge=1, le=10_000)
     slate_size: int = knob(1, "items per recommendation (at most the catalogue)", ge=1, le=1000)
     num_envs: int = knob(1, "vector env: users of the world, one sub-environment each", ge=1, le=1_000_000_000)
-    reward: str = knob("rating", "the feedback signal that is the reward (world/signals.py REWARDS)")
+    reward: str = knob("rating", "the feedback signal that is the reward (recsim_post.signals.REWARDS: click, rating, watch)")
 
     def check(self) -> None:
         signals.check_reward(self.reward)

@@ -13,7 +13,7 @@ from gymnasium.vector.utils import batch_space
 
 from ..errors import ActionError, ConfigError
 from ..world.config import SEED_MAX, ScenarioConfig
-from ..world.signals import SIGNALS
+from ..signals import SIGNALS
 from .common import Session, check_render_mode, check_slates, env_setup, require_episode, reward_of
 
 

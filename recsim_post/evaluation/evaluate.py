@@ -192,7 +192,8 @@ class Evaluator:
         heldout = self.clicks[~pd.MultiIndex.from_frame(self.clicks[key]).isin(train_keys)]
         heldout = heldout.reset_index(drop=True)
         return reward_model_report(
-            self.clicks, self.train, heldout, self.truth.impression_rewards(heldout), reward_model, max_len
+            self.clicks, self.train, heldout, self.truth.impression_rewards(heldout), reward_model, max_len,
+            reward=getattr(reward_model, "reward", "rating"),
         )
 
     def policy_row(self, method: str, policy: Policy) -> ResultRow:

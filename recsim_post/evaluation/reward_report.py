@@ -36,6 +36,7 @@ import pandas as pd
 
 from ..errors import LogError
 from ..logs.public import PAD
+from ..posttrain.data import reward_column
 from ..posttrain.reward_model import GlobalMeanReward, ItemMeanReward, UserMeanReward
 from .report import format_table
 
@@ -143,9 +144,11 @@ def reward_model_report(
     ensemble: PairPredictor | None,
     max_len: int,
     pseudo_count: float = 0.0,
+    reward: str = "rating",
 ) -> pd.DataFrame:
     """One row per model (ensemble, user mean, item mean, user + item mean, global mean, and the
-    oracle ceiling), the columns of :data:`COLUMNS`.
+    oracle ceiling), the columns of :data:`COLUMNS`, on the observed ``reward`` signal (the one the
+    ensemble was fitted on) and on the true reward.
 
     Args:
         clicks_all: every public click (any order; sorted here into history order).
@@ -164,15 +167,15 @@ def reward_model_report(
         raise ValueError(f"true_reward has shape {true_reward.shape}, expected ({len(heldout)},) to match heldout")
     users = heldout["user_id"].to_numpy(np.int64)
     items = heldout["item_id"].to_numpy(np.int64)
-    rating = heldout["rating"].to_numpy(np.float64)
+    rating = reward_column(heldout, reward).astype(np.float64)
     rows = []
     if ensemble is not None:
         hist = heldout_histories(clicks_all, heldout, max_len)
         mean, std = ensemble.predict(hist, items)
         rows.append(_row(ENSEMBLE, np.asarray(mean, np.float64), rating, true_reward, np.asarray(std, np.float64)))
-    user = UserMeanReward.fit(train, pseudo_count).predict(users, items)
-    item = ItemMeanReward.fit(train, pseudo_count).predict(users, items)
-    mu = GlobalMeanReward.fit(train).predict(users, items)
+    user = UserMeanReward.fit(train, pseudo_count, reward).predict(users, items)
+    item = ItemMeanReward.fit(train, pseudo_count, reward).predict(users, items)
+    mu = GlobalMeanReward.fit(train, reward).predict(users, items)
     rows.append(_row("user mean", user, rating, true_reward))
     rows.append(_row("item mean", item, rating, true_reward))
     rows.append(_row("user + item mean", user + item - mu, rating, true_reward))

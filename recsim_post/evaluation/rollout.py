@@ -55,7 +55,7 @@ from ..logs.simulate import Simulation, simulate
 from ..seeding import SeedTree
 from ..world.config import MAX_ENTITIES, SEED_MAX, ScenarioConfig
 from ..world.engine import Round, Streams, step_round
-from ..world.signals import SIGNALS
+from ..signals import SIGNALS
 from ..world.world import World
 from .ground_truth import GroundTruth
 

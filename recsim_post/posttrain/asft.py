@@ -183,7 +183,7 @@ def train(
 ) -> SequencePolicy:
     """A copy of ``policy_ref`` fine-tuned by advantage-weighted SFT on the training clicks."""
     if cfg.baseline == "user-mean":
-        user_means = UserMeanReward.fit(data.clicks, pseudo_count=cfg.shrinkage)
+        user_means = UserMeanReward.fit(data.clicks, pseudo_count=cfg.shrinkage, reward=data.reward)
         table, mu = torch.from_numpy(user_means.means).float(), user_means.global_mean
 
         def baseline(batch: Batch) -> torch.Tensor:

@@ -18,6 +18,7 @@ import torch
 
 from ..errors import LogError
 from ..logs.public import PAD
+from ..signals import check_reward, reward_range
 
 
 @dataclass(frozen=True, eq=False)
@@ -29,7 +30,8 @@ class Batch:
     targets: torch.Tensor
     """int64 next item at each position."""
     rewards: torch.Tensor
-    """float32 observed rating of the target (NaN where padded or not rated)."""
+    """float32 observed reward signal of the target (the recipe's ``reward``: NaN where padded or
+    not observed)."""
     mask: torch.Tensor
     """bool, True where the position holds a real target."""
     users: torch.Tensor
@@ -90,17 +92,29 @@ class Windows:
             )
 
 
-def make_windows(clicks: pd.DataFrame, max_len: int, n_items: int | None = None) -> Windows:
-    """Cut a clicks frame (``user_id``, ``item_id``, ``rating``; each user's rows contiguous and in
-    history order, as :meth:`PublicLogs.clicks` and the leave-last-out split give them) into windows."""
-    missing = {"user_id", "item_id", "rating"} - set(clicks.columns)
+def reward_column(clicks: pd.DataFrame, reward: str = "rating") -> np.ndarray:
+    """The ``reward`` signal of every click (float32; NaN where it was not observed): its column,
+    or 1 for every click when the reward is the click itself."""
+    check_reward(reward)
+    if reward == "click":
+        return np.ones(len(clicks), dtype=np.float32)
+    if reward not in clicks.columns:
+        raise LogError(f"clicks frame lacks the column of the reward signal {reward!r}")
+    return clicks[reward].to_numpy(np.float32)
+
+
+def make_windows(clicks: pd.DataFrame, max_len: int, n_items: int | None = None, reward: str = "rating") -> Windows:
+    """Cut a clicks frame (``user_id``, ``item_id`` and the ``reward`` signal's column; each user's
+    rows contiguous and in history order, as :meth:`PublicLogs.clicks` and the leave-last-out split
+    give them) into windows."""
+    missing = {"user_id", "item_id"} - set(clicks.columns)
     if missing:
         raise LogError(f"clicks frame lacks columns: {', '.join(sorted(missing))}")
     if max_len < 1:
         raise ValueError(f"max_len = {max_len} must be >= 1")
     users = clicks["user_id"].to_numpy(np.int64)
     items = clicks["item_id"].to_numpy(np.int64)
-    ratings = clicks["rating"].to_numpy(np.float32)
+    ratings = reward_column(clicks, reward)
     if len(items) and (items.min() < 0 or (n_items is not None and items.max() >= n_items)):
         raise LogError(f"clicks hold item ids in [{items.min()}, {items.max()}], outside the catalogue [0, {n_items})")
 
@@ -152,9 +166,16 @@ class PostTrainData:
     n_items: int
     reward_model: Any = None
     """A :class:`~recsim_post.posttrain.reward_model.RewardModel`, or None."""
+    reward: str = "rating"
+    """The feedback signal learned from (``recsim_post.signals.REWARDS``)."""
 
     def windows(self, max_len: int) -> Windows:
-        return make_windows(self.clicks, max_len, self.n_items)
+        return make_windows(self.clicks, max_len, self.n_items, self.reward)
+
+    @property
+    def reward_range(self) -> tuple[float, float]:
+        """(lowest, highest) value of the reward signal."""
+        return reward_range(self.reward)
 
 
-__all__ = ["Batch", "PostTrainData", "Windows", "make_windows", "masked_mean"]
+__all__ = ["Batch", "PostTrainData", "Windows", "make_windows", "masked_mean", "reward_column"]

@@ -63,6 +63,7 @@ from ..errors import ConfigError
 from ..models.device import autocast
 from ..models.policy import SequencePolicy
 from ..seeding import SeedTree
+from ..signals import reward_range
 from .bc import token_nll
 from .data import Batch, PostTrainData
 from .loop import TrainConfig, train_copy
@@ -82,8 +83,9 @@ class ExpRSFTConfig(Config):
     lam: float = knob(
         1.0, "temperature λ of the weights exp(r/λ); large λ approaches BC (1e12: BC to float precision)", gt=0.0, le=1e12
     )
-    r_max: float = knob(
-        5.0, "top of the reward scale: rewards are clipped to it; 'shifted' divides by exp(r_max/λ)", ge=-100.0, le=100.0
+    r_max: float | None = knob(
+        None, "top of the reward scale: rewards are clipped to it; 'shifted' divides by exp(r_max/λ) (None: the top "
+        "of the recipe's reward signal, 5 for the rating, 1 for watch and click)", ge=-100.0, le=100.0
     )
     normalize: Normalize = knob(
         "batch",
@@ -92,15 +94,26 @@ class ExpRSFTConfig(Config):
     )
 
     def check(self) -> None:
-        if self.normalize == "raw" and self.r_max / self.lam > LOG_FLOAT32_MAX:
-            raise ConfigError(
-                f"lam = {self.lam!r} overflows normalize = 'raw': exp(r_max/lam) = exp({self.r_max / self.lam:.4g}) "
-                f"exceeds float32 (needs lam >= {self.r_max / LOG_FLOAT32_MAX:.4g}); use normalize = 'shifted' "
-                "(same optimum) or a larger lam"
-            )
+        if self.r_max is not None:
+            check_for_reward(self, "rating")
+
+    def top(self, reward: str) -> float:
+        """r_max for rewards of signal ``reward``: the knob, or the top of the signal's range."""
+        return self.r_max if self.r_max is not None else reward_range(reward)[1]
 
 
 CONFIG = ExpRSFTConfig
+
+
+def check_for_reward(cfg: ExpRSFTConfig, reward: str) -> None:
+    """Refuse a (lam, r_max) whose 'raw' weights exp(r_max/lam) overflow float32 for ``reward``."""
+    r_max = cfg.top(reward)
+    if cfg.normalize == "raw" and r_max / cfg.lam > LOG_FLOAT32_MAX:
+        raise ConfigError(
+            f"lam = {cfg.lam!r} overflows normalize = 'raw': exp(r_max/lam) = exp({r_max / cfg.lam:.4g}) "
+            f"exceeds float32 (needs lam >= {r_max / LOG_FLOAT32_MAX:.4g}); use normalize = 'shifted' "
+            "(same optimum) or a larger lam"
+        )
 
 
 def needs_reward_model(cfg: ExpRSFTConfig) -> bool:
@@ -217,6 +230,8 @@ def train(
     progress: bool = True,
 ) -> SequencePolicy:
     """A copy of ``policy_ref`` fine-tuned by exponential reward-weighted SFT on the training clicks."""
+    check_for_reward(cfg, data.reward)
+    r_max = cfg.top(data.reward)
     prepare = None
     if cfg.normalize == "context":
         reward_model = check_reward_model("exp-rsft with normalize = 'context'", data)
@@ -224,12 +239,12 @@ def train(
 
         def prepare(model: nn.Module, batch: Batch) -> Batch:
             ref_logits, r_hat = reference_and_reward(ref, reward_model, batch.inputs)
-            batch.extra["log_z"] = context_log_normalizer(ref_logits, r_hat, cfg.lam, cfg.r_max)
+            batch.extra["log_z"] = context_log_normalizer(ref_logits, r_hat, cfg.lam, r_max)
             return batch
 
     def loss_fn(logits, batch):  # noqa: ANN001, ANN202
         return exp_rsft_loss(
-            logits, batch.targets, batch.rewards, batch.mask, cfg.lam, cfg.r_max, cfg.normalize, batch.extra.get("log_z")
+            logits, batch.targets, batch.rewards, batch.mask, cfg.lam, r_max, cfg.normalize, batch.extra.get("log_z")
         )
 
     return train_copy(policy_ref, data, loss_fn, train_cfg, seed, progress, cfg.name, prepare=prepare)
@@ -239,6 +254,7 @@ __all__ = [
     "CONFIG",
     "ExpRSFTConfig",
     "Normalize",
+    "check_for_reward",
     "check_reward_model",
     "context_log_normalizer",
     "exp_rsft_loss",

@@ -29,6 +29,7 @@ from ..errors import ConfigError
 from ..models.policy import ModelConfig, SequencePolicy, build_model, model_config_from_dict
 from ..models.sasrec import SASRecConfig
 from ..seeding import SeedTree
+from ..signals import check_reward
 from . import asft, bc, cql, dpo, exp_rsft, grpo, ipo, linear_rsft, ppo
 from .bc import BCConfig
 from .data import PostTrainData
@@ -76,6 +77,8 @@ class AgentConfig(Config):
     reward_model: RewardModelConfig = knob(
         RewardModelConfig(), "ensemble fitted on the training clicks, for methods that need one"
     )
+    reward: str = knob("rating", "the feedback signal the method and its reward model learn from: click, rating "
+                       "or watch (recsim_post.signals)")
 
     def __post_init__(self) -> None:
         # The generic union coercion would report the first failed member's error; dispatching on
@@ -89,6 +92,10 @@ class AgentConfig(Config):
     def check(self) -> None:
         if not self.name.strip():
             raise ConfigError("name = '' is not allowed: must be a non-empty string")
+        check_reward(self.reward)
+        check = getattr(METHODS[self.method.name], "check_for_reward", None)
+        if check is not None:  # a method whose knobs depend on the reward's scale
+            check(self.method, self.reward)
 
 
 def load_agent(path: str | Path) -> AgentConfig:
@@ -102,7 +109,7 @@ def pretrain(
     """π_ref: a fresh model (initialised from ``seed``) trained by BC with ``cfg.pretrain``."""
     init = torch.Generator().manual_seed(seed.integer("init"))
     policy = SequencePolicy(build_model(cfg.model, n_items, init), n_items, cfg.model.max_len)
-    data = PostTrainData(train_clicks, n_items)
+    data = PostTrainData(train_clicks, n_items, reward=cfg.reward)
     return bc.train(policy, data, BCConfig(), cfg.pretrain, seed.child("pretrain"), progress)
 
 
@@ -126,7 +133,7 @@ def post_train(
     method = METHODS[cfg.method.name]
     if needs_reward_model(cfg) and reward_model is None:
         reward_model = fit_reward(policy_ref, train_clicks, n_items, cfg, seed, progress)
-    data = PostTrainData(train_clicks, n_items, reward_model)
+    data = PostTrainData(train_clicks, n_items, reward_model, reward=cfg.reward)
     return method.train(policy_ref, data, cfg.method, cfg.finetune, seed.child("finetune"), progress)
 
 
@@ -139,7 +146,7 @@ def fit_reward(
     progress: bool = True,
 ) -> RewardModel:
     """The recipe's reward-model ensemble, fitted on the training clicks over π_ref's backbone."""
-    data = PostTrainData(train_clicks, n_items)
+    data = PostTrainData(train_clicks, n_items, reward=cfg.reward)
     return fit_reward_model(policy_ref, data, cfg.reward_model, seed.child("reward_model"), progress)
 
 

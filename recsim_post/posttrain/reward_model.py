@@ -55,7 +55,7 @@ from ..errors import ConfigError, LogError
 from ..models.device import DevicePref, autocast, pick_device
 from ..models.policy import SequencePolicy, pad_history
 from ..seeding import SeedTree
-from .data import PostTrainData, Windows
+from .data import PostTrainData, Windows, reward_column
 
 
 @runtime_checkable
@@ -277,8 +277,10 @@ class RewardEnsemble:
     """
 
     def __init__(
-        self, backbone: nn.Module, head: EnsembleHead, item_vecs: torch.Tensor, max_len: int, batch_size: int = 1024
+        self, backbone: nn.Module, head: EnsembleHead, item_vecs: torch.Tensor, max_len: int, batch_size: int = 1024,
+        reward: str = "rating",
     ) -> None:
+        self.reward = reward  # the feedback signal it predicts (recsim_post.signals)
         self.backbone = backbone.eval().requires_grad_(False)
         self.head = head.eval().requires_grad_(False)
         self.item_vecs = item_vecs.detach()
@@ -424,7 +426,7 @@ def fit_reward_model(
             row = {"epoch": epoch + 1, **{k: float(v) / n_steps for k, v in sums.items()}}
             history.append(row)
             bar.set_postfix(epoch=epoch + 1, mse=f"{row['mse']:.4f}")
-    ensemble = RewardEnsemble(backbone, head, item_vecs, policy_ref.max_len)  # freezes the heads
+    ensemble = RewardEnsemble(backbone, head, item_vecs, policy_ref.max_len, reward=data.reward)  # freezes the heads
     ensemble.history = history
     return ensemble
 
@@ -432,11 +434,11 @@ def fit_reward_model(
 # ---------------------------------------------------------------- baselines
 
 
-def _ratings(clicks: pd.DataFrame, key: str) -> tuple[np.ndarray, np.ndarray]:
-    missing = {key, "rating"} - set(clicks.columns)
-    if missing:
-        raise LogError(f"clicks frame lacks columns: {', '.join(sorted(missing))}")
-    r = clicks["rating"].to_numpy(np.float64)
+def _ratings(clicks: pd.DataFrame, key: str, reward: str = "rating") -> tuple[np.ndarray, np.ndarray]:
+    """(keys, rewards) of the clicks whose ``reward`` signal was observed (finite)."""
+    r = reward_column(clicks, reward).astype(np.float64)
+    if key not in clicks.columns:
+        raise LogError(f"clicks frame lacks columns: {key}")
     ok = np.isfinite(r)
     return clicks[key].to_numpy(np.int64)[ok], r[ok]
 
@@ -448,8 +450,8 @@ class GlobalMeanReward:
         self.mean = float(mean)
 
     @classmethod
-    def fit(cls, clicks: pd.DataFrame) -> "GlobalMeanReward":
-        _, r = _ratings(clicks, "item_id")
+    def fit(cls, clicks: pd.DataFrame, reward: str = "rating") -> "GlobalMeanReward":
+        _, r = _ratings(clicks, "item_id", reward)
         if len(r) == 0:
             raise LogError("no rated clicks to fit a mean rating on")
         return cls(r.mean())
@@ -469,12 +471,12 @@ class _ShrunkMean:
         self.global_mean, self.pseudo_count = float(global_mean), float(pseudo_count)
 
     @classmethod
-    def fit(cls, clicks: pd.DataFrame, pseudo_count: float = 0.0):  # noqa: ANN206
-        """Fit on a clicks frame (``user_id`` / ``item_id`` and ``rating``; NaN ratings skipped).
-        ``pseudo_count`` k >= 0: 0 is the raw mean, larger values shrink harder toward μ."""
+    def fit(cls, clicks: pd.DataFrame, pseudo_count: float = 0.0, reward: str = "rating"):  # noqa: ANN206
+        """Fit on a clicks frame (``user_id`` / ``item_id`` and the ``reward`` signal's column; NaN
+        skipped). ``pseudo_count`` k >= 0: 0 is the raw mean, larger values shrink harder toward μ."""
         if not (pseudo_count >= 0 and math.isfinite(pseudo_count)):
             raise ConfigError(f"pseudo_count = {pseudo_count!r} is out of range: must be >= 0 and finite")
-        keys, r = _ratings(clicks, cls.key)
+        keys, r = _ratings(clicks, cls.key, reward)
         if len(r) == 0:
             raise LogError("no rated clicks to fit a mean rating on")
         if keys.min() < 0:

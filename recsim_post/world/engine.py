@@ -7,7 +7,7 @@ agent serves the world's requests) and the benchmarks. A round is::
     begin   who asks for a slate (activity, presence), their random numbers, the trend they see
     serve   a slate for each of them (the caller's: a logger, a policy, an agent)
     respond each user chooses (at most) one item of her slate by the choice model, and every
-            feedback signal of the click is recorded (world/signals.py)
+            feedback signal of the click is recorded (world/feedback.py)
     end     the world moves on: popularity feeds on exposure and clicks, shocks decay and arrive,
             satiation decays and grows, preferences drift, sessions end and users come back
 
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..seeding import SeedTree
-from . import signals as sig
+from . import feedback
 from .world import World
 
 
@@ -49,13 +49,13 @@ class Streams:
         users/choice, world/shocks, users/dynamics and the signal streams at the root."""
         users = tree.child("users")
         return cls(users.generator("activity"), users.generator("choice"), tree.child("world").generator("shocks"),
-                   users.generator("dynamics"), {s: tree.generator(s) for s in sig.SIGNAL_STREAMS})
+                   users.generator("dynamics"), {s: tree.generator(s) for s in feedback.SIGNAL_STREAMS})
 
     @classmethod
     def flat(cls, tree: SeedTree) -> "Streams":
         """Every stream a direct child of ``tree`` (a closed-loop rollout's ``seed/rollout``)."""
         return cls(tree.generator("activity"), tree.generator("choice"), tree.generator("shocks"),
-                   tree.generator("dynamics"), {s: tree.generator(s) for s in sig.SIGNAL_STREAMS})
+                   tree.generator("dynamics"), {s: tree.generator(s) for s in feedback.SIGNAL_STREAMS})
 
 
 @dataclass
@@ -66,7 +66,7 @@ class Round:
     users: np.ndarray  # (n,) int64: the users asking for a slate, ascending
     trend: np.ndarray  # (I,) the trend at the start of the round, what every slate is chosen against
     u_choice: np.ndarray  # (n,) the choice model's uniforms
-    draws: dict[str, np.ndarray]  # (n,) per signal draw (world/signals.py DRAWS)
+    draws: dict[str, np.ndarray]  # (n,) per signal draw (world/feedback.py DRAWS)
 
     @property
     def n(self) -> int:
@@ -126,7 +126,7 @@ def begin_round(world: World, streams: Streams, cohort: np.ndarray | None = None
         users = users[cohort[users]]
     n = len(users)
     u_choice = streams.choice.random(n)
-    draws = sig.draw(streams.signals, n)
+    draws = feedback.draw(streams.signals, n)
     return Round(world.state.round, users, world.trend(), u_choice, draws)
 
 
@@ -140,7 +140,7 @@ def respond(world: World, rnd: Round, slates: np.ndarray, rows: slice | np.ndarr
     choice, rstar, _ = world.choose(users, slates, rnd.u_choice[take], trend=rnd.trend, reference=reference)
     clicked = choice >= 0
     r_chosen = rstar[np.arange(len(choice)), np.maximum(choice, 0)]
-    observed = sig.observe(world.cfg.feedback, r_chosen, clicked, {k: v[take] for k, v in rnd.draws.items()})
+    observed = feedback.observe(world.cfg.feedback, r_chosen, clicked, {k: v[take] for k, v in rnd.draws.items()})
     return Responses(choice, rstar, observed)
 
 

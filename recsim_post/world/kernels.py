@@ -421,7 +421,7 @@ def sample_slates_ref(
 #   cascade: p_k = 1 / (1 + exp(u_0 - util_k)),  P(k) = p_k * prod_{j<k} (1 - p_j),
 #            P(no click) = prod_j (1 - p_j)   (Craswell et al. 2008: scan top-down, stop at a click)
 #   Either way one uniform per user picks the outcome by inverse CDF over [slot 0..K-1, no click].
-#   What is recorded of the click (rating, watch, ...) is world/signals.py's.
+#   What is recorded of the click (rating, watch, ...) is world/feedback.py's.
 # params = [reward_weight, trend_pull, hype_pull, no_click_utility, satiation_strength, cascade]
 # position_penalty[k] = position_bias * log2(1 + k), computed once by the caller.
 # theta_u . v_i is summed in the fixed order j = 0 .. d - 1 (kernel and reference alike).

@@ -176,7 +176,7 @@ class World:
         reference: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Users (B,) choose from slates (B, K): (choice, r* of the shown items, probability of
-        the outcome); see :func:`kernels.choose`. What they record of it: world/signals.py."""
+        the outcome); see :func:`kernels.choose`. What they record of it: world/feedback.py."""
         trend = self.trend() if trend is None else trend
         slates = np.ascontiguousarray(slates, dtype=np.int32)
         penalty = self.position_penalty

@@ -1,23 +1,15 @@
-"""Feedback signals: what the logs show of a user's response, each a named signal.
+"""How the world produces each feedback signal (``recsim_post/signals.py`` registers them).
 
-The choice model decides what (if anything) a user clicks; the signals are what a company records
-about it. Each signal is computed, for the users of a round, from the true reward r*_c of the item
-they chose, whether they clicked, the scenario's feedback knobs and the signal's own random numbers::
+Each signal is computed, for the users of a round, from the true reward r*_c of the item they
+chose, whether they clicked, the scenario's feedback knobs and the signal's own random numbers::
 
-    click   1 for the item the user chose, 0 for the rest of the slate           (every impression)
     rating  clip(round(center + scale r*_c + sigma z), 1, 5), flipped to 6 - rating with
-            probability flip_rate, then missing (NaN) with probability missing_rate  (clicks only)
+            probability flip_rate, then missing (NaN) with probability missing_rate
     watch   clip(sigmoid(a + b r*_c) + sigma_w z', 0, 1), >= watch_censor recorded as watch_censor
-                                                                                   (clicks only)
 
-(:class:`~.config.FeedbackConfig` documents the knobs.) Everything that takes a reward from the
-logs -- a recipe, the reward model, an off-policy estimator -- names one of :data:`REWARDS`
-(``reward = "watch"``), and reads its range (:func:`reward_range`) from here.
-
-Adding a signal: append its random numbers to :data:`DRAWS` (on a stream of its own, so no
-existing stream moves and every existing log stays byte-identical), write its function next to the
-others, and register it in :data:`SIGNALS`. The round (``world/engine.py``), the logs, the
-Gymnasium envs and closed-loop rollouts then carry it as a column.
+(:class:`~.config.FeedbackConfig` documents the knobs.) A new signal appends its random numbers to
+:data:`DRAWS` on a stream of its own, so no existing stream moves and every existing log stays
+byte-identical, and registers its kernel in :data:`KERNELS`.
 """
 
 from __future__ import annotations
@@ -28,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..signals import SIGNALS
 from .config import FeedbackConfig
 
 
@@ -85,48 +77,22 @@ def watch(fb: FeedbackConfig, rstar: np.ndarray, clicked: np.ndarray, u: Mapping
     return np.where(clicked, w, np.nan).astype(np.float32)
 
 
-@dataclass(frozen=True)
-class Signal:
-    """A recorded response to a click: its column, range and how the round computes it."""
-
-    name: str
-    doc: str
-    low: float
-    high: float
-    compute: Callable[[FeedbackConfig, np.ndarray, np.ndarray, Mapping[str, np.ndarray]], np.ndarray]
-
-
-SIGNALS: dict[str, Signal] = {
-    "rating": Signal("rating", "1-5 stars (noisy, maybe flipped or missing)", 1.0, 5.0, rating),
-    "watch": Signal("watch", "watch fraction in [0, 1] (noisy, censored)", 0.0, 1.0, watch),
+KERNELS: dict[str, Callable[[FeedbackConfig, np.ndarray, np.ndarray, Mapping[str, np.ndarray]], np.ndarray]] = {
+    "rating": rating,
+    "watch": watch,
 }
-"""The signals of a click, in column order. ``click`` itself is the choice (see :data:`REWARDS`)."""
+"""The kernel of every signal of ``recsim_post.signals.SIGNALS``: (knobs, r*_c, clicked, draws) ->
+(n,) float32, NaN where unobserved."""
 
-REWARDS: tuple[str, ...] = ("click", *SIGNALS)
-"""What may serve as a reward: the click (0/1 per impression) or any signal of a click."""
-
-
-def reward_range(name: str) -> tuple[float, float]:
-    """(lowest, highest) value of reward ``name``: r_max for the methods that need it."""
-    check_reward(name)
-    return (0.0, 1.0) if name == "click" else (SIGNALS[name].low, SIGNALS[name].high)
-
-
-def check_reward(name: str, allowed: tuple[str, ...] = REWARDS) -> str:
-    """``name`` if it is a known reward signal, else a one-line ConfigError naming the allowed ones."""
-    if name not in allowed:
-        raise ConfigError(f"reward = {name!r} is not a feedback signal: must be one of {', '.join(allowed)}")
-    return name
+if set(KERNELS) != set(SIGNALS):  # pragma: no cover - a signal registered without its kernel, or the reverse
+    raise RuntimeError(f"signals {sorted(SIGNALS)} and their kernels {sorted(KERNELS)} differ")
 
 
 def observe(fb: FeedbackConfig, rstar_chosen: np.ndarray, clicked: np.ndarray,
             draws: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Every signal of the round's responses: {name: (n,) float32}."""
     clicked = np.asarray(clicked, dtype=bool)
-    return {name: s.compute(fb, rstar_chosen, clicked, draws) for name, s in SIGNALS.items()}
+    return {name: KERNELS[name](fb, rstar_chosen, clicked, draws) for name in SIGNALS}
 
 
-__all__ = [
-    "DRAWS", "Draw", "REWARDS", "SIGNALS", "SIGNAL_STREAMS", "Signal", "check_reward", "draw", "observe",
-    "rating", "reward_range", "watch",
-]
+__all__ = ["DRAWS", "Draw", "KERNELS", "SIGNAL_STREAMS", "draw", "observe", "rating", "watch"]
