@@ -285,6 +285,11 @@ def true_reward_matrix(
     quality: np.ndarray,
     genre: np.ndarray,
     strength: float,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """r*[b, i] = theta_b . v_i + q_i - strength * satiation[b, genre_i] (dense, one matmul)."""
-    return theta @ vectors.T + quality[None, :] - strength * satiation[:, genre]
+    """r*[b, i] = theta_b . v_i + q_i - strength * satiation[b, genre_i]: (B, I) float64, C order.
+
+    One BLAS product finished in place by a row kernel (:func:`kernels.true_reward_rows`; bit for bit
+    its dense numpy reference); ``out`` reuses a (B, I) float64 buffer.
+    """
+    return kernels.true_reward_rows(theta, satiation, vectors, quality, genre, strength, out)
