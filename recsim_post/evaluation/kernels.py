@@ -13,6 +13,9 @@ the world's (:func:`recsim_post.world.kernels.true_reward_rows`).
   sorted buffer of k entries. Which k items argpartition picks among items tied at the k-th score
   is its own choice, so a row with such a tie (or a NaN) is flagged and the caller falls back to
   ``np.argpartition`` for it: every result is the one argpartition gives.
+* :func:`poisson_counts`: Poisson(1) resampling counts read off uniforms by the inverse CDF, for the
+  streamed Poisson bootstrap of the OPE estimators (ope.py multiplies them into the estimators'
+  per-row terms, one matrix product per block of logged rows).
 """
 
 from __future__ import annotations
@@ -152,4 +155,68 @@ def _rows_pair(scores: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return scores, x
 
 
-__all__ = ["softmax_dot", "softmax_dot_ref", "topk_mean", "topk_mean_ref"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the Poisson bootstrap's counts: N ~ Poisson(1) from a uniform, by the inverse CDF
+# ---------------------------------------------------------------------------------------------
+
+
+def poisson1_cdf(max_count: int = 24) -> np.ndarray:
+    """P(N <= j) for N ~ Poisson(1), j = 0 .. max_count (float64)."""
+    j = np.arange(max_count + 1)
+    pmf = np.exp(-1.0 - np.array([math.lgamma(k + 1.0) for k in j]))
+    return np.cumsum(pmf)
+
+
+POISSON1_CDF = poisson1_cdf()
+"""P(N <= j) of Poisson(1), j = 0 .. 24."""
+
+POISSON1_THRESHOLDS = np.unique(POISSON1_CDF)
+"""The inverse-CDF table, strictly increasing: a uniform u in [0, 1) gives the count
+#{j : u >= P(N <= j)}. (The CDF stops growing in float64 at 1 - 1.1e-16, after 19 entries, so a
+count is 19 at most; P(N > 19) < 1e-18.)"""
+
+
+@numba.njit(cache=True, nogil=True)
+def _poisson_counts(u, cdf, out, lo, hi):  # pragma: no cover - compiled
+    m = u.shape[1]
+    top = len(cdf)
+    for b in range(lo, hi):
+        # counts 0 .. 8 branch-free (the compiler vectorises the comparisons); P(N >= 8) = 1e-5
+        for i in range(m):
+            v = u[b, i]
+            out[b, i] = (
+                np.int64(v >= cdf[0]) + np.int64(v >= cdf[1]) + np.int64(v >= cdf[2]) + np.int64(v >= cdf[3])
+                + np.int64(v >= cdf[4]) + np.int64(v >= cdf[5]) + np.int64(v >= cdf[6]) + np.int64(v >= cdf[7])
+            )
+        for i in range(m):  # the rare tail, one step at a time
+            if out[b, i] == 8.0:
+                v = u[b, i]
+                c = 8
+                while c < top and v >= cdf[c]:
+                    c += 1
+                out[b, i] = c
+
+
+def poisson_counts(u: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Poisson(1) counts (float64) of uniforms ``u`` in [0, 1) by the inverse CDF:
+    ``N(u) = #{j : u >= P(N <= j)}``. ``out`` may be ``u`` itself (each count overwrites its uniform)."""
+    u = np.asarray(u, np.float64)
+    if u.ndim != 2 or not u.flags.c_contiguous:
+        raise ValueError(f"u must be a C-contiguous (B, n) float64 array, got shape {u.shape}")
+    out = np.empty_like(u) if out is None else out
+    if out.shape != u.shape or out.dtype != np.float64 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float64 array of shape {u.shape}")
+    _poisson_counts(u, POISSON1_THRESHOLDS, out, 0, u.shape[0])
+    return out
+
+
+def poisson_counts_ref(u: np.ndarray) -> np.ndarray:
+    """Plain-numpy reference of :func:`poisson_counts`."""
+    return np.searchsorted(POISSON1_THRESHOLDS, u, side="right").astype(np.float64)
+
+
+__all__ = [
+    "POISSON1_CDF", "POISSON1_THRESHOLDS", "poisson_counts", "poisson_counts_ref", "softmax_dot", "softmax_dot_ref", "topk_mean", "topk_mean_ref",
+]
