@@ -51,19 +51,30 @@ def test_per_row_model_terms_are_validated():
 # ---------------------------------------------------------------- the Poisson bootstrap
 
 
+def _counts(u: np.ndarray) -> np.ndarray:
+    """The kernel's counts of a row of uniforms: one row, one column of ones."""
+    return kernels.poisson_accumulate(u[None, :], np.ones((1, 1)))[0]
+
+
 @settings(max_examples=60, deadline=None)
-@given(st.integers(1, 6), st.integers(1, 300), st.integers(0, 2**32 - 1))
-def test_poisson_counts_match_the_inverse_cdf_reference(B, n, seed):
-    u = np.random.default_rng(seed).random((B, n))
-    u[0, 0] = kernels.POISSON1_THRESHOLDS[min(n, 10) - 1]  # on a threshold: counts it (u >= P(N <= j))
-    np.testing.assert_array_equal(kernels.poisson_counts(u), kernels.poisson_counts_ref(u))
+@given(st.integers(1, 40), st.integers(1, 9), st.integers(1, 4), st.integers(0, 2**32 - 1))
+def test_poisson_accumulate_matches_the_dense_reference(rows, B, k, seed):
+    rng = np.random.default_rng(seed)
+    u, x = rng.random((rows, B)), rng.normal(size=(rows, k))
+    u[0, 0] = kernels.POISSON1_THRESHOLDS[min(rows, 10) - 1]  # on a threshold: counts it (u >= P(N <= m))
+    u[-1, -1] = np.nextafter(1.0, 0.0)  # the largest count
+    acc = np.full((k, B), 0.5)
+    got = kernels.poisson_accumulate(u, x, acc)
+    assert got is acc
+    np.testing.assert_allclose(got, 0.5 + kernels.poisson_accumulate_ref(u, x), rtol=1e-12, atol=1e-12)
 
 
 def test_poisson_counts_by_hand_and_in_distribution():
     t = kernels.POISSON1_THRESHOLDS
-    u = np.array([[0.0, math.exp(-1) - 1e-12, t[0], t[1], t[7], t[9], np.nextafter(1.0, 0.0)]])
-    np.testing.assert_array_equal(kernels.poisson_counts(u)[0], [0, 0, 1, 2, 8, 10, len(t)])
-    c = kernels.poisson_counts(np.random.default_rng(0).random((1, 400_000)))[0]
+    u = np.array([0.0, math.exp(-1) - 1e-12, t[0], t[1], t[7], t[9], np.nextafter(1.0, 0.0)])
+    np.testing.assert_array_equal(_counts(u), [0, 0, 1, 2, 8, 10, len(t)])
+    np.testing.assert_array_equal(_counts(u), kernels.poisson_counts_ref(u))
+    c = _counts(np.random.default_rng(0).random(400_000))
     # Poisson(1): mean 1, variance 1, P(0) = P(1) = 1/e (standard errors ~ 0.0016, 0.0035, 0.0008)
     assert abs(c.mean() - 1) < 0.008 and abs(c.var() - 1) < 0.02
     assert abs((c == 0).mean() - math.exp(-1)) < 0.004 and abs((c == 1).mean() - math.exp(-1)) < 0.004
@@ -75,10 +86,9 @@ def _dense_bootstrap_sums(x: np.ndarray, B: int, rng: np.random.Generator) -> np
     starts = range(0, n, ope.BOOTSTRAP_BLOCK_ROWS)
     children = np.random.SeedSequence(rng.integers(0, 2**63, size=4).tolist()).spawn(len(starts))
     u = np.concatenate(
-        [np.random.default_rng(c).random((B, min(ope.BOOTSTRAP_BLOCK_ROWS, n - lo))) for c, lo in zip(children, starts)],
-        axis=1,
+        [np.random.default_rng(c).random((min(ope.BOOTSTRAP_BLOCK_ROWS, n - lo), B)) for c, lo in zip(children, starts)]
     )
-    return kernels.poisson_counts_ref(u) @ x
+    return kernels.poisson_accumulate_ref(u, x).T
 
 
 @pytest.mark.parametrize("n", [1, 37, 1000])

@@ -87,12 +87,17 @@ def test_a_policy_gets_the_same_numbers_alone_or_with_others(sim):
 
 
 def test_r_star_is_computed_once_per_chunk_for_all_policies(sim, monkeypatch):
+    from recsim_post.evaluation import ground_truth
+
     truth = GroundTruth.from_simulation(sim)
     calls = []
-    original = GroundTruth.true_reward
-    monkeypatch.setattr(GroundTruth, "true_reward", lambda self, u, out=None: calls.append(len(u)) or original(self, u, out))
-    exact_sums(truth, np.arange(truth.n_users), _policies(truth), chunk=30)
+    original = ground_truth.true_reward_stats
+    monkeypatch.setattr(ground_truth, "true_reward_stats", lambda th, *a, **kw: calls.append(len(th)) or original(th, *a, **kw))
+    s = exact_sums(truth, np.arange(truth.n_users), _policies(truth), chunk=30)
     assert calls == [30, 30, 20]  # 80 users in chunks of 30: once per chunk, not once per policy
+    # and it is GroundTruth.true_reward's r*, bit for bit
+    r = truth.true_reward(np.arange(30))
+    np.testing.assert_array_equal(s.oracle[:30], r.max(axis=1))
 
 
 def test_chunks_follow_the_byte_budget():

@@ -39,7 +39,7 @@ from ..errors import LogError
 from ..world.config import ScenarioConfig
 from ..world.kernels import true_reward_rows_ref
 from ..world.world import true_reward_matrix
-from .kernels import softmax_dot, softmax_dot_ref, topk_mean, topk_mean_ref
+from .kernels import policy_sums, softmax_dot, softmax_dot_ref, topk_mean, topk_mean_ref, true_reward_stats
 
 ScoreFn = Callable[[np.ndarray], np.ndarray]
 """Maps user ids (B,) to policy logits (B, n_items); a softmax of them is the policy."""
@@ -371,11 +371,13 @@ def exact_sums(
     if belief is not None:
         uni_b, ora_b = np.empty(n), np.empty(n)
     buf = np.empty((min(chunk, n), n_items))
+    strength = truth.scenario.satiation.strength
     for sl, u in _chunks(users, chunk):
-        r = truth.true_reward(u, out=buf[: len(u)])
-        uniform[sl] = r.mean(axis=1)
-        oracle[sl] = r.max(axis=1)
-        oracle_topk[sl] = topk_mean(r, r, kk)
+        # r* exactly as GroundTruth.true_reward computes it, the references' statistics on the way
+        r, uniform[sl], oracle[sl], oracle_topk[sl] = true_reward_stats(
+            truth.theta[u], truth.satiation[u], truth.vectors, truth.quality, truth.genre, strength, kk,
+            out=buf[: len(u)],
+        )
         rb = None
         if belief is not None:
             rb = np.asarray(belief(u), np.float64)
@@ -388,10 +390,9 @@ def exact_sums(
             logits = score(u)
             if logits.shape != r.shape:
                 raise ValueError(f"score returned shape {logits.shape}, expected {r.shape}")
-            value[name][sl] = softmax_dot(logits, r)
-            topk[name][sl] = topk_mean(logits, r, k)
+            value[name][sl], topk[name][sl], b = policy_sums(logits, r, k, rb)
             if rb is not None:
-                believed[name][sl] = softmax_dot(logits, rb)
+                believed[name][sl] = b
             del logits
     return ExactSums(uniform, oracle, oracle_topk, k, value, topk, believed, uni_b, ora_b)
 

@@ -35,8 +35,8 @@ Intervals (``method``):
   et al. 2012, "Estimating uncertainty for massive data streams"). Every estimator is a ratio of
   per-row sums, V = sum_i num_i / sum_i den_i (den_i = 1 for the plain means), so a resample with
   weights N_bi ~ Poisson(1) is V_b = sum_i N_bi num_i / sum_i N_bi den_i: one weighted sum per
-  resample and column, computed as a matrix product (counts x columns) over blocks of logged rows
-  and streamed (the (B x n) counts never exist at once). Every block draws its uniforms from its
+  resample and column (counts x columns, a matrix product), streamed over blocks of logged rows by a
+  kernel that never stores the counts. Every block draws its uniforms from its
   own child stream of ``rng``, so the draws do not depend on the number of threads. Resamples whose
   denominator is 0 are left out.
 * ``"normal"``: V +- z_{1 - alpha/2} se, se the delta-method standard error of the ratio,
@@ -65,7 +65,7 @@ import pandas as pd
 
 from ..errors import LogError
 from ..world.kernels import run_on_threads
-from .kernels import poisson_counts
+from .kernels import poisson_accumulate
 
 PI_SUM_TOL = 1e-6
 """Rows of ``pi_all`` must sum to one within this tolerance."""
@@ -282,29 +282,29 @@ def poisson_bootstrap_sums(x: np.ndarray, n_bootstrap: int, rng: np.random.Gener
     """S[b, j] = sum_i N_bi x[i, j], N_bi ~ Poisson(1) independent: (n_bootstrap, k) float64.
 
     Streamed over blocks of :data:`BOOTSTRAP_BLOCK_ROWS` logged rows on a few threads: block j draws
-    its (n_bootstrap, rows) uniforms from child stream j of a seed taken from ``rng``, turns them
-    into counts in place (evaluation/kernels.py) and adds counts @ x[block]; the blocks' partial
-    sums are added in block order, so the result depends on ``rng`` only.
+    its (rows, n_bootstrap) uniforms from child stream j of a seed taken from ``rng`` and adds its
+    rows' weighted sums (evaluation/kernels.py, the counts never stored); the blocks' partial sums
+    are added in block order, so the result depends on ``rng`` only, not on the threads.
     """
     x = np.ascontiguousarray(x, np.float64)
     n, k = x.shape
     B = int(n_bootstrap)
     starts = range(0, n, BOOTSTRAP_BLOCK_ROWS)
     children = np.random.SeedSequence(rng.integers(0, 2**63, size=4).tolist()).spawn(len(starts))
-    partial = np.empty((len(starts), B, k))
+    partial = np.zeros((len(starts), k, B))
     claim = itertools.count()
 
     def work() -> None:
-        buf = np.empty(B * min(BOOTSTRAP_BLOCK_ROWS, n))
+        buf = np.empty(min(BOOTSTRAP_BLOCK_ROWS, n) * B)
         while (j := next(claim)) < len(starts):
             lo = starts[j]
             rows = min(BOOTSTRAP_BLOCK_ROWS, n - lo)
-            u = buf[: B * rows].reshape(B, rows)
+            u = buf[: rows * B].reshape(rows, B)
             np.random.default_rng(children[j]).random(out=u)
-            np.matmul(poisson_counts(u, out=u), x[lo : lo + rows], out=partial[j])
+            poisson_accumulate(u, x[lo : lo + rows], partial[j])
 
     run_on_threads(work, min(numba.get_num_threads(), len(starts)))
-    return partial.sum(axis=0)
+    return partial.sum(axis=0).T
 
 
 def intervals(

@@ -692,7 +692,9 @@ def run_row_blocks(fn: Callable[[int, int], None], n_rows: int, row_len: int) ->
 
 
 @numba.njit(cache=True, nogil=True)
-def _finish_true_reward_rows(r, quality, genre, satiation, strength, lo, hi):  # pragma: no cover - compiled
+def finish_true_reward_rows(r, quality, genre, satiation, strength, lo, hi):  # pragma: no cover - compiled
+    """r[b, i] = (r[b, i] + quality[i]) - strength * satiation[b, genre[i]] for rows lo .. hi - 1, in
+    place (r holds theta . v); also called row by row by evaluation/kernels.py."""
     n = r.shape[1]
     for b in range(lo, hi):
         for i in range(n):
@@ -723,7 +725,7 @@ def true_reward_rows(
     sat = np.ascontiguousarray(satiation, np.float64)
     q = np.ascontiguousarray(quality, np.float64)
     g = np.ascontiguousarray(genre, np.int64)
-    run_row_blocks(lambda lo, hi: _finish_true_reward_rows(out, q, g, sat, float(strength), lo, hi), B, n)
+    run_row_blocks(lambda lo, hi: finish_true_reward_rows(out, q, g, sat, float(strength), lo, hi), B, n)
     return out
 
 
