@@ -16,7 +16,7 @@ Rows (full size, the table of issue 12):
   the belief (last position only, r* and the belief shared in one pass).
 * histories: 10^7 clicks of 10^6 users, every user's last 200 clicks gathered in chunks of 2,048
   users, as a pass of the evaluator does per policy. old = the former ``logs.public.histories``
-  (regroups every click per call), timed on ``--old-chunks`` chunks and scaled to all of them; new =
+  (``histories_reference``: regroups every click per call), timed on ``--old-chunks`` chunks and scaled to all of them; new =
   one ``HistoryIndex.build`` and a gather per chunk.
 * OPE: IPS, SNIPS and DR with 200 bootstrap resamples on 10^6 logged rounds (10 actions, so Open
   Bandit Pipeline's dense (n, A, 1) inputs fit too). old = the former multinomial bootstrap, one
@@ -192,26 +192,6 @@ def run_rm_value(variant: str, size: dict) -> dict:
 # histories
 
 
-def old_histories(clicks, users: np.ndarray, max_len: int) -> np.ndarray:  # noqa: ANN001
-    """logs.public.histories as of c746fb3: regroups every click on each call."""
-    import pandas as pd
-
-    users = np.asarray(users, dtype=np.int64)
-    out = np.full((len(users), max_len), -1, dtype=np.int64)
-    u = clicks["user_id"].to_numpy(np.int64)
-    items = clicks["item_id"].to_numpy(np.int64)
-    order = np.arange(len(u))
-    last_index = pd.Series(order).groupby(u).transform("max").to_numpy()
-    from_end = last_index - order
-    keep = from_end < max_len
-    row_of_user = np.full(max(int(u.max()), int(users.max())) + 1, -1, dtype=np.int64)
-    row_of_user[users] = np.arange(len(users))
-    rows = row_of_user[u]
-    keep &= rows >= 0
-    out[rows[keep], max_len - 1 - from_end[keep]] = items[keep]
-    return out
-
-
 def click_frame(n_clicks: int, n_users: int, seed: int = 3):  # noqa: ANN201
     import pandas as pd
 
@@ -221,7 +201,7 @@ def click_frame(n_clicks: int, n_users: int, seed: int = 3):  # noqa: ANN201
 
 
 def run_histories(variant: str, size: dict) -> dict:
-    from recsim_post.logs.public import HistoryIndex
+    from recsim_post.logs.public import HistoryIndex, histories_reference
 
     clicks = click_frame(size["clicks"], size["click_users"])
     users = np.arange(size["click_users"])
@@ -231,7 +211,7 @@ def run_histories(variant: str, size: dict) -> dict:
     if variant == "old":
         done = starts[: size["old_chunks"]]
         for lo in done:
-            checksum += int(old_histories(clicks, users[lo : lo + HISTORY_CHUNK], 200).sum())
+            checksum += int(histories_reference(clicks, users[lo : lo + HISTORY_CHUNK], 200).sum())
         seconds = time.perf_counter() - start
         scale = len(starts) / len(done)
         build = math.nan

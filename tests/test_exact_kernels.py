@@ -118,7 +118,9 @@ def test_true_reward_stats_are_r_star_and_its_row_statistics(B, n, G, k, seed):
     rng = np.random.default_rng(seed)
     theta, sat = rng.normal(size=(B, 4)), rng.exponential(size=(B, G))
     v, q, g = rng.normal(size=(n, 4)), np.round(rng.normal(size=n)), rng.integers(0, G, n)  # ties in r*
-    r, mean, best, top = kernels.true_reward_stats(theta, sat, v, q, g, 0.5, k)
+    product = world_kernels.true_reward_product(theta, sat, v, q, g)
+    mean, best, top = kernels.true_reward_stats(product, 0.5, k)
+    r = product[0]
     ref = world_kernels.true_reward_rows_ref(theta, sat, v, q, g, 0.5)
     np.testing.assert_array_equal(r, ref)
     np.testing.assert_allclose(mean, ref.mean(axis=1), rtol=1e-13, atol=1e-14)

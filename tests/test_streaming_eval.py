@@ -24,7 +24,7 @@ from recsim_post.evaluation.ground_truth import (
     reference_sums,
     references,
 )
-from recsim_post.logs.public import PAD, HistoryIndex, histories
+from recsim_post.logs.public import PAD, HistoryIndex, histories, histories_reference
 from recsim_post.logs.simulate import simulate
 from recsim_post.posttrain.reward_model import TableRewardModel, next_item_scores
 
@@ -91,8 +91,8 @@ def test_r_star_is_computed_once_per_chunk_for_all_policies(sim, monkeypatch):
 
     truth = GroundTruth.from_simulation(sim)
     calls = []
-    original = ground_truth.true_reward_stats
-    monkeypatch.setattr(ground_truth, "true_reward_stats", lambda th, *a, **kw: calls.append(len(th)) or original(th, *a, **kw))
+    original = ground_truth.true_reward_product
+    monkeypatch.setattr(ground_truth, "true_reward_product", lambda th, *a, **kw: calls.append(len(th)) or original(th, *a, **kw))
     s = exact_sums(truth, np.arange(truth.n_users), _policies(truth), chunk=30)
     assert calls == [30, 30, 20]  # 80 users in chunks of 30: once per chunk, not once per policy
     # and it is GroundTruth.true_reward's r*, bit for bit
@@ -180,26 +180,6 @@ def test_offline_metrics_stream_over_chunks_of_test_users(sim, monkeypatch):
 # ---------------------------------------------------------------- histories
 
 
-def _old_histories(clicks: pd.DataFrame, users: np.ndarray, max_len: int) -> np.ndarray:
-    """logs.public.histories before the index (regroups every click on each call), verbatim."""
-    users = np.asarray(users, dtype=np.int64)
-    out = np.full((len(users), max_len), PAD, dtype=np.int64)
-    if len(clicks) == 0 or len(users) == 0:
-        return out
-    u = clicks["user_id"].to_numpy(np.int64)
-    items = clicks["item_id"].to_numpy(np.int64)
-    order = np.arange(len(u))
-    last_index = pd.Series(order).groupby(u).transform("max").to_numpy()
-    from_end = last_index - order
-    keep = from_end < max_len
-    row_of_user = np.full(max(int(u.max()), int(users.max())) + 1, -1, dtype=np.int64)
-    row_of_user[users] = np.arange(len(users))
-    rows = row_of_user[u]
-    keep &= rows >= 0
-    out[rows[keep], max_len - 1 - from_end[keep]] = items[keep]
-    return out
-
-
 @st.composite
 def click_frames(draw):
     """Random clicks in history order (user, timestamp, position), and distinct users to ask for."""
@@ -218,9 +198,9 @@ def click_frames(draw):
 
 @settings(max_examples=150, deadline=None)
 @given(click_frames())
-def test_history_index_equals_the_old_histories(problem):
+def test_history_index_equals_thehistories_reference(problem):
     clicks, users, max_len = problem
-    want = _old_histories(clicks, users, max_len)
+    want = histories_reference(clicks, users, max_len)
     np.testing.assert_array_equal(histories(clicks, users, max_len), want)
     index = HistoryIndex.build(clicks)
     np.testing.assert_array_equal(index.gather(users, max_len), want)
@@ -269,3 +249,30 @@ def test_next_item_scores_are_the_last_position_of_member_scores():
             return table.member_scores(inputs)
 
     assert torch.equal(next_item_scores(Plain(), x), table.member_scores(x)[:, :, -1])
+
+
+@pytest.mark.parametrize("kind", ["sasrec", "hstu"])
+def test_next_item_logits_score_the_last_position_only(kind, monkeypatch):
+    """SequencePolicy.logits (the evaluator's, the OPE propensity model's) multiplies one state per
+    row by the catalogue, never L states: memory B x n_items, not B x L x n_items."""
+    from recsim_post.models.hstu import HSTUConfig
+    from recsim_post.models.policy import SequencePolicy, build_model
+    from recsim_post.models.sasrec import SASRecConfig
+    from recsim_post.posttrain.reward_model import EnsembleHead, RewardEnsemble, item_vectors
+
+    cfg = SASRecConfig(dim=16, max_len=12) if kind == "sasrec" else HSTUConfig(dim=16, max_len=12)
+    model = build_model(cfg, 40, torch.Generator().manual_seed(0))
+    policy = SequencePolicy(model, 40)
+    shapes = []
+    score = model.score
+    monkeypatch.setattr(model, "score", lambda h: shapes.append(tuple(h.shape)) or score(h))
+    hist = np.random.default_rng(0).integers(-1, 40, (9, 12))
+    assert policy.logits(hist).shape == (9, 40)
+    assert shapes == [(9, 16)]
+    head = EnsembleHead(3, 16, 40, generator=torch.Generator().manual_seed(1))
+    ens = RewardEnsemble(model, head, item_vectors(model), 12)
+    seen = []
+    forward = head.forward
+    monkeypatch.setattr(head, "forward", lambda h, v, items=None: seen.append(tuple(h.shape)) or forward(h, v, items))
+    assert next_item_scores(ens, torch.from_numpy(hist)).shape == (3, 9, 40)
+    assert seen == [(9, 16)]

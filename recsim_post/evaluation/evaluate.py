@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Mapping, Protocol
+from typing import Any, Hashable, Mapping, Protocol
 
 import numpy as np
 import pandas as pd
@@ -153,7 +153,7 @@ class Evaluator:
                 out[lo : lo + step] = scores.mean(dim=0, dtype=torch.float64).cpu().numpy()
         return out
 
-    def _exact(self, scores: dict[str, Any]) -> ExactSums:
+    def _exact(self, scores: Mapping[Hashable, Any]) -> ExactSums:
         """One pass over r* for the references and every (users, hist) -> logits in ``scores``."""
 
         def at_t(score):  # noqa: ANN001, ANN202
@@ -179,7 +179,7 @@ class Evaluator:
         policies = dict(policies or {})
         n = self.truth.n_items
         deployed = reference_policies(n, self.train, self.truth.logger) if references else {}
-        scores: dict[str, Any] = {}
+        scores: dict[tuple[str, str], Any] = {}  # (kind, method): (users, hist) -> logits
         if references:
             scores[("reference", "popularity")] = deployed["popularity"]
             scores[("reference", "logging policy")] = lambda u, h: self.truth.logger_logits(u)

@@ -26,7 +26,7 @@ import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Hashable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -37,7 +37,7 @@ from ..behavior.logging_policy import TrendLogger
 from ..config import from_dict
 from ..errors import LogError
 from ..world.config import ScenarioConfig
-from ..world.kernels import true_reward_rows_ref
+from ..world.kernels import true_reward_product, true_reward_rows_ref
 from ..world.world import true_reward_matrix
 from .kernels import policy_sums, softmax_dot, softmax_dot_ref, topk_mean, topk_mean_ref, true_reward_stats
 
@@ -320,9 +320,9 @@ class ExactSums:
     oracle: np.ndarray
     oracle_topk: np.ndarray
     k: int
-    value: dict[str, np.ndarray]
-    topk: dict[str, np.ndarray]
-    belief: dict[str, np.ndarray]
+    value: dict[Hashable, np.ndarray]
+    topk: dict[Hashable, np.ndarray]
+    belief: dict[Hashable, np.ndarray]
     uniform_belief: np.ndarray | None = None
     oracle_belief: np.ndarray | None = None
 
@@ -330,12 +330,12 @@ class ExactSums:
         n = len(self.uniform)
         return References(self.uniform.sum() / n, self.oracle.sum() / n, self.oracle_topk.sum() / n, self.k)
 
-    def policy(self, name: str, refs: References) -> PolicyValue:
+    def policy(self, name: Hashable, refs: References) -> PolicyValue:
         """``name``'s value and top-k value, normalised by ``refs``."""
         n = len(self.value[name])
         return refs.normalise(self.value[name].sum() / n, self.topk[name].sum() / n)
 
-    def believed(self, name: str) -> float:
+    def believed(self, name: Hashable) -> float:
         """The belief's mean over users of sum_i pi(i|h_u) R̂(h_u, i) for policy ``name``."""
         return float(self.belief[name].sum() / len(self.belief[name]))
 
@@ -343,7 +343,7 @@ class ExactSums:
 def exact_sums(
     truth: GroundTruth,
     users: np.ndarray,
-    scores: Mapping[str, ScoreFn] | None = None,
+    scores: Mapping[Hashable, ScoreFn] | None = None,
     k: int = 10,
     belief: BeliefFn | None = None,
     chunk: int | None = None,
@@ -374,10 +374,11 @@ def exact_sums(
     strength = truth.scenario.satiation.strength
     for sl, u in _chunks(users, chunk):
         # r* exactly as GroundTruth.true_reward computes it, the references' statistics on the way
-        r, uniform[sl], oracle[sl], oracle_topk[sl] = true_reward_stats(
-            truth.theta[u], truth.satiation[u], truth.vectors, truth.quality, truth.genre, strength, kk,
-            out=buf[: len(u)],
+        product = true_reward_product(
+            truth.theta[u], truth.satiation[u], truth.vectors, truth.quality, truth.genre, out=buf[: len(u)]
         )
+        uniform[sl], oracle[sl], oracle_topk[sl] = true_reward_stats(product, strength, kk)
+        r = product[0]
         rb = None
         if belief is not None:
             rb = np.asarray(belief(u), np.float64)

@@ -298,34 +298,17 @@ def _rstar_stats_rows(r, quality, genre, satiation, strength, k, lo, hi, mean, b
 
 
 def true_reward_stats(
-    theta: np.ndarray,
-    satiation: np.ndarray,
-    vectors: np.ndarray,
-    quality: np.ndarray,
-    genre: np.ndarray,
-    strength: float,
-    k: int,
-    out: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(r*, its row means, row maxima, means of the k largest per row): r* exactly as
-    :func:`recsim_post.world.kernels.true_reward_rows` computes it (the same BLAS product and the
-    same finishing kernel), the statistics taken while each row is in cache."""
-    theta = np.ascontiguousarray(theta, np.float64)
-    B, n = len(theta), len(quality)
-    if out is None:
-        out = np.empty((B, n), np.float64)
-    elif out.shape != (B, n) or out.dtype != np.float64 or not out.flags.c_contiguous:
-        raise ValueError(f"out must be a C-contiguous float64 array of shape {(B, n)}, got {out.shape} {out.dtype}")
-    np.matmul(theta, np.asarray(vectors, np.float64).T, out=out)
-    sat = np.ascontiguousarray(satiation, np.float64)
-    q = np.ascontiguousarray(quality, np.float64)
-    g = np.ascontiguousarray(genre, np.int64)
+    product: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], strength: float, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Finish r* in place from :func:`recsim_post.world.kernels.true_reward_product`'s ``product`` (the
+    world's finishing kernel, so r* is exactly :func:`~recsim_post.world.kernels.true_reward_rows`'s)
+    and return its row means, row maxima and means of the k largest, taken while each row is in cache."""
+    r, sat, q, g = product
+    B, n = r.shape
     k = min(int(k), n)
     mean, best, topk = np.empty(B), np.empty(B), np.empty(B)
-    run_row_blocks(
-        lambda lo, hi: _rstar_stats_rows(out, q, g, sat, float(strength), k, lo, hi, mean, best, topk), B, n
-    )
-    return out, mean, best, topk
+    run_row_blocks(lambda lo, hi: _rstar_stats_rows(r, q, g, sat, float(strength), k, lo, hi, mean, best, topk), B, n)
+    return mean, best, topk
 
 
 # ---------------------------------------------------------------------------------------------

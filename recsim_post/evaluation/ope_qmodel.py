@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -245,19 +245,10 @@ def sequence_q_rows(
     return SequenceQRows(tuple(models), fold, hist, n_items)
 
 
-def sequence_q(
-    hist: np.ndarray,
-    user: np.ndarray,
-    action: np.ndarray,
-    reward: np.ndarray,
-    n_items: int,
-    phi: np.ndarray | None,
-    cfg: SequenceQConfig = SequenceQConfig(),
-    seed: SeedTree = SeedTree(0),
-    fit: Literal["crossfit", "all"] = "crossfit",
-) -> np.ndarray:
-    """q^ on every logged row, (n, n_items): cross-fitted by user folds (default) or in-sample ("all")."""
-    return sequence_q_rows(hist, user, action, reward, n_items, phi, cfg, seed, fit).rows(slice(None))
+def sequence_q(*args: Any, **kwargs: Any) -> np.ndarray:
+    """q^ on every logged row, (n, n_items): cross-fitted by user folds (default) or in-sample ("all");
+    the arguments of :func:`sequence_q_rows`, whose rows it returns all at once."""
+    return sequence_q_rows(*args, **kwargs).rows(slice(None))
 
 
 __all__ = [

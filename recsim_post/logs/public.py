@@ -167,6 +167,28 @@ def histories(clicks: pd.DataFrame | HistoryIndex, users: np.ndarray, max_len: i
     return index.gather(users, max_len)
 
 
+def histories_reference(clicks: pd.DataFrame, users: np.ndarray, max_len: int) -> np.ndarray:
+    """The former :func:`histories` (it regroups every click on each call: quadratic for chunked
+    callers), kept as the plain reference the tests and benchmarks/evaluation.py hold the index to.
+    Its contract: ``clicks`` grouped by user in history order, ``users`` distinct."""
+    users = np.asarray(users, dtype=np.int64)
+    out = np.full((len(users), max_len), PAD, dtype=np.int64)
+    if len(clicks) == 0 or len(users) == 0:
+        return out
+    u = clicks["user_id"].to_numpy(np.int64)
+    items = clicks["item_id"].to_numpy(np.int64)
+    order = np.arange(len(u))
+    last_index = pd.Series(order).groupby(u).transform("max").to_numpy()
+    from_end = last_index - order  # position of each click counted from the user's last (0 = most recent)
+    keep = from_end < max_len
+    row_of_user = np.full(max(int(u.max()), int(users.max())) + 1, -1, dtype=np.int64)
+    row_of_user[users] = np.arange(len(users))
+    rows = row_of_user[u]
+    keep &= rows >= 0
+    out[rows[keep], max_len - 1 - from_end[keep]] = items[keep]
+    return out
+
+
 def read_public(folder: str | Path) -> PublicLogs:
     """Read the public part of a log folder written by ``recsim-post simulate``.
 

@@ -701,6 +701,30 @@ def finish_true_reward_rows(r, quality, genre, satiation, strength, lo, hi):  # 
             r[b, i] = (r[b, i] + quality[i]) - strength * satiation[b, genre[i]]
 
 
+def true_reward_product(
+    theta: np.ndarray,
+    satiation: np.ndarray,
+    vectors: np.ndarray,
+    quality: np.ndarray,
+    genre: np.ndarray,
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """theta . v_i into ``out`` ((B, I) float64, C-contiguous; allocated when None), and the
+    contiguous satiation, quality and genre arrays that :func:`finish_true_reward_rows` reads:
+    (r, satiation, quality, genre). Finishing r row by row then gives r*."""
+    theta = np.ascontiguousarray(theta, np.float64)
+    B, n = len(theta), len(quality)
+    if out is None:
+        out = np.empty((B, n), np.float64)
+    elif out.shape != (B, n) or out.dtype != np.float64 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float64 array of shape {(B, n)}, got {out.shape} {out.dtype}")
+    np.matmul(theta, np.asarray(vectors, np.float64).T, out=out)
+    return (
+        out, np.ascontiguousarray(satiation, np.float64), np.ascontiguousarray(quality, np.float64),
+        np.ascontiguousarray(genre, np.int64),
+    )
+
+
 def true_reward_rows(
     theta: np.ndarray,
     satiation: np.ndarray,
@@ -712,21 +736,13 @@ def true_reward_rows(
 ) -> np.ndarray:
     """r*[b, i] = theta_b . v_i + q_i - strength * satiation[b, genre_i]: (B, I) float64, C order.
 
-    Bit for bit :func:`true_reward_rows_ref`; written into ``out`` ((B, I) float64, C-contiguous)
-    when given, so a caller that streams over chunks of users reuses one buffer.
+    One BLAS product finished in place row by row; bit for bit :func:`true_reward_rows_ref` (for
+    the same rows in one call: BLAS may round theta . v differently for another number of rows).
+    ``out`` ((B, I) float64, C-contiguous) reuses a buffer, e.g. one per chunk of users.
     """
-    theta = np.ascontiguousarray(theta, np.float64)
-    B, n = len(theta), len(quality)
-    if out is None:
-        out = np.empty((B, n), np.float64)
-    elif out.shape != (B, n) or out.dtype != np.float64 or not out.flags.c_contiguous:
-        raise ValueError(f"out must be a C-contiguous float64 array of shape {(B, n)}, got {out.shape} {out.dtype}")
-    np.matmul(theta, np.asarray(vectors, np.float64).T, out=out)
-    sat = np.ascontiguousarray(satiation, np.float64)
-    q = np.ascontiguousarray(quality, np.float64)
-    g = np.ascontiguousarray(genre, np.int64)
-    run_row_blocks(lambda lo, hi: finish_true_reward_rows(out, q, g, sat, float(strength), lo, hi), B, n)
-    return out
+    r, sat, q, g = true_reward_product(theta, satiation, vectors, quality, genre, out)
+    run_row_blocks(lambda lo, hi: finish_true_reward_rows(r, q, g, sat, float(strength), lo, hi), len(r), r.shape[1])
+    return r
 
 
 def true_reward_rows_ref(

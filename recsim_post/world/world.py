@@ -278,18 +278,6 @@ def initial_state(cfg: ScenarioConfig, catalog: Catalog, rng: np.random.Generato
     )
 
 
-def true_reward_matrix(
-    theta: np.ndarray,
-    satiation: np.ndarray,
-    vectors: np.ndarray,
-    quality: np.ndarray,
-    genre: np.ndarray,
-    strength: float,
-    out: np.ndarray | None = None,
-) -> np.ndarray:
-    """r*[b, i] = theta_b . v_i + q_i - strength * satiation[b, genre_i]: (B, I) float64, C order.
-
-    One BLAS product finished in place by a row kernel (:func:`kernels.true_reward_rows`; bit for bit
-    its dense numpy reference); ``out`` reuses a (B, I) float64 buffer.
-    """
-    return kernels.true_reward_rows(theta, satiation, vectors, quality, genre, strength, out)
+true_reward_matrix = kernels.true_reward_rows
+"""r*[b, i] = theta_b . v_i + q_i - strength * satiation[b, genre_i]: (B, I) float64, C order (the
+world's one r* for (users x items) blocks; ``out=`` reuses a buffer)."""
