@@ -98,9 +98,17 @@ def factor_policy(n_users: int, n_items: int, seed: int = 1):  # noqa: ANN201
     a, b = rng.normal(size=(2, n_users)).astype(np.float32)
     w, w2, c = rng.normal(size=(3, n_items)).astype(np.float32)
 
+    buffers: list[np.ndarray] = []
+
     def score(users: np.ndarray) -> np.ndarray:
-        out = np.multiply.outer(a[users], w)
-        out += np.multiply.outer(b[users], w2)
+        # two buffers reused from chunk to chunk (the caller is done with a chunk's logits before it
+        # asks for the next): no fresh (users x items) allocation, whose page faults cost more than
+        # the arithmetic on this VM
+        if not buffers or len(buffers[0]) < len(users):
+            buffers[:] = [np.empty((len(users), n_items), np.float32) for _ in range(2)]
+        out, tmp = buffers[0][: len(users)], buffers[1][: len(users)]
+        np.multiply.outer(a[users], w, out=out)
+        out += np.multiply.outer(b[users], w2, out=tmp)
         out += c
         return out
 
@@ -159,8 +167,8 @@ def rm_setup(size: dict):  # noqa: ANN201
     truth = gt_world(n_users, n_items)
     ev = Evaluator(truth, clicks, np.arange(n_users), References(0.0, 1.0, 1.0, 10), np.zeros(0, np.int64),
                    np.zeros(0, np.int64), clicks, clicks, reward_model=rm)
-    logits = (rng.normal(size=(n_users, n_items)) * 2).astype(np.float32)
-    return ev, rm, (lambda users, hist: logits[users])
+    policy = factor_policy(n_users, n_items)
+    return ev, rm, (lambda users, hist: policy(users))
 
 
 def run_rm_value(variant: str, size: dict) -> dict:

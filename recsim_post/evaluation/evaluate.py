@@ -146,7 +146,8 @@ class Evaluator:
         max_len = int(getattr(rm, "max_len", HISTORY_LEN))
         hist = self._hist_at_t(users)[:, -max_len:]
         out = np.empty((len(users), self.truth.n_items))
-        step = max(1, BUDGET_BYTES // (4 * max(int(getattr(rm, "n_members", 1)), 1) * self.truth.n_items))
+        # the head holds about three (E, rows, n_items) float32 arrays at once (scores, + item bias, + user bias)
+        step = max(1, BUDGET_BYTES // (3 * 4 * max(int(getattr(rm, "n_members", 1)), 1) * self.truth.n_items))
         with torch.no_grad():
             for lo in range(0, len(users), step):
                 scores = next_item_scores(rm, torch.from_numpy(hist[lo : lo + step]))

@@ -38,7 +38,7 @@ from ..world.kernels import finish_true_reward_rows, run_row_blocks
 
 @intrinsic
 def _f64_from_bits(typingctx, bits):  # noqa: ANN001, ANN202 - a Numba intrinsic
-    """Reinterpret an int64 as the float64 with the same bits (to build 2**k exactly)."""
+    """Reinterpret an int64 as the float64 with the same bits."""
     sig = types.float64(types.int64)
 
     def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
@@ -47,18 +47,34 @@ def _f64_from_bits(typingctx, bits):  # noqa: ANN001, ANN202 - a Numba intrinsic
     return sig, codegen
 
 
-@numba.njit(cache=True, inline="always")
+@intrinsic
+def _bits_from_f64(typingctx, x):  # noqa: ANN001, ANN202 - a Numba intrinsic
+    """Reinterpret a float64 as the int64 with the same bits."""
+    sig = types.int64(types.float64)
+
+    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+        return builder.bitcast(args[0], context.get_value_type(types.int64))
+
+    return sig, codegen
+
+
+_SHIFT = 6755399441055744.0  # 1.5 * 2**52: adding it rounds |y| < 2**51 to an integer, kept in the low bits
+_SHIFT_BITS = 4843621399236968448  # the int64 bits of _SHIFT
+
+
+@numba.njit(cache=True, inline="always", fastmath={"contract"})
 def exp_nonpositive(x):  # pragma: no cover - compiled
     """e^x for x <= 0, within 2 ulp of libm; 0 for x < -708 (e^x < 3.1e-308) and for x = -inf.
 
     Cody-Waite reduction x = k ln 2 + r, |r| <= ln 2 / 2, then e^r by its Taylor polynomial of
-    degree 13 (truncation error below 1e-17) and 2^k from the exponent bits. No call and no table:
-    the compiler vectorises a loop of it (AVX2 here), several times faster than numpy's or libm's
-    scalar float64 exp.
+    degree 13 (truncation error below 1e-17) and 2^k built from its exponent bits. No call, no
+    table and no float-to-integer conversion (AVX2 has none for 64-bit integers): the compiler
+    vectorises a loop of it, with fused multiply-adds where the CPU has them, several times faster
+    than numpy's or libm's scalar float64 exp.
     """
     y = x if x > -708.0 else -708.0
-    # round y / ln 2 to the nearest integer with the 1.5 * 2**52 shift (exact in float64)
-    k = (y * 1.4426950408889634 + 6755399441055744.0) - 6755399441055744.0
+    t = y * 1.4426950408889634 + _SHIFT  # round(y / ln 2), in t's low mantissa bits
+    k = t - _SHIFT
     r = (y - k * 6.93147180369123816490e-01) - k * 1.90821492927058770002e-10  # ln 2, hi and lo parts
     p = 1.0 / 6227020800.0
     p = p * r + 1.0 / 479001600.0
@@ -74,11 +90,11 @@ def exp_nonpositive(x):  # pragma: no cover - compiled
     p = p * r + 0.5
     p = p * r + 1.0
     p = p * r + 1.0
-    e = p * _f64_from_bits((np.int64(k) + 1023) << 52)
+    e = p * _f64_from_bits((_bits_from_f64(t) - _SHIFT_BITS + 1023) << 52)  # p * 2**k
     return e if x >= -708.0 else 0.0  # also 0 for NaN: a row with a NaN logit has m = NaN, so s = 0
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, fastmath={"contract"})
 def _exp_shifted(z, m, e):  # pragma: no cover - compiled
     for i in range(z.shape[0]):
         e[i] = exp_nonpositive(np.float64(z[i]) - m)
@@ -290,10 +306,7 @@ def _rstar_stats_rows(r, quality, genre, satiation, strength, k, lo, hi, mean, b
         finish_true_reward_rows(r, quality, genre, satiation, strength, b, b + 1)
         row = r[b]
         mean[b] = _row_sum(row) / n
-        m = row[0]
-        for i in range(1, n):
-            m = row[i] if row[i] > m else m
-        best[b] = m
+        best[b] = _block_max(row, 0, n)  # r* holds no NaN
         topk[b], _ = _topk_row(row, row, k, vals, idx)  # the k best values: ties do not change them
 
 
