@@ -36,27 +36,21 @@ from ..world.kernels import finish_true_reward_rows, run_row_blocks
 # ---------------------------------------------------------------------------------------------
 
 
-@intrinsic
-def _f64_from_bits(typingctx, bits):  # noqa: ANN001, ANN202 - a Numba intrinsic
-    """Reinterpret an int64 as the float64 with the same bits."""
-    sig = types.float64(types.int64)
+def _bitcast(src: types.Type, dst: types.Type):  # noqa: ANN202 - a Numba intrinsic
+    """An intrinsic reinterpreting a ``src`` value as the ``dst`` value with the same bits."""
 
-    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
-        return builder.bitcast(args[0], context.get_value_type(types.float64))
+    @intrinsic
+    def cast(typingctx, x):  # noqa: ANN001, ANN202
+        def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+            return builder.bitcast(args[0], context.get_value_type(dst))
 
-    return sig, codegen
+        return dst(src), codegen
+
+    return cast
 
 
-@intrinsic
-def _bits_from_f64(typingctx, x):  # noqa: ANN001, ANN202 - a Numba intrinsic
-    """Reinterpret a float64 as the int64 with the same bits."""
-    sig = types.int64(types.float64)
-
-    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
-        return builder.bitcast(args[0], context.get_value_type(types.int64))
-
-    return sig, codegen
-
+_f64_from_bits = _bitcast(types.int64, types.float64)
+_bits_from_f64 = _bitcast(types.float64, types.int64)
 
 _SHIFT = 6755399441055744.0  # 1.5 * 2**52: adding it rounds |y| < 2**51 to an integer, kept in the low bits
 _SHIFT_BITS = 4843621399236968448  # the int64 bits of _SHIFT
