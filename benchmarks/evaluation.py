@@ -122,7 +122,7 @@ def run_ground_truth(variant: str, size: dict) -> dict:
     truth = gt_world(size["gt_users"], size["gt_items"])
     score = factor_policy(size["gt_users"], size["gt_items"])
     users = np.arange(n_users)
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), time.process_time()
     if variant == "old":
         uni, ora, ora_k, _, _ = reference_sums(truth, {}, users)  # references(), then policy_value()
         _, _, _, value, top = reference_sums(truth, {"pi": score}, users)
@@ -133,7 +133,7 @@ def run_ground_truth(variant: str, size: dict) -> dict:
     seconds = time.perf_counter() - start
     m = size["old_users"]  # the users both variants score: their values must agree
     check = np.concatenate([uni[:m], ora[:m], ora_k[:m], v[:m], vk[:m]])
-    return dict(seconds=seconds, users=n_users, scale=size["gt_users"] / n_users, check=check.tolist(),
+    return dict(seconds=seconds, cpu=time.process_time() - cpu0, users=n_users, scale=size["gt_users"] / n_users, check=check.tolist(),
                 size=f"{size['gt_users']:,} users x {size['gt_items']:,} items")
 
 
@@ -177,7 +177,7 @@ def run_rm_value(variant: str, size: dict) -> dict:
     from recsim_post.logs.public import histories
 
     ev, rm, score = rm_setup(size)
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), time.process_time()
     if variant == "old":  # the evaluator's former _believed, verbatim but for the chunk size
         chunk, total = size["rm_old_chunk"], 0.0
         for lo in range(0, len(ev.users), chunk):
@@ -192,8 +192,8 @@ def run_rm_value(variant: str, size: dict) -> dict:
         value = total / len(ev.users)
     else:
         value = ev._exact({"pi": score}).believed("pi")
-    seconds = time.perf_counter() - start
-    return dict(seconds=seconds, check=[value], size=f"{size['rm_users']:,} users x {size['rm_items']:,} items, E = 5")
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu0
+    return dict(seconds=seconds, cpu=cpu, check=[value], size=f"{size['rm_users']:,} users x {size['rm_items']:,} items, E = 5")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,7 +214,7 @@ def run_histories(variant: str, size: dict) -> dict:
     clicks = click_frame(size["clicks"], size["click_users"])
     users = np.arange(size["click_users"])
     starts = range(0, len(users), HISTORY_CHUNK)
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), time.process_time()
     checksum = 0
     if variant == "old":
         done = starts[: size["old_chunks"]]
@@ -231,7 +231,7 @@ def run_histories(variant: str, size: dict) -> dict:
             if i < size["old_chunks"]:
                 checksum += int(h.sum())
         seconds, scale = time.perf_counter() - start, 1.0
-    return dict(seconds=seconds, scale=scale, build=build, check=[checksum],
+    return dict(seconds=seconds, cpu=time.process_time() - cpu0, scale=scale, build=build, check=[checksum],
                 size=f"{size['clicks']:,} clicks, {size['click_users']:,} users")
 
 
@@ -288,17 +288,17 @@ def run_ope(variant: str, size: dict) -> dict:
 
         dist, qhat = pi[x][:, :, None], q[x][:, :, None]
         kw = dict(reward=r, action=a, position=np.zeros(n, np.int64), pscore=p0, action_dist=dist)
-        start = time.perf_counter()
+        start, cpu0 = time.perf_counter(), time.process_time()
         res = []
         for est, extra in ((InverseProbabilityWeighting(), {}), (SelfNormalizedInverseProbabilityWeighting(), {}),
                            (DoublyRobust(), {"estimated_rewards_by_reg_model": qhat})):
             v = est.estimate_policy_value(**kw, **extra)
             ci = est.estimate_interval(**kw, **extra, alpha=0.05, n_bootstrap_samples=N_BOOTSTRAP, random_state=0)
             res.append((v, ci["95.0% CI (lower)"], ci["95.0% CI (upper)"]))
-        out.update(seconds=time.perf_counter() - start, check=[v for v, _, _ in res], cis=res)
+        out.update(seconds=time.perf_counter() - start, cpu=time.process_time() - cpu0, check=[v for v, _, _ in res], cis=res)
         return out
     ests = [IPS(), SNIPS(), DR()]
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), time.process_time()
     if variant == "old":  # dense (n, A) inputs, one multinomial bootstrap per estimator
         d = BanditData(x, a, r, p0, pi_all=pi[x], q_hat_all=q[x])
         res = [(e.estimate(d), *old_interval(e, d, N_BOOTSTRAP, 0.05, np.random.default_rng(i))) for i, e in enumerate(ests)]
@@ -308,7 +308,7 @@ def run_ope(variant: str, size: dict) -> dict:
         method = "normal" if variant == "new-normal" else "bootstrap"
         cis = intervals(ests, d, N_BOOTSTRAP, 0.05, np.random.default_rng(0), method)
         res = [(e.estimate(d), lo, hi) for e, (lo, hi) in zip(ests, cis)]
-    out.update(seconds=time.perf_counter() - start, check=[v for v, _, _ in res], cis=res)
+    out.update(seconds=time.perf_counter() - start, cpu=time.process_time() - cpu0, check=[v for v, _, _ in res], cis=res)
     del rows
     return out
 
@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def table(results: list[dict]) -> str:
-    head = f"{'work':<13} {'variant':<10} {'size':<44} {'seconds':>9} {'peak RSS MB':>11}  note"
+    head = f"{'work':<13} {'variant':<10} {'size':<44} {'seconds':>9} {'cpu s':>8} {'peak RSS MB':>11}  note"
     lines = [head, "-" * (len(head) + 30)]
     by = {(r["row"], r["variant"]): r for r in results}
     for r in results:
@@ -404,10 +404,12 @@ def table(results: list[dict]) -> str:
             note.append("CI " + ", ".join(f"[{lo:.4f}, {hi:.4f}]" for _, lo, hi in r["cis"]))
             if new is not None and r["variant"] in ("old", "obp"):
                 note.append(f"new is {secs / new['seconds']:.1f}x faster")
-        lines.append(f"{r['row']:<13} {r['variant']:<10} {r['size']:<44} {secs:>9.2f} {r['peak_rss_mb']:>11.0f}  {'; '.join(note)}")
+        cpu = r["cpu"] * r.get("scale", 1.0)
+        lines.append(f"{r['row']:<13} {r['variant']:<10} {r['size']:<44} {secs:>9.2f} {cpu:>8.2f} {r['peak_rss_mb']:>11.0f}  {'; '.join(note)}")
     lines += [
         "",
-        "seconds: wall time of the row's work in its own process (scaled where noted); peak RSS: that",
+        "seconds: wall time of the row's work in its own process (scaled where noted); cpu s: its CPU time",
+        "(all threads; cpu / seconds is how many cores the row really got on a shared machine); peak RSS: that",
         "process's ru_maxrss (Python, numpy, numba, torch where imported, the data and the work).",
         "old = the implementation of c746fb3 (kept or copied here); new = this code; obp = Open Bandit",
         "Pipeline's estimators on the same rows (its intervals: a multinomial bootstrap per estimator).",
