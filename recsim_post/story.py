@@ -93,8 +93,7 @@ def run_story(
     if closed_loop is not None and closed_loop.rounds > 0:
         evaluator.closed_loop = ClosedLoop(sim.world, evaluator.clicks, closed_loop)
         say(f"closed-loop rollouts: {evaluator.closed_loop.describe()}")
-    rows = evaluator.reference_rows()
-    rows += [evaluator.policy_row(name, policy) for name, policy in policies.items()]
+    rows = evaluator.rows(policies)  # one pass over r* for the references and every policy
     if evaluator.closed_loop is not None:
         say(f"closed-loop rollouts took {evaluator.closed_loop.seconds:.1f} s")
     return StoryResult(results_frame(rows, k=evaluator.k), policies, sim, evaluator, rows, reward_models)

@@ -16,16 +16,18 @@ training split), the logging policy at T and the oracle (ranks by the true rewar
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from functools import cached_property
+from typing import Any, Hashable, Mapping, Protocol
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ..logs.public import PublicLogs, histories, split_leave_last_out
+from ..logs.public import HistoryIndex, PublicLogs, split_leave_last_out
+from ..posttrain.reward_model import next_item_scores
 from ..seeding import SeedTree
-from .ground_truth import GroundTruth, References, policy_value, references
-from .offline import ranking_metrics
+from .ground_truth import BUDGET_BYTES, ExactSums, GroundTruth, References, chunk_users, exact_sums, references
+from .offline import metrics_from_ranks, target_ranks
 from .report import ResultRow
 from .reward_report import reward_model_report
 from .rollout import ClosedLoop, logger_policy, oracle_policy, uniform_policy
@@ -110,27 +112,57 @@ class Evaluator:
             k=k,
         )
 
+    @cached_property
+    def _clicks_index(self) -> HistoryIndex:
+        """Every user's clicks at T, grouped once: histories of any chunk of users are one gather."""
+        return HistoryIndex.build(self.clicks)
+
+    @cached_property
+    def _before_test_index(self) -> HistoryIndex:
+        return HistoryIndex.build(self.before_test)
+
+    def _hist_at_t(self, users: np.ndarray) -> np.ndarray:
+        return self._clicks_index.gather(users, HISTORY_LEN)
+
     def _offline(self, score) -> dict[str, float]:  # noqa: ANN001 - (users, hist) -> logits
-        if len(self.test_users) == 0:
+        """NDCG / HR / MRR on the held-out last clicks, streamed over chunks of test users."""
+        n = len(self.test_users)
+        if n == 0:
             return {f"ndcg@{self.k}": float("nan"), f"hr@{self.k}": float("nan"), "mrr": float("nan")}
-        hist = histories(self.before_test, self.test_users, HISTORY_LEN)
-        logits = score(self.test_users, hist)
-        return ranking_metrics(logits, self.test_targets, exclude=hist, k=self.k)
+        ranks = np.empty(n, np.int64)
+        step = chunk_users(self.truth.n_items)
+        for lo in range(0, n, step):
+            users = self.test_users[lo : lo + step]
+            hist = self._before_test_index.gather(users, HISTORY_LEN)
+            ranks[lo : lo + step] = target_ranks(score(users, hist), self.test_targets[lo : lo + step], exclude=hist)
+        return metrics_from_ranks(ranks, k=self.k)
 
-    def _row(self, method: str, kind: str, score, offline: bool, deployed: Any = None) -> ResultRow:  # noqa: ANN001
-        """``score(users, hist) -> logits``; hist are public histories at the relevant time.
-        ``deployed``: the policy as a rollout runs it (for the closed-loop column)."""
+    def _belief(self, users: np.ndarray) -> np.ndarray:
+        """The reward model's R̂(h_u, i) for every item after each user's history at T: (B, n_items)
+        float64: the members' mean, scored at the last position only, in sub-batches that keep the
+        members' (E, rows, n_items) scores within the byte budget. The mean is taken in float64 (a
+        float32 mean of E members is off by up to half an ulp, ~3e-8 relative, per item)."""
+        rm = self.reward_model
+        max_len = int(getattr(rm, "max_len", HISTORY_LEN))
+        hist = self._hist_at_t(users)[:, -max_len:]
+        out = np.empty((len(users), self.truth.n_items))
+        # the head holds about three (E, rows, n_items) float32 arrays at once (scores, + item bias, + user bias)
+        step = max(1, BUDGET_BYTES // (3 * 4 * max(int(getattr(rm, "n_members", 1)), 1) * self.truth.n_items))
+        with torch.no_grad():
+            for lo in range(0, len(users), step):
+                scores = next_item_scores(rm, torch.from_numpy(hist[lo : lo + step]))
+                out[lo : lo + step] = scores.mean(dim=0, dtype=torch.float64).cpu().numpy()
+        return out
 
-        def at_t(users: np.ndarray) -> np.ndarray:
-            return score(users, histories(self.clicks, users, HISTORY_LEN))
+    def _exact(self, scores: Mapping[Hashable, Any]) -> ExactSums:
+        """One pass over r* for the references and every (users, hist) -> logits in ``scores``."""
 
-        v = policy_value(self.truth, at_t, self.users, self.refs)
-        m = self._offline(score) if offline else {}
-        return ResultRow(
-            method, kind, float(v.value), float(v.value_norm), float(v.topk_value), float(v.topk_norm),  # type: ignore[arg-type]
-            m.get(f"ndcg@{self.k}"), m.get(f"hr@{self.k}"), m.get("mrr"),
-            self._believed(score) if self.reward_model is not None else None,
-            self._closed(deployed),
+        def at_t(score):  # noqa: ANN001, ANN202
+            return lambda users: score(users, self._hist_at_t(users))
+
+        belief = self._belief if self.reward_model is not None else None
+        return exact_sums(
+            self.truth, self.users, {name: at_t(f) for name, f in scores.items()}, self.refs.k, belief=belief
         )
 
     def _closed(self, deployed: Any) -> float | None:
@@ -138,51 +170,62 @@ class Evaluator:
             return None
         return self.closed_loop.run(deployed).mean
 
-    def _believed(self, score, chunk: int = 1024) -> float:  # noqa: ANN001
-        """mean_u sum_y pi(y | h_u) R̂(h_u, y): the reward model's opinion of the policy at T."""
-        rm = self.reward_model
-        max_len = int(getattr(rm, "max_len", HISTORY_LEN))
-        total = 0.0
-        for lo in range(0, len(self.users), chunk):
-            users = self.users[lo : lo + chunk]
-            hist = histories(self.clicks, users, HISTORY_LEN)
-            logits = score(users, hist).astype(np.float64)
-            p = np.exp(logits - logits.max(axis=1, keepdims=True))
-            p /= p.sum(axis=1, keepdims=True)
-            with torch.no_grad():
-                r_hat = rm.member_scores(torch.from_numpy(hist[:, -max_len:]))[:, :, -1].mean(dim=0)
-            total += float((p * r_hat.double().cpu().numpy()).sum())
-        return total / len(self.users)
+    def rows(self, policies: Mapping[str, Policy] | None = None, references: bool = True) -> list[ResultRow]:
+        """The reference rows (unless ``references`` is False), then one row per trained policy, with
+        one pass over r* (and over the reward model's beliefs) shared by all of them.
+
+        A policy gets the same numbers here as alone (:meth:`policy_row`): the chunks depend on the
+        catalogue size only.
+        """
+        policies = dict(policies or {})
+        n = self.truth.n_items
+        deployed = reference_policies(n, self.train, self.truth.logger) if references else {}
+        scores: dict[tuple[str, str], Any] = {}  # (kind, method): (users, hist) -> logits
+        if references:
+            scores[("reference", "popularity")] = deployed["popularity"]
+            scores[("reference", "logging policy")] = lambda u, h: self.truth.logger_logits(u)
+        for name, policy in policies.items():
+            scores[("trained", name)] = lambda u, h, p=policy: p.logits(h)
+        sums = self._exact(scores)
+        refs = self.refs
+
+        def row(kind: str, name: str, deployed_as: Any) -> ResultRow:
+            v = sums.policy((kind, name), refs)
+            m = self._offline(scores[(kind, name)])
+            return ResultRow(
+                name, kind, float(v.value), float(v.value_norm), float(v.topk_value), float(v.topk_norm),  # type: ignore[arg-type]
+                m[f"ndcg@{self.k}"], m[f"hr@{self.k}"], m["mrr"],
+                sums.believed((kind, name)) if self.reward_model is not None else None,
+                self._closed(deployed_as),
+            )
+
+        out = []
+        if references:
+            believed = self.reward_model is not None
+            out.append(
+                # uniform's top-k is a random k items (every score ties): its value is the mean
+                ResultRow("uniform", "reference", refs.uniform, 0.0, refs.uniform, 0.0,
+                          rm_value=float(sums.uniform_belief.mean()) if believed else None,
+                          closed_loop=self._closed(deployed["uniform"]))
+            )
+            out.append(row("reference", "popularity", deployed["popularity"]))
+            out.append(row("reference", "logging policy", deployed["logging policy"]))
+            # The oracle samples argmax r* (a point mass) and shows the k best items; offline, it ranks
+            # held-out clicks by their true reward -- which is not what users clicked on. Its belief is
+            # the reward model's view of that point mass.
+            m = self._offline(lambda u, h: self.truth.true_reward(u))
+            out.append(
+                ResultRow("oracle", "reference", refs.oracle, 1.0, refs.oracle_topk, 1.0,
+                          m[f"ndcg@{self.k}"], m[f"hr@{self.k}"], m["mrr"],
+                          float(sums.oracle_belief.mean()) if believed else None,
+                          self._closed(deployed["oracle"]))
+            )
+        out += [row("trained", name, policy) for name, policy in policies.items()]
+        return out
 
     def reference_rows(self) -> list[ResultRow]:
         """uniform, popularity (train-split click counts), the logging policy at T, the oracle."""
-        n = self.truth.n_items
-        deployed = reference_policies(n, self.train, self.truth.logger)
-        rows = [
-            # uniform's top-k is a random k items (every score ties): its value is the mean
-            ResultRow("uniform", "reference", self.refs.uniform, 0.0, self.refs.uniform, 0.0,
-                      rm_value=None if self.reward_model is None else self._believed(
-                          lambda u, h: np.zeros((len(u), n), np.float32)),
-                      closed_loop=self._closed(deployed["uniform"])),
-            self._row("popularity", "reference", deployed["popularity"], True, deployed["popularity"]),
-            self._row("logging policy", "reference", lambda u, h: self.truth.logger_logits(u), True,
-                      deployed["logging policy"]),
-        ]
-        # The oracle samples argmax r* (a point mass) and shows the k best items; offline, it ranks
-        # held-out clicks by their true reward -- which is not what users clicked on.
-        m = self._offline(lambda u, h: self.truth.true_reward(u))
-        believed = None
-        if self.reward_model is not None:  # the oracle's point mass, as the reward model sees it
-            def point_mass(u: np.ndarray, h: np.ndarray) -> np.ndarray:
-                r = self.truth.true_reward(u)
-                return np.where(r >= r.max(axis=1, keepdims=True), 0.0, -np.inf)
-
-            believed = self._believed(point_mass)
-        rows.append(
-            ResultRow("oracle", "reference", self.refs.oracle, 1.0, self.refs.oracle_topk, 1.0,
-                      m[f"ndcg@{self.k}"], m[f"hr@{self.k}"], m["mrr"], believed, self._closed(deployed["oracle"]))
-        )
-        return rows
+        return self.rows()
 
     def reward_report(self, reward_model: Any, max_len: int) -> pd.DataFrame:
         """The reward model against simple baselines on the held-out clicks (validation + test),
@@ -197,5 +240,6 @@ class Evaluator:
         )
 
     def policy_row(self, method: str, policy: Policy) -> ResultRow:
-        """Ground truth, offline metrics (and the closed-loop value) of a trained policy."""
-        return self._row(method, "trained", lambda u, h: policy.logits(h), True, policy)
+        """Ground truth, offline metrics (and the closed-loop value) of a trained policy; to score
+        several, :meth:`rows` shares one pass over r* between them."""
+        return self.rows({method: policy}, references=False)[0]

@@ -6,8 +6,13 @@ For evaluation users u with public histories h_u at the end of logging (time T):
     V_k(pi)    = mean_u (1/k) sum_{i in top-k of pi(. | h_u)} r*(u, i, T)   (it shows its top k)
     normalised = (V(pi) - V(uniform)) / (V(oracle) - V(uniform))   0 = random, 1 = best possible
 
-The oracle puts all its mass on argmax_i r* (for V) or shows the k best items (for V_k). The sums
-run in chunks of users so memory stays bounded for large catalogues.
+The oracle puts all its mass on argmax_i r* (for V) or shows the k best items (for V_k).
+
+The sums stream: users go in chunks sized by a byte budget (:data:`BUDGET_BYTES`), r* is computed
+once per chunk and shared by the references and by every policy scored in the same pass
+(:func:`exact_sums`), and each policy's logits are reduced row by row by the kernels of
+evaluation/kernels.py. Memory is O(chunk x items) however many users and policies there are.
+:func:`reference_sums` keeps the plain dense implementation the tests compare against.
 
 Earlier rounds: with preference drift theta_u moves after every click; :meth:`GroundTruth.theta_at`
 and :meth:`GroundTruth.user_theta` give theta_u(t) at the start of any round t from the sealed
@@ -20,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Hashable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -31,7 +36,9 @@ from ..errors import ConfigError, LogError
 from ..logs.check import check_log_folder, check_sealed_tables
 from ..logs.public import read_parquet
 from ..world.config import ScenarioConfig
+from ..world.kernels import true_reward_product, true_reward_rows_ref
 from ..world.world import true_reward_matrix
+from .kernels import policy_sums, softmax_dot, softmax_dot_ref, topk_mean, topk_mean_ref, true_reward_stats
 
 ScoreFn = Callable[[np.ndarray], np.ndarray]
 """Maps user ids (B,) to policy logits (B, n_items); a softmax of them is the policy."""
@@ -229,11 +236,11 @@ class GroundTruth:
         key = self.impressions.set_index(["slate_id", "position"])["true_reward"]
         return key.reindex(pd.MultiIndex.from_frame(rows[["slate_id", "position"]])).to_numpy(np.float64)
 
-    def true_reward(self, users: np.ndarray) -> np.ndarray:
-        """r*(u, i, T) for users (B,) over all items: (B, I)."""
+    def true_reward(self, users: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """r*(u, i, T) for users (B,) over all items: (B, I) float64, C order (into ``out`` if given)."""
         return true_reward_matrix(
             self.theta[users], self.satiation[users], self.vectors, self.quality, self.genre,
-            self.scenario.satiation.strength,
+            self.scenario.satiation.strength, out,
         )
 
     def logger_logits(self, users: np.ndarray) -> np.ndarray:
@@ -274,51 +281,164 @@ class References:
         )
 
 
+BUDGET_BYTES = 256 * 2**20
+"""Bytes of (users x items) arrays one chunk of the exact sums may hold: r*, a reward model's
+belief, one policy's logits and their temporaries (:data:`CELL_BYTES` per user and item)."""
+
+CELL_BYTES = 32
+"""Bytes per (user, item) cell of a chunk: r* (8), a belief (8), logits (up to 8) and slack (8)."""
+
+
+def chunk_users(n_items: int, budget_bytes: int = BUDGET_BYTES) -> int:
+    """Users per chunk so that a chunk's (users x items) arrays stay within ``budget_bytes``."""
+    return max(1, int(budget_bytes) // (CELL_BYTES * max(int(n_items), 1)))
+
+
 def _chunks(users: np.ndarray, size: int):
     for lo in range(0, len(users), size):
-        yield users[lo : lo + size]
+        yield slice(lo, lo + size), users[lo : lo + size]
 
 
 def softmax_value(logits: np.ndarray, rewards: np.ndarray) -> np.ndarray:
-    """Per row: sum_i softmax(logits)_i * rewards_i (computed stably in float64)."""
-    z = logits.astype(np.float64)
-    z -= z.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    p /= p.sum(axis=1, keepdims=True)
-    return (p * rewards).sum(axis=1)
+    """Per row: sum_i softmax(logits)_i * rewards_i (stable, float64; see evaluation/kernels.py)."""
+    return softmax_dot(logits, rewards)
 
 
 def topk_value(logits: np.ndarray, rewards: np.ndarray, k: int) -> np.ndarray:
-    """Per row: the mean reward of the k highest-scoring items."""
-    k = min(k, logits.shape[1])
-    top = np.argpartition(-logits, k - 1, axis=1)[:, :k]
-    return np.take_along_axis(rewards, top, axis=1).mean(axis=1)
+    """Per row: the mean reward of the k highest-scoring items (argpartition's choice among ties)."""
+    return topk_mean(logits, rewards, k)
 
 
-def references(truth: GroundTruth, users: np.ndarray, k: int = 10, chunk: int = 2048) -> References:
-    """Uniform and oracle values over ``users``."""
-    uni = ora = ora_k = 0.0
-    kk = min(k, truth.n_items)
-    for u in _chunks(users, chunk):
-        r = truth.true_reward(u)
-        uni += r.mean(axis=1).sum()
-        ora += r.max(axis=1).sum()
-        ora_k += -np.partition(-r, kk - 1, axis=1)[:, :kk].mean(axis=1).sum()
-    n = len(users)
-    return References(uni / n, ora / n, ora_k / n, k)
+BeliefFn = Callable[[np.ndarray], np.ndarray]
+"""Maps user ids (B,) to a reward model's R̂(h_u, i) over all items (B, n_items)."""
+
+
+@dataclass(frozen=True)
+class ExactSums:
+    """Per-user sums of one pass over r*(u, ., T): the reference values and every policy of the pass.
+
+    Arrays are (n_users,) float64 in the order of the users passed. ``value[name]`` is
+    sum_i pi(i|h_u) r*(u, i), ``topk[name]`` the mean r* of pi's top k; with a belief R̂,
+    ``belief[name]`` is sum_i pi(i|h_u) R̂(h_u, i), ``uniform_belief`` the mean of R̂ over items and
+    ``oracle_belief`` its mean over the items of highest r* (the oracle's point mass, ties shared).
+    """
+
+    uniform: np.ndarray
+    oracle: np.ndarray
+    oracle_topk: np.ndarray
+    k: int
+    value: dict[Hashable, np.ndarray]
+    topk: dict[Hashable, np.ndarray]
+    belief: dict[Hashable, np.ndarray]
+    uniform_belief: np.ndarray | None = None
+    oracle_belief: np.ndarray | None = None
+
+    def references(self) -> References:
+        n = len(self.uniform)
+        return References(self.uniform.sum() / n, self.oracle.sum() / n, self.oracle_topk.sum() / n, self.k)
+
+    def policy(self, name: Hashable, refs: References) -> PolicyValue:
+        """``name``'s value and top-k value, normalised by ``refs``."""
+        n = len(self.value[name])
+        return refs.normalise(self.value[name].sum() / n, self.topk[name].sum() / n)
+
+    def believed(self, name: Hashable) -> float:
+        """The belief's mean over users of sum_i pi(i|h_u) R̂(h_u, i) for policy ``name``."""
+        return float(self.belief[name].sum() / len(self.belief[name]))
+
+
+def exact_sums(
+    truth: GroundTruth,
+    users: np.ndarray,
+    scores: Mapping[Hashable, ScoreFn] | None = None,
+    k: int = 10,
+    belief: BeliefFn | None = None,
+    chunk: int | None = None,
+) -> ExactSums:
+    """One pass over r*(u, ., T) for ``users``, shared by the references and every policy in ``scores``.
+
+    Users go in chunks of ``chunk`` (default :func:`chunk_users`: a fixed byte budget, whatever the
+    number of policies, so a policy gets the same numbers alone or with others); for each chunk r*
+    is computed once (and the belief R̂ once, when given), then each policy's logits are reduced
+    row by row (softmax-weighted sum, top-k mean) without (users x items) temporaries. Memory is
+    O(chunk x items), flat in the number of users and policies.
+    """
+    scores = dict(scores or {})
+    users = np.asarray(users, np.int64)
+    n, n_items = len(users), truth.n_items
+    kk = min(k, n_items)
+    chunk = chunk_users(n_items) if chunk is None else chunk
+    if chunk < 1:
+        raise ValueError(f"chunk must be a positive number of users, got {chunk}")
+    uniform, oracle, oracle_topk = np.empty(n), np.empty(n), np.empty(n)
+    value = {name: np.empty(n) for name in scores}
+    topk = {name: np.empty(n) for name in scores}
+    believed = {name: np.empty(n) for name in scores} if belief is not None else {}
+    uni_b = ora_b = None
+    if belief is not None:
+        uni_b, ora_b = np.empty(n), np.empty(n)
+    buf = np.empty((min(chunk, n), n_items))
+    strength = truth.scenario.satiation.strength
+    for sl, u in _chunks(users, chunk):
+        # r* exactly as GroundTruth.true_reward computes it, the references' statistics on the way
+        product = true_reward_product(
+            truth.theta[u], truth.satiation[u], truth.vectors, truth.quality, truth.genre, out=buf[: len(u)]
+        )
+        uniform[sl], oracle[sl], oracle_topk[sl] = true_reward_stats(product, strength, kk)
+        r = product[0]
+        rb = None
+        if belief is not None:
+            rb = np.asarray(belief(u), np.float64)
+            if rb.shape != r.shape:
+                raise ValueError(f"belief returned shape {rb.shape}, expected {r.shape}")
+            uni_b[sl] = rb.mean(axis=1)
+            best = r >= oracle[sl][:, None]
+            ora_b[sl] = np.where(best, rb, 0.0).sum(axis=1) / best.sum(axis=1)
+        for name, score in scores.items():
+            logits = score(u)
+            if logits.shape != r.shape:
+                raise ValueError(f"score returned shape {logits.shape}, expected {r.shape}")
+            value[name][sl], topk[name][sl], b = policy_sums(logits, r, k, rb)
+            if rb is not None:
+                believed[name][sl] = b
+            del logits
+    return ExactSums(uniform, oracle, oracle_topk, k, value, topk, believed, uni_b, ora_b)
+
+
+def references(truth: GroundTruth, users: np.ndarray, k: int = 10, chunk: int | None = None) -> References:
+    """Uniform and oracle values over ``users`` (chunked; see :func:`exact_sums`)."""
+    return exact_sums(truth, users, k=k, chunk=chunk).references()
 
 
 def policy_value(
-    truth: GroundTruth, score: ScoreFn, users: np.ndarray, refs: References, chunk: int = 2048
+    truth: GroundTruth, score: ScoreFn, users: np.ndarray, refs: References, chunk: int | None = None
 ) -> PolicyValue:
     """The exact ground-truth value of the policy softmax(score(users)) over ``users``."""
-    v = vk = 0.0
-    for u in _chunks(users, chunk):
-        logits = score(u)
-        if logits.shape != (len(u), truth.n_items):
-            raise ValueError(f"score returned shape {logits.shape}, expected {(len(u), truth.n_items)}")
-        r = truth.true_reward(u)
-        v += softmax_value(logits, r).sum()
-        vk += topk_value(logits, r, refs.k).sum()
-    n = len(users)
-    return refs.normalise(v / n, vk / n)
+    return exact_sums(truth, users, {"policy": score}, refs.k, chunk=chunk).policy("policy", refs)
+
+
+def reference_sums(
+    truth: GroundTruth, scores: Mapping[str, ScoreFn], users: np.ndarray, k: int = 10, chunk: int = 2048
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The plain implementation the exact sums replaced (dense r* per chunk, numpy reductions), kept as
+    the reference the tests hold :func:`exact_sums` to: (uniform, oracle, oracle_topk, value, topk)
+    per user."""
+    users = np.asarray(users, np.int64)
+    uni, ora, ora_k = [], [], []
+    value: dict[str, list] = {name: [] for name in scores}
+    top: dict[str, list] = {name: [] for name in scores}
+    kk = min(k, truth.n_items)
+    for _, u in _chunks(users, chunk):
+        r = true_reward_rows_ref(
+            truth.theta[u], truth.satiation[u], truth.vectors, truth.quality, truth.genre,
+            truth.scenario.satiation.strength,
+        )
+        uni.append(r.mean(axis=1))
+        ora.append(r.max(axis=1))
+        ora_k.append(-np.partition(-r, kk - 1, axis=1)[:, :kk].mean(axis=1))
+        for name, score in scores.items():
+            logits = score(u)
+            value[name].append(softmax_dot_ref(logits, r))
+            top[name].append(topk_mean_ref(logits, r, k))
+    cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0)  # noqa: E731
+    return (cat(uni), cat(ora), cat(ora_k), {n: cat(v) for n, v in value.items()}, {n: cat(v) for n, v in top.items()})

@@ -1,9 +1,12 @@
 """Off-policy evaluation of a single-item target policy from logged bandit data.
 
 Logged rows (x_i, a_i, r_i, p_i) with p_i = pi_0(a_i | x_i) the logger's exact propensity; the
-target policy pi is given by its action probabilities on every logged context. Every estimator is
-a frozen dataclass with ``estimate(data) -> float`` and ``interval(data, n_bootstrap, alpha, rng)``
-(a percentile bootstrap over logged rows). With w_i = pi(a_i | x_i) / p_i::
+target policy pi is given by its action probabilities on every logged context, or -- all the
+estimators need -- by pi(a_i | x_i) and, for DM / DR / Switch-DR, the per-row sums
+sum_a pi(a | x_i) q^(x_i, a) and q^(x_i, a_i), so no (n x A) matrix has to exist. Every estimator is
+a frozen dataclass with ``estimate(data) -> float`` and ``interval(data, n_bootstrap, alpha, rng)``;
+:func:`intervals` gives several estimators' intervals from one set of resamples. With
+w_i = pi(a_i | x_i) / p_i::
 
     IPS        V = (1/n) sum_i w_i r_i
     SNIPS      V = sum_i w_i r_i / sum_i w_i
@@ -25,6 +28,21 @@ Logs of the simulator become :class:`BanditData` through :func:`bandit_data_from
 :class:`BanditData` becomes Open Bandit Pipeline's ``bandit_feedback`` dict through
 :func:`to_obp_bandit_feedback`, so obp's estimators run unchanged on our data.
 
+Intervals (``method``):
+
+* ``"bootstrap"`` (default): a percentile bootstrap with Poisson(1) resampling weights (Hanley &
+  MacGibbon 2006, "Creating non-parametric bootstrap samples using Poisson frequencies"; Chamandy
+  et al. 2012, "Estimating uncertainty for massive data streams"). Every estimator is a ratio of
+  per-row sums, V = sum_i num_i / sum_i den_i (den_i = 1 for the plain means), so a resample with
+  weights N_bi ~ Poisson(1) is V_b = sum_i N_bi num_i / sum_i N_bi den_i: one weighted sum per
+  resample and column (counts x columns, a matrix product), streamed over blocks of logged rows by a
+  kernel that never stores the counts. Every block draws its uniforms from its
+  own child stream of ``rng``, so the draws do not depend on the number of threads. Resamples whose
+  denominator is 0 are left out.
+* ``"normal"``: V +- z_{1 - alpha/2} se, se the delta-method standard error of the ratio,
+  sd_i(num_i - V den_i) / (mean_i(den_i) sqrt(n)) (the plain standard error for den_i = 1): no
+  resampling, for large n.
+
 References: Horvitz & Thompson (1952) for IPS; Swaminathan & Joachims (2015), "The Self-Normalized
 Estimator for Counterfactual Learning" for SNIPS; Dudik, Langford & Li (2011), "Doubly Robust Policy
 Evaluation and Learning" for DR; Wang, Agarwal & Dudik (2017), "Optimal and Adaptive Off-policy
@@ -34,21 +52,29 @@ Evaluation in Contextual Bandits" for Switch; Saito et al. (2021), Open Bandit P
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 from dataclasses import dataclass, field
-from typing import Literal
+from statistics import NormalDist
+from typing import Literal, Sequence
 
+import numba
 import numpy as np
 import pandas as pd
 
 from ..errors import LogError
+from ..world.kernels import run_on_threads
+from .kernels import poisson_accumulate
 
 PI_SUM_TOL = 1e-6
 """Rows of ``pi_all`` must sum to one within this tolerance."""
 
-BOOTSTRAP_CHUNK = 2**22
-"""Resampled indices drawn per block (n_bootstrap * n is split into blocks of about this size)."""
+BOOTSTRAP_BLOCK_ROWS = 2**14
+"""Logged rows per block of the streamed Poisson bootstrap (each block has its own child stream)."""
+
+IntervalMethod = Literal["bootstrap", "normal"]
+INTERVAL_METHODS = ("bootstrap", "normal")
 
 
 def _float_array(name: str, x, n: int | None = None) -> np.ndarray:  # noqa: ANN001
@@ -72,11 +98,13 @@ class BanditData:
         pi_on_action: (n,) float in [0, 1], the target's pi(a_i | x_i). Taken from ``pi_all`` when
             omitted.
         pi_all: (n, A) optional, the target's full action distribution on each logged context
-            (rows sum to one). Needed by DM, DR and Switch-DR.
-        q_hat_all: (n, A) optional, a reward model's q^(x_i, a) on each logged context. Needed by
-            DM, DR and Switch-DR.
+            (rows sum to one). With ``q_hat_all``, what DM, DR and Switch-DR need.
+        q_hat_all: (n, A) optional, a reward model's q^(x_i, a) on each logged context.
         n_actions: A; inferred from ``pi_all`` or ``q_hat_all`` when omitted.
         timestamp: (n,) int, optional, when each row was logged (kept for the record and export).
+        q_hat_pi: (n,) optional, sum_a pi(a | x_i) q^(x_i, a): with ``q_hat_on_action``, what DM,
+            DR and Switch-DR need, without the (n, A) matrices (computed from them when both are given).
+        q_hat_on_action: (n,) optional, q^(x_i, a_i).
     """
 
     context: np.ndarray
@@ -88,6 +116,8 @@ class BanditData:
     q_hat_all: np.ndarray | None = None
     n_actions: int | None = None
     timestamp: np.ndarray | None = field(default=None)
+    q_hat_pi: np.ndarray | None = None
+    q_hat_on_action: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen dataclass
@@ -152,6 +182,18 @@ class BanditData:
         if not np.all((pi_on >= 0) & (pi_on <= 1)):
             raise ValueError(f"pi_on_action must lie in [0, 1], got range [{pi_on.min()}, {pi_on.max()}]")
 
+        for name in ("q_hat_pi", "q_hat_on_action"):
+            if getattr(self, name) is not None:
+                v = _float_array(name, getattr(self, name), n)
+                if not np.all(np.isfinite(v)):
+                    raise ValueError(f"{name} has NaN or infinite values")
+                set_(name, v)
+        if (self.q_hat_pi is None) != (self.q_hat_on_action is None):
+            raise ValueError("give q_hat_pi and q_hat_on_action together (DM, DR and Switch-DR need both)")
+        if self.q_hat_all is not None and self.q_hat_on_action is not None:
+            if not np.allclose(self.q_hat_on_action, self.q_hat_all[np.arange(n), action], rtol=0, atol=1e-9):
+                raise ValueError("q_hat_on_action disagrees with q_hat_all at the logged actions")
+
         if self.timestamp is not None:
             ts = np.asarray(self.timestamp)
             if ts.shape != (n,):
@@ -176,7 +218,7 @@ class BanditData:
         """The same logs with another target policy (a validated copy)."""
         return BanditData(
             self.context, self.action, self.reward, self.pscore, pi_on_action, pi_all, self.q_hat_all,
-            self.n_actions, self.timestamp,
+            self.n_actions, self.timestamp,  # q_hat_pi belonged to the old policy
         )
 
     def with_reward_model(self, q_hat_all: np.ndarray) -> "BanditData":
@@ -186,15 +228,20 @@ class BanditData:
             self.n_actions, self.timestamp,
         )
 
-    def _need_model(self, who: str) -> tuple[np.ndarray, np.ndarray]:
-        if self.pi_all is None or self.q_hat_all is None:
-            missing = " and ".join(k for k in ("pi_all", "q_hat_all") if getattr(self, k) is None)
-            raise ValueError(f"{who} needs {missing} on the bandit data")
-        return self.pi_all, self.q_hat_all
+    def model_terms(self, who: str = "this estimator") -> tuple[np.ndarray, np.ndarray]:
+        """(sum_a pi(a | x_i) q^(x_i, a), q^(x_i, a_i)): (n,) each, from ``pi_all`` and ``q_hat_all``
+        when the data hold them, else the given ``q_hat_pi`` and ``q_hat_on_action``."""
+        if self.pi_all is not None and self.q_hat_all is not None:
+            q = self.q_hat_all
+            return (self.pi_all * q).sum(axis=1), q[np.arange(len(self)), self.action]
+        if self.q_hat_pi is not None and self.q_hat_on_action is not None:
+            return self.q_hat_pi, self.q_hat_on_action
+        missing = " and ".join(k for k in ("pi_all", "q_hat_all") if getattr(self, k) is None)
+        raise ValueError(f"{who} needs {missing} on the bandit data (or q_hat_pi and q_hat_on_action)")
 
 
 class _Estimator:
-    """Shared machinery: estimate = sum_i num_i / sum_i den_i, bootstrapped over logged rows."""
+    """Shared machinery: estimate = sum_i num_i / sum_i den_i, with intervals from :func:`intervals`."""
 
     name: str = ""
 
@@ -208,37 +255,118 @@ class _Estimator:
         return float(num.mean()) if den is None else float(num.sum() / den.sum())
 
     def interval(
-        self, data: BanditData, n_bootstrap: int = 1000, alpha: float = 0.05, rng: np.random.Generator | None = None
+        self,
+        data: BanditData,
+        n_bootstrap: int = 1000,
+        alpha: float = 0.05,
+        rng: np.random.Generator | None = None,
+        method: IntervalMethod = "bootstrap",
     ) -> tuple[float, float]:
-        """Percentile bootstrap (1 - alpha) interval: rows resampled with replacement from ``rng``."""
-        if not isinstance(rng, np.random.Generator):
-            raise ValueError(f"rng must be a seeded numpy.random.Generator, got {type(rng).__name__}")
-        if int(n_bootstrap) != n_bootstrap or n_bootstrap < 1:
-            raise ValueError(f"n_bootstrap must be a positive integer, got {n_bootstrap!r}")
-        if not 0 < alpha < 1:
-            raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}")
-        num, den = self._terms(data)
-        n = len(num)
-        per = max(1, BOOTSTRAP_CHUNK // n)
-        stats = []
-        for lo in range(0, int(n_bootstrap), per):
-            idx = rng.integers(0, n, size=(min(per, int(n_bootstrap) - lo), n))
-            s = num[idx].sum(axis=1)
-            if den is None:
-                stats.append(s / n)
-            else:
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    stats.append(s / den[idx].sum(axis=1))
-        boot = np.concatenate(stats)
-        if den is not None:
-            # a ratio is undefined on a resample whose weights are all zero (possible when the target
-            # puts mass on few logged actions, e.g. most of it off the logger's support): such
-            # resamples are left out, and with none left the interval is NaN
-            boot = boot[np.isfinite(boot)]
-            if len(boot) == 0:
-                return math.nan, math.nan
+        """(1 - alpha) interval: Poisson-bootstrap percentiles (draws from ``rng``) or the normal /
+        delta-method approximation (see the module docstring)."""
+        return intervals([self], data, n_bootstrap, alpha, rng, method)[0]
+
+
+def _check_interval_args(n_bootstrap: int, alpha: float, rng, method: str) -> None:  # noqa: ANN001
+    if method not in INTERVAL_METHODS:
+        raise ValueError(f"interval method must be one of {', '.join(map(repr, INTERVAL_METHODS))}, got {method!r}")
+    if method == "bootstrap" and not isinstance(rng, np.random.Generator):
+        raise ValueError(f"rng must be a seeded numpy.random.Generator, got {type(rng).__name__}")
+    if int(n_bootstrap) != n_bootstrap or n_bootstrap < 1:
+        raise ValueError(f"n_bootstrap must be a positive integer, got {n_bootstrap!r}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}")
+
+
+def poisson_bootstrap_sums(x: np.ndarray, n_bootstrap: int, rng: np.random.Generator) -> np.ndarray:
+    """S[b, j] = sum_i N_bi x[i, j], N_bi ~ Poisson(1) independent: (n_bootstrap, k) float64.
+
+    Streamed over blocks of :data:`BOOTSTRAP_BLOCK_ROWS` logged rows on a few threads: block j draws
+    its (rows, n_bootstrap) uniforms from child stream j of a seed taken from ``rng`` and adds its
+    rows' weighted sums (evaluation/kernels.py, the counts never stored); the blocks' partial sums
+    are added in block order, so the result depends on ``rng`` only, not on the threads.
+    """
+    x = np.ascontiguousarray(x, np.float64)
+    n, k = x.shape
+    B = int(n_bootstrap)
+    starts = range(0, n, BOOTSTRAP_BLOCK_ROWS)
+    children = np.random.SeedSequence(rng.integers(0, 2**63, size=4).tolist()).spawn(len(starts))
+    partial = np.zeros((len(starts), k, B))
+    claim = itertools.count()
+
+    def work() -> None:
+        buf = np.empty(min(BOOTSTRAP_BLOCK_ROWS, n) * B)
+        while (j := next(claim)) < len(starts):
+            lo = starts[j]
+            rows = min(BOOTSTRAP_BLOCK_ROWS, n - lo)
+            u = buf[: rows * B].reshape(rows, B)
+            np.random.default_rng(children[j]).random(out=u)
+            poisson_accumulate(u, x[lo : lo + rows], partial[j])
+
+    run_on_threads(work, min(numba.get_num_threads(), len(starts)))
+    return partial.sum(axis=0).T
+
+
+def intervals(
+    estimators: Sequence["_Estimator"],
+    data: BanditData | Sequence[BanditData],
+    n_bootstrap: int = 1000,
+    alpha: float = 0.05,
+    rng: np.random.Generator | None = None,
+    method: IntervalMethod = "bootstrap",
+) -> list[tuple[float, float]]:
+    """(1 - alpha) intervals of several estimators, each on its data (one BanditData for all, or
+    one per estimator, over the same logged rows), from ONE set of Poisson-bootstrap resamples:
+    every estimator's (num, den) columns go into one (n, k) matrix and each resample is one
+    weighted sum per column (see the module docstring; ``method="normal"`` draws nothing).
+    A ratio whose denominator is 0 on a resample skips that resample; with none left it is NaN.
+    """
+    _check_interval_args(n_bootstrap, alpha, rng, method)
+    datas = [data] * len(estimators) if isinstance(data, BanditData) else list(data)
+    if len(datas) != len(estimators):
+        raise ValueError(f"{len(estimators)} estimators but {len(datas)} bandit data")
+    terms = [est._terms(d) for est, d in zip(estimators, datas)]
+    n = len(terms[0][0]) if terms else 0
+    if any(len(num) != n for num, _ in terms):
+        raise ValueError("every estimator's data must hold the same logged rows")
+    if method == "normal":
+        return [_normal_interval(num, den, alpha) for num, den in terms]
+    # columns: 0 = the counts' sum (the plain means' denominator), then num_j (and den_j) per estimator
+    cols, index = [np.ones(n)], []
+    for num, den in terms:
+        index.append((len(cols), 0 if den is None else len(cols) + 1))
+        cols += [num] if den is None else [num, den]
+    sums = poisson_bootstrap_sums(np.stack(cols, axis=1), n_bootstrap, rng)
+    out = []
+    for i_num, i_den in index:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            boot = sums[:, i_num] / sums[:, i_den]
+        # a ratio is undefined on a resample whose denominator is zero (possible when the target puts
+        # mass on few logged actions, e.g. most of it off the logger's support): such resamples are
+        # left out, and with none left the interval is NaN
+        boot = boot[np.isfinite(boot)]
+        if len(boot) == 0:
+            out.append((math.nan, math.nan))
+            continue
         low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
-        return float(low), float(high)
+        out.append((float(low), float(high)))
+    return out
+
+
+def _normal_interval(num: np.ndarray, den: np.ndarray | None, alpha: float) -> tuple[float, float]:
+    """V +- z se with the delta-method se of sum(num) / sum(den) (den None: the plain mean's se)."""
+    n = len(num)
+    z = NormalDist().inv_cdf(1 - alpha / 2)
+    if den is None:
+        v, psi = float(num.mean()), num
+    else:
+        total = den.sum()
+        if total == 0:
+            return math.nan, math.nan
+        v = float(num.sum() / total)
+        psi = (num - v * den) / (total / n)  # the ratio's influence function
+    se = float(psi.std(ddof=1)) / math.sqrt(n) if n > 1 else 0.0
+    return v - z * se, v + z * se
 
 
 @dataclass(frozen=True)
@@ -287,8 +415,8 @@ class DM(_Estimator):
     name = "dm"
 
     def _terms(self, data: BanditData) -> tuple[np.ndarray, None]:
-        pi, q = data._need_model("DM")
-        return (pi * q).sum(axis=1), None
+        dm, _ = data.model_terms("DM")
+        return dm, None
 
 
 @dataclass(frozen=True)
@@ -303,9 +431,8 @@ class DR(_Estimator):
     name = "dr"
 
     def _terms(self, data: BanditData) -> tuple[np.ndarray, None]:
-        pi, q = data._need_model("DR")
-        q_fact = q[np.arange(len(data)), data.action]
-        return (pi * q).sum(axis=1) + data.weight * (data.reward - q_fact), None
+        dm, q_fact = data.model_terms("DR")
+        return dm + data.weight * (data.reward - q_fact), None
 
 
 @dataclass(frozen=True)
@@ -331,11 +458,10 @@ class SwitchDR(_Estimator):
             raise ValueError(f"tau must be a number >= 0, got {self.tau!r}")
 
     def _terms(self, data: BanditData) -> tuple[np.ndarray, None]:
-        pi, q = data._need_model("Switch-DR")
+        dm, q_fact = data.model_terms("Switch-DR")
         w = data.weight
-        q_fact = q[np.arange(len(data)), data.action]
         keep = w <= self.tau
-        return (pi * q).sum(axis=1) + np.where(keep, w * (data.reward - q_fact), 0.0), None
+        return dm + np.where(keep, w * (data.reward - q_fact), 0.0), None
 
 
 ESTIMATORS = {e.name: e for e in (IPS, SNIPS, DM, DR, SwitchDR)}

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -190,7 +190,31 @@ def user_folds(users: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarra
     return fold_of_user[inv]
 
 
-def sequence_q(
+@dataclass(frozen=True)
+class SequenceQRows:
+    """The fitted q^ models and which one scores each row: q^ of any rows, chunk by chunk
+    (:meth:`rows`), without the (n, n_items) matrix."""
+
+    models: tuple[SequenceQ | None, ...]  # None for a fold without rows
+    fold: np.ndarray  # (n,) int64: row i is scored by models[fold[i]]
+    hist: np.ndarray  # (n, L) the rows' click histories
+    n_items: int
+
+    def __len__(self) -> int:
+        return len(self.fold)
+
+    def rows(self, sl: slice) -> np.ndarray:
+        """q^(h_i, a) for the rows ``sl`` and every item: (rows, n_items) float64."""
+        fold, hist = self.fold[sl], self.hist[sl]
+        out = np.empty((len(fold), self.n_items))
+        for k, model in enumerate(self.models):
+            held = fold == k
+            if model is not None and held.any():
+                out[held] = predict_q(model, hist[held])
+        return out
+
+
+def sequence_q_rows(
     hist: np.ndarray,
     user: np.ndarray,
     action: np.ndarray,
@@ -200,24 +224,34 @@ def sequence_q(
     cfg: SequenceQConfig = SequenceQConfig(),
     seed: SeedTree = SeedTree(0),
     fit: Literal["crossfit", "all"] = "crossfit",
-) -> np.ndarray:
-    """q^ on every logged row, (n, n_items): cross-fitted by user folds (default) or in-sample ("all")."""
+) -> SequenceQRows:
+    """Fit :func:`sequence_q`'s models (cross-fitted by user folds, or one in-sample for "all") and
+    return them as a :class:`SequenceQRows`."""
     if fit == "all":
-        return predict_q(fit_sequence_q(hist, action, reward, n_items, phi, cfg, seed.child("all")), hist)
+        model = fit_sequence_q(hist, action, reward, n_items, phi, cfg, seed.child("all"))
+        return SequenceQRows((model,), np.zeros(len(action), np.int64), hist, n_items)
     if fit != "crossfit":
         raise ConfigError(f"q_fit = {fit!r} is not allowed for the sequence q^: must be 'crossfit' or 'all'")
     fold = user_folds(user, cfg.folds, seed.generator("folds"))
     if len(np.unique(fold)) < 2:
         raise LogError(f"cross-fitting needs users in at least two folds; the logs have {len(np.unique(user))} user(s)")
-    q = np.empty((len(action), n_items))
+    models: list[SequenceQ | None] = []
     for k in range(cfg.folds):
-        held = fold == k
-        if not held.any():
+        train = fold != k
+        if train.all():  # a fold without rows scores nothing
+            models.append(None)
             continue
-        train = ~held
-        model = fit_sequence_q(hist[train], action[train], reward[train], n_items, phi, cfg, seed.child(f"fold-{k}"))
-        q[held] = predict_q(model, hist[held])
-    return q
+        models.append(fit_sequence_q(hist[train], action[train], reward[train], n_items, phi, cfg, seed.child(f"fold-{k}")))
+    return SequenceQRows(tuple(models), fold, hist, n_items)
 
 
-__all__ = ["SequenceQ", "SequenceQConfig", "fit_sequence_q", "item_features", "predict_q", "sequence_q", "user_folds"]
+def sequence_q(*args: Any, **kwargs: Any) -> np.ndarray:
+    """q^ on every logged row, (n, n_items): cross-fitted by user folds (default) or in-sample ("all");
+    the arguments of :func:`sequence_q_rows`, whose rows it returns all at once."""
+    return sequence_q_rows(*args, **kwargs).rows(slice(None))
+
+
+__all__ = [
+    "SequenceQ", "SequenceQConfig", "SequenceQRows", "fit_sequence_q", "item_features", "predict_q", "sequence_q",
+    "sequence_q_rows", "user_folds",
+]

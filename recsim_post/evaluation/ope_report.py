@@ -95,13 +95,20 @@ from ..logs.public import PAD, PublicLogs
 from ..models.policy import SequencePolicy, build_model
 from ..models.sasrec import SASRecConfig
 from ..seeding import SeedTree
-from .ground_truth import GroundTruth
-from .ope import DM, DR, IPS, SNIPS, BanditData, SwitchDR, bandit_data_from_logs
-from .ope_qmodel import SequenceQConfig, item_features, sequence_q
+from .ground_truth import BUDGET_BYTES, GroundTruth
+from .ope import DM, DR, IPS, INTERVAL_METHODS, SNIPS, BanditData, SwitchDR, bandit_data_from_logs, intervals
+from .ope_qmodel import SequenceQConfig, SequenceQRows, item_features, sequence_q_rows
 
 ESTIMATOR_ORDER = ("ips", "snips", "dm", "dr", "switch-dr")
 PSCORE_SOURCES = ("true", "estimated")
 CHUNK_ROWS = 4096
+"""Logged rows per chunk of (rows x items) work, fewer where a chunk would exceed the byte budget."""
+
+
+def chunk_rows(n_items: int, arrays: int) -> int:
+    """Rows per chunk: :data:`CHUNK_ROWS`, or fewer so that ``arrays`` float64 (rows x items) arrays
+    stay within the ground truth's byte budget (so memory is flat in the catalogue size)."""
+    return max(1, min(CHUNK_ROWS, BUDGET_BYTES // (8 * arrays * max(int(n_items), 1))))
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,8 +272,9 @@ def estimated_propensities(
     elif method == "bc":
         model = model if model is not None else fit_logger_model(ctx, n_items, model_cfg, seed)
         p = np.empty(len(ctx))
-        for lo in range(0, len(ctx), CHUNK_ROWS):
-            sl = slice(lo, lo + CHUNK_ROWS)
+        step = chunk_rows(n_items, 3)
+        for lo in range(0, len(ctx), step):
+            sl = slice(lo, lo + step)
             probs = _softmax(model.logits(ctx.hist[sl]))
             p[sl] = probs[np.arange(len(probs)), ctx.action[sl]]
     else:
@@ -286,26 +294,43 @@ def item_mean_q(action: np.ndarray, reward: np.ndarray, n_items: int, shrinkage:
     return (s + shrinkage * rbar) / (n + shrinkage)
 
 
+@dataclass(frozen=True)
+class TableQ:
+    """q^(x_i, .) = table[key[i]]: item means that depend on the row only through a small key (its
+    round for ``past``, its fold for ``crossfit``, nothing for ``all``). Rows come chunk by chunk
+    (:meth:`rows`): the (n, n_items) matrix is never built."""
+
+    table: np.ndarray  # (K, n_items)
+    key: np.ndarray  # (n,) int64 in [0, K)
+
+    def __len__(self) -> int:
+        return len(self.key)
+
+    def rows(self, sl: slice) -> np.ndarray:
+        """q^ of the rows ``sl`` for every item: (rows, n_items) float64."""
+        return self.table[self.key[sl]]
+
+
+def crossfit_q_table(
+    ctx: LoggedContexts, reward: np.ndarray, n_items: int, shrinkage: float, crossfit: bool, rng: np.random.Generator
+) -> TableQ:
+    """Item means, with cross-fitting each half scored by the other half's means (see :func:`crossfit_q`)."""
+    if not crossfit:
+        return TableQ(item_mean_q(ctx.action, reward, n_items, shrinkage)[None, :], np.zeros(len(ctx), np.int64))
+    fold = rng.integers(0, 2, size=len(ctx))
+    q = np.stack([item_mean_q(ctx.action[fold != k], reward[fold != k], n_items, shrinkage) for k in (0, 1)])
+    return TableQ(q, fold)
+
+
 def crossfit_q(
     ctx: LoggedContexts, reward: np.ndarray, n_items: int, shrinkage: float, crossfit: bool, rng: np.random.Generator
 ) -> np.ndarray:
     """q^ on every row: (n, n_items); with cross-fitting each half gets the other half's item means."""
-    if not crossfit:
-        return np.broadcast_to(item_mean_q(ctx.action, reward, n_items, shrinkage), (len(ctx), n_items))
-    fold = rng.integers(0, 2, size=len(ctx))
-    q = np.stack([item_mean_q(ctx.action[fold != k], reward[fold != k], n_items, shrinkage) for k in (0, 1)])
-    return q[fold]
+    return crossfit_q_table(ctx, reward, n_items, shrinkage, crossfit, rng).rows(slice(None))
 
 
-def past_q(ctx: LoggedContexts, reward: np.ndarray, n_items: int, shrinkage: float) -> np.ndarray:
-    """q^ on every row from the rows of EARLIER rounds only: (n, n_items).
-
-    q^_t(a) = (sum_{i: t_i < t, a_i = a} r_i + k * rbar_t) / (n_{<t}(a) + k), rbar_t the mean reward
-    before round t (0 in the first round). Because q^ for round t is fixed before round t's actions
-    are drawn, the DR correction is a martingale difference: DR stays unbiased with exact
-    propensities even though the logger adapts to earlier rounds (trends feed on exposure), which
-    cross-fitting on a random half (that includes later rounds) does not guarantee.
-    """
+def past_q_table(ctx: LoggedContexts, reward: np.ndarray, n_items: int, shrinkage: float) -> TableQ:
+    """:func:`past_q` as one row of item means per round (a :class:`TableQ` keyed by round)."""
     ts = ctx.timestamp
     rounds, inv = np.unique(ts, return_inverse=True)
     R = len(rounds)
@@ -317,8 +342,19 @@ def past_q(ctx: LoggedContexts, reward: np.ndarray, n_items: int, shrinkage: flo
     N_past = np.vstack([np.zeros((1, n_items)), np.cumsum(N, axis=0)[:-1]])
     tot, cnt = S_past.sum(axis=1, keepdims=True), N_past.sum(axis=1, keepdims=True)
     rbar = np.divide(tot, cnt, out=np.zeros_like(tot), where=cnt > 0)
-    Q = (S_past + shrinkage * rbar) / (N_past + shrinkage)
-    return Q[inv]
+    return TableQ((S_past + shrinkage * rbar) / (N_past + shrinkage), inv.astype(np.int64))
+
+
+def past_q(ctx: LoggedContexts, reward: np.ndarray, n_items: int, shrinkage: float) -> np.ndarray:
+    """q^ on every row from the rows of EARLIER rounds only: (n, n_items).
+
+    q^_t(a) = (sum_{i: t_i < t, a_i = a} r_i + k * rbar_t) / (n_{<t}(a) + k), rbar_t the mean reward
+    before round t (0 in the first round). Because q^ for round t is fixed before round t's actions
+    are drawn, the DR correction is a martingale difference: DR stays unbiased with exact
+    propensities even though the logger adapts to earlier rounds (trends feed on exposure), which
+    cross-fitting on a random half (that includes later rounds) does not guarantee.
+    """
+    return past_q_table(ctx, reward, n_items, shrinkage).rows(slice(None))
 
 
 def satiation_at_rows(
@@ -361,6 +397,13 @@ class ExactReward:
         base = theta @ tr.vectors.T + tr.quality[None, :]
         return base - s * self.sat_rows[sl][:, tr.genre]
 
+    def at(self, sl: slice, items: np.ndarray) -> np.ndarray:
+        """r*(u_i, items[i], t_i) for the rows ``sl``: (rows,), one item per row (no catalogue-wide rows)."""
+        tr, s = self.truth, self.truth.scenario.satiation.strength
+        theta = tr.user_theta(self.ctx.user[sl], self.ctx.timestamp[sl])
+        rows = np.arange(len(theta))
+        return (np.einsum("bd,bd->b", theta, tr.vectors[items]) + tr.quality[items]) - s * self.sat_rows[sl][rows, tr.genre[items]]
+
 
 def exact_reward(truth: GroundTruth, logs: PublicLogs, ctx: LoggedContexts, sealed_r: np.ndarray, tol: float = 1e-6) -> ExactReward:
     """Rebuild r* at every logged (u, t) and check it against the sealed satiation and rewards.
@@ -383,8 +426,7 @@ def exact_reward(truth: GroundTruth, logs: PublicLogs, ctx: LoggedContexts, seal
     worst = 0.0
     for lo in range(0, len(ctx), CHUNK_ROWS):
         sl = slice(lo, lo + CHUNK_ROWS)
-        r = ex.rows(sl)[np.arange(len(ctx.user[sl])), ctx.action[sl]]
-        worst = max(worst, float(np.abs(r - sealed_r[sl]).max()))
+        worst = max(worst, float(np.abs(ex.at(sl, ctx.action[sl]) - sealed_r[sl]).max()))
     if worst > 1e-4:
         raise LogError(f"exact r* rebuilt for the logged rows differs from the sealed r* by up to {worst:.3g}")
     return ex
@@ -424,23 +466,72 @@ def _q_models(q_model: str | Sequence[str], q_fit: str | None) -> tuple[str, ...
 def _fit_q(
     model: str, fit: str, ctx: LoggedContexts, reward: np.ndarray, logs: PublicLogs, n_items: int,
     shrinkage: float, q_cfg: SequenceQConfig, tree: SeedTree,
-) -> np.ndarray:
-    """q^(x_i, a) on every logged row, (n, n_items), for one reward model and fitting scheme."""
+) -> TableQ | SequenceQRows:
+    """q^(x_i, a) of every logged row for one reward model and fitting scheme, served chunk by chunk."""
     if model == "sequence":
         phi = item_features(logs.items, n_items) if q_cfg.features else None
-        return sequence_q(ctx.hist, ctx.user, ctx.action, reward, n_items, phi, q_cfg, tree.child("q-sequence"), fit)
+        return sequence_q_rows(ctx.hist, ctx.user, ctx.action, reward, n_items, phi, q_cfg, tree.child("q-sequence"), fit)
     if fit == "past":
-        return past_q(ctx, reward, n_items, shrinkage)
-    return crossfit_q(ctx, reward, n_items, shrinkage, fit == "crossfit", tree.generator("crossfit"))
+        return past_q_table(ctx, reward, n_items, shrinkage)
+    return crossfit_q_table(ctx, reward, n_items, shrinkage, fit == "crossfit", tree.generator("crossfit"))
 
 
-def _estimate(est: Any, data: BanditData, n_bootstrap: int, alpha: float, rng: np.random.Generator) -> tuple[float, float, float]:
-    """(estimate, ci_low, ci_high); NaN for SNIPS when the target puts no mass on any logged action
-    (e.g. a target that lives entirely off the logger's support): undefined, not a crash."""
-    if isinstance(est, SNIPS) and not (data.weight > 0).any():
-        return math.nan, math.nan, math.nan
-    lo, hi = est.interval(data, n_bootstrap, alpha, rng)
-    return est.estimate(data), lo, hi
+@dataclass
+class _PolicyTerms:
+    """What the estimators and the truth need of one target policy, per logged row (never (n, A))."""
+
+    pi_on_action: np.ndarray  # (n,) pi(a_i | x_i)
+    q_hat_pi: dict[str, np.ndarray]  # q^ model -> (n,) sum_a pi(a | x_i) q^(x_i, a)
+    off_mass: np.ndarray  # (n,) the mass pi puts outside the logger's support
+    truth: float = math.nan  # (1/n) sum_i sum_a pi(a | x_i) r*(u_i, a, t_i)
+    support_bias: float = math.nan  # -(1/n) sum_i sum_{a off support} pi(a | x_i) r*(u_i, a, t_i)
+
+
+def _stream_rows(
+    ctx: LoggedContexts,
+    policies: Mapping[str, PolicyLike],
+    q_hats: Mapping[str, TableQ | SequenceQRows],
+    exact: ExactReward | None,
+    off: np.ndarray | None,
+    n_items: int,
+) -> tuple[dict[str, _PolicyTerms], dict[str, np.ndarray], float]:
+    """One pass over chunks of logged rows for every policy: (terms per policy, q^(x_i, a_i) per q^
+    model, the normalising scale). Each chunk's q^ rows and exact r* rows are computed once and
+    shared by the policies; memory is O(chunk x items)."""
+    n = len(ctx)
+    terms = {name: _PolicyTerms(np.empty(n), {m: np.empty(n) for m in q_hats}, np.zeros(n)) for name in policies}
+    tot = {name: 0.0 for name in policies}
+    off_tot = {name: 0.0 for name in policies}
+    q_fact = {m: np.empty(n) for m in q_hats}
+    scale_tot = 0.0
+    step = chunk_rows(n_items, 3 + len(q_hats))
+    for lo in range(0, n, step):
+        sl = slice(lo, lo + step)
+        rows = np.arange(len(ctx.user[sl]))
+        act = ctx.action[sl]
+        qs = {m: q.rows(sl) for m, q in q_hats.items()}
+        for m, q in qs.items():
+            q_fact[m][sl] = q[rows, act]
+        r = exact.rows(sl) if exact is not None else None
+        if r is not None:
+            scale_tot += float((r.max(axis=1) - r.mean(axis=1)).sum())
+        for name, policy in policies.items():
+            lg = policy.logits(ctx.hist[sl]) if hasattr(policy, "logits") else policy(ctx.user[sl], ctx.timestamp[sl], ctx.hist[sl])
+            pi = _softmax(lg)
+            t = terms[name]
+            t.pi_on_action[sl] = pi[rows, act]
+            for m, q in qs.items():
+                t.q_hat_pi[m][sl] = (pi * q).sum(axis=1)
+            if off is not None:
+                t.off_mass[sl] = pi[:, off].sum(axis=1)
+            if r is not None:
+                pr = pi * r
+                tot[name] += float(pr.sum())
+                off_tot[name] += float(pr[:, off].sum()) if off is not None else 0.0
+    for name, t in terms.items():
+        if exact is not None:
+            t.truth, t.support_bias = tot[name] / n, -off_tot[name] / n
+    return terms, q_fact, (scale_tot / n if exact is not None else math.nan)
 
 
 def ope_report(
@@ -462,6 +553,7 @@ def ope_report(
     q_model: str | Sequence[str] = "item",
     q_cfg: SequenceQConfig | None = None,
     say: Callable[[str], None] | None = None,
+    interval: str = "bootstrap",
 ) -> pd.DataFrame:
     """One row per policy x estimator x pscore source x q^ model: estimate, CI, exact truth, error, covered.
 
@@ -473,8 +565,16 @@ def ope_report(
 
     ``q_fit`` None fits each q^ its default way (item: "past", sequence: "crossfit"). Notes (e.g.
     that the logs hold no propensities) go to ``say`` and to ``report.attrs["notes"]``.
+
+    ``interval``: ``"bootstrap"`` (a Poisson bootstrap with ``n_bootstrap`` resamples, one set per
+    policy shared by all its rows, from the stream ``ope-report/<policy>/bootstrap``) or
+    ``"normal"`` (delta-method normal intervals, no resampling); see ope.py. Everything per policy
+    is streamed over chunks of logged rows: pi(a_i | x_i) and sum_a pi(a | x_i) q^(x_i, a) are kept
+    per row, never the (n x n_items) matrices.
     """
     q_models = _q_models(q_model, q_fit)
+    if interval not in INTERVAL_METHODS:
+        raise ConfigError(f"interval = {interval!r} is not allowed: must be one of {', '.join(map(repr, INTERVAL_METHODS))}")
     if truth.impressions is None:
         raise ValueError("the ground truth has no sealed impressions (needed for the true propensities)")
     notes: list[str] = []
@@ -502,10 +602,10 @@ def ope_report(
     exact = exact_reward(truth, logs, ctx, sealed_r) if reward == "true" else None
 
     q_cfg = q_cfg or SequenceQConfig()
-    q_hats, q_mse = {}, {}
-    for m in q_models:
-        q_hats[m] = _fit_q(m, q_fit or Q_FITS[m][0], ctx, base.reward, logs, truth.n_items, q_shrinkage, q_cfg, tree)
-        q_mse[m] = float(np.mean((q_hats[m][np.arange(len(ctx)), ctx.action] - base.reward) ** 2))
+    q_hats = {
+        m: _fit_q(m, q_fit or Q_FITS[m][0], ctx, base.reward, logs, truth.n_items, q_shrinkage, q_cfg, tree)
+        for m in q_models
+    }
     sources = {"true": base.pscore, "estimated": p_hat} if has_pscore else {"estimated": p_hat}
     ests = _estimators(tau)
 
@@ -515,50 +615,42 @@ def ope_report(
     if support_idx is not None:
         off = np.ones(truth.n_items, bool)
         off[support_idx] = False
-    scale = math.nan
-    if exact is not None:
-        tot = 0.0
-        for lo in range(0, len(ctx), CHUNK_ROWS):
-            r = exact.rows(slice(lo, lo + CHUNK_ROWS))
-            tot += float((r.max(axis=1) - r.mean(axis=1)).sum())
-        scale = tot / len(ctx)
+    terms, q_fact, scale = _stream_rows(ctx, policies, q_hats, exact, off, truth.n_items)
+    q_mse = {m: float(np.mean((q_fact[m] - base.reward) ** 2)) for m in q_models}
 
     rows = []
-    for pi_name, policy in policies.items():
-        pi_all = policy_probabilities(policy, ctx)
-        v_true = support_bias = math.nan
-        if exact is not None:
-            tot = off_tot = 0.0
-            for lo in range(0, len(ctx), CHUNK_ROWS):
-                sl = slice(lo, lo + CHUNK_ROWS)
-                pr = pi_all[sl] * exact.rows(sl)
-                tot += float(pr.sum())
-                off_tot += float(pr[:, off].sum()) if off is not None else 0.0
-            v_true, support_bias = tot / len(ctx), -off_tot / len(ctx)
-        off_mass = float(pi_all[:, off].sum(axis=1).mean()) if off is not None else 0.0
+    for pi_name in policies:
+        t = terms[pi_name]
+        off_mass = float(t.off_mass.mean()) if off is not None else 0.0
+        cells = []  # (src, q_col, name, estimator, data), in the report's row order
         for src, ps in sources.items():
             for qm in q_models:
                 data = BanditData(
-                    base.context, base.action, base.reward, ps, None, pi_all, q_hats[qm], truth.n_items, base.timestamp
+                    base.context, base.action, base.reward, ps, t.pi_on_action, None, None, truth.n_items,
+                    base.timestamp, q_hat_pi=t.q_hat_pi[qm], q_hat_on_action=q_fact[qm],
                 )
                 for name in ESTIMATOR_ORDER:
                     if name in Q_FREE and qm != q_models[0]:
                         continue  # no q^: one row per source is enough
-                    q_col = "none" if name in Q_FREE else qm
-                    # the item-mean rows keep the streams they always had; other q^ get their own
-                    node = tree.child(pi_name).child(src)
-                    node = node.child(q_col) if q_col not in ("none", "item") else node
-                    v, lo_, hi_ = _estimate(ests[name], data, n_bootstrap, alpha, node.generator(name))
-                    covered = bool(lo_ <= v_true <= hi_) if exact is not None and not math.isnan(lo_) else np.nan
-                    rows.append(dict(
-                        policy=pi_name, estimator=name, pscore=src, q_model=q_col, estimate=v, ci_low=lo_,
-                        ci_high=hi_, truth=v_true, error=v - v_true, covered=covered,
-                        n_rows=len(data), max_weight=float(data.weight.max()),
-                        propensity="sealed" if src == "true" else propensity,
-                        q_mse=math.nan if name in Q_FREE else q_mse[qm],
-                        off_support=off_mass, support_bias=support_bias, scale=scale,
-                        error_norm=(v - v_true) / scale,
-                    ))
+                    cells.append((src, "none" if name in Q_FREE else qm, name, ests[name], data))
+        # SNIPS is undefined when the target puts no mass on any logged action (e.g. a target that
+        # lives entirely off the logger's support): NaN, not a crash
+        defined = [not (isinstance(c[3], SNIPS) and not (c[4].weight > 0).any()) for c in cells]
+        live = [c for c, ok in zip(cells, defined) if ok]
+        cis = iter(intervals([c[3] for c in live], [c[4] for c in live], n_bootstrap, alpha,
+                             tree.child(pi_name).generator("bootstrap"), interval))
+        for (src, q_col, name, est, data), ok in zip(cells, defined):
+            v, lo_, hi_ = (est.estimate(data), *next(cis)) if ok else (math.nan, math.nan, math.nan)
+            covered = bool(lo_ <= t.truth <= hi_) if exact is not None and not math.isnan(lo_) else np.nan
+            rows.append(dict(
+                policy=pi_name, estimator=name, pscore=src, q_model=q_col, estimate=v, ci_low=lo_,
+                ci_high=hi_, truth=t.truth, error=v - t.truth, covered=covered,
+                n_rows=len(data), max_weight=float(data.weight.max()),
+                propensity="sealed" if src == "true" else propensity,
+                q_mse=math.nan if name in Q_FREE else q_mse[q_col],
+                off_support=off_mass, support_bias=t.support_bias, scale=scale,
+                error_norm=(v - t.truth) / scale,
+            ))
     report = pd.DataFrame(rows)
     report.attrs["notes"] = notes
     return report
@@ -644,8 +736,8 @@ def format_report(report: pd.DataFrame) -> str:
 
 
 __all__ = [
-    "LoggedContexts", "PropensityModelConfig", "UniformPolicy", "click_histories_at", "crossfit_q",
-    "estimated_propensities", "exact_reward", "past_q", "fit_logger_model", "format_report", "format_summary",
+    "LoggedContexts", "PropensityModelConfig", "TableQ", "UniformPolicy", "chunk_rows", "click_histories_at",
+    "crossfit_q", "crossfit_q_table", "estimated_propensities", "exact_reward", "past_q", "past_q_table", "fit_logger_model", "format_report", "format_summary",
     "item_mean_q", "logged_contexts", "ope_report", "ope_report_from_simulation", "policy_probabilities",
     "summarise", "Q_MODELS", "estimator_label",
 ]

@@ -73,6 +73,19 @@ class RewardModel(Protocol):
         ...
 
 
+def next_item_scores(model: RewardModel, inputs: torch.Tensor) -> torch.Tensor:
+    """Every member's prediction for every item after the LAST position of ``inputs`` (B, L):
+    (E, B, n_items), equal to ``member_scores(inputs)[:, :, -1]``.
+
+    Uses the model's ``last_scores`` when it has one (the learned ensemble and the table model do:
+    they score one position instead of L, so memory is E * B * n_items, not E * B * L * n_items).
+    """
+    last = getattr(model, "last_scores", None)
+    if last is not None:
+        return last(inputs)
+    return model.member_scores(inputs)[:, :, -1]
+
+
 def check_reward_model(method: str, data: PostTrainData) -> RewardModel:
     """``data.reward_model`` (of a PostTrainData), or a one-line ConfigError saying why it is
     missing or does not fit the catalogue."""
@@ -115,6 +128,12 @@ class TableRewardModel:
         B, L = inputs.shape
         m = self.members.to(inputs.device)
         return m[:, None, None, :].expand(self.n_members, B, L, self.n_items)
+
+    @torch.no_grad()
+    def last_scores(self, inputs: torch.Tensor) -> torch.Tensor:
+        """``member_scores(inputs)[:, :, -1]``: (E, B, n_items)."""
+        m = self.members.to(inputs.device)
+        return m[:, None, :].expand(self.n_members, inputs.shape[0], self.n_items)
 
 
 # ---------------------------------------------------------------- the learned ensemble
@@ -310,6 +329,11 @@ class RewardEnsemble:
     def member_scores(self, inputs: torch.Tensor) -> torch.Tensor:
         """``inputs`` (B, L) int64, PAD = -1 on the left -> (E, B, L, n_items) float32 predicted ratings."""
         return self.head(self._states(inputs), self.item_vecs)
+
+    @torch.no_grad()
+    def last_scores(self, inputs: torch.Tensor) -> torch.Tensor:
+        """``member_scores(inputs)[:, :, -1]`` without scoring the other positions: (E, B, n_items)."""
+        return self.head(self._states(inputs)[:, -1], self.item_vecs)
 
     @torch.no_grad()
     def predict(self, hist: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -527,6 +551,7 @@ __all__ = [
     "fit_reward_model",
     "item_vectors",
     "mean_std",
+    "next_item_scores",
     "reward_mse_loss",
     "target_states",
 ]

@@ -592,3 +592,102 @@ def choose_ref(
     cprob = e[np.arange(B), c] / total
     choice = np.where(c < K, c, -1).astype(np.int32)
     return choice, rstar, cprob
+
+
+# ---------------------------------------------------------------------------------------------
+# Blocks of rows on threads, for kernels that reduce (users x items) arrays row by row.
+# ---------------------------------------------------------------------------------------------
+
+ROW_BLOCK_ELEMENTS = 1 << 20
+"""Elements of a block of rows handed to one thread at a time (8 MB of float64)."""
+
+
+def run_row_blocks(fn: Callable[[int, int], None], n_rows: int, row_len: int) -> None:
+    """Run ``fn(lo, hi)`` over blocks of about :data:`ROW_BLOCK_ELEMENTS` elements on
+    ``numba.get_num_threads()`` threads (see :func:`run_on_threads`); ``fn`` must release the GIL
+    to run in parallel and must write only its own rows."""
+    if n_rows == 0:
+        return
+    per = max(1, ROW_BLOCK_ELEMENTS // max(row_len, 1))
+    starts = range(0, n_rows, per)
+    claim = itertools.count()
+
+    def work() -> None:
+        while (i := next(claim)) < len(starts):
+            fn(starts[i], min(starts[i] + per, n_rows))
+
+    run_on_threads(work, min(numba.get_num_threads(), len(starts)))
+
+
+# ---------------------------------------------------------------------------------------------
+# r*(u, i) = theta_u . v_i + q_i - strength * S_u,genre(i), for (users x items) blocks. The BLAS
+# product theta . v is finished in place, row by row, with the same float64 operations in the
+# same order as the reference ((dot + q) - strength * S): bit for bit the same values, without the
+# reference's strided Fortran-order gather S[:, genre] and its two full-size temporaries.
+# ---------------------------------------------------------------------------------------------
+
+
+@numba.njit(cache=True, nogil=True)
+def finish_true_reward_rows(r, quality, genre, satiation, strength, lo, hi):  # pragma: no cover - compiled
+    """r[b, i] = (r[b, i] + quality[i]) - strength * satiation[b, genre[i]] for rows lo .. hi - 1, in
+    place (r holds theta . v); also called row by row by evaluation/kernels.py."""
+    n = r.shape[1]
+    for b in range(lo, hi):
+        for i in range(n):
+            r[b, i] = (r[b, i] + quality[i]) - strength * satiation[b, genre[i]]
+
+
+def true_reward_product(
+    theta: np.ndarray,
+    satiation: np.ndarray,
+    vectors: np.ndarray,
+    quality: np.ndarray,
+    genre: np.ndarray,
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """theta . v_i into ``out`` ((B, I) float64, C-contiguous; allocated when None), and the
+    contiguous satiation, quality and genre arrays that :func:`finish_true_reward_rows` reads:
+    (r, satiation, quality, genre). Finishing r row by row then gives r*."""
+    theta = np.ascontiguousarray(theta, np.float64)
+    B, n = len(theta), len(quality)
+    if out is None:
+        out = np.empty((B, n), np.float64)
+    elif out.shape != (B, n) or out.dtype != np.float64 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float64 array of shape {(B, n)}, got {out.shape} {out.dtype}")
+    np.matmul(theta, np.asarray(vectors, np.float64).T, out=out)
+    return (
+        out, np.ascontiguousarray(satiation, np.float64), np.ascontiguousarray(quality, np.float64),
+        np.ascontiguousarray(genre, np.int64),
+    )
+
+
+def true_reward_rows(
+    theta: np.ndarray,
+    satiation: np.ndarray,
+    vectors: np.ndarray,
+    quality: np.ndarray,
+    genre: np.ndarray,
+    strength: float,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """r*[b, i] = theta_b . v_i + q_i - strength * satiation[b, genre_i]: (B, I) float64, C order.
+
+    One BLAS product finished in place row by row; bit for bit :func:`true_reward_rows_ref` (for
+    the same rows in one call: BLAS may round theta . v differently for another number of rows).
+    ``out`` ((B, I) float64, C-contiguous) reuses a buffer, e.g. one per chunk of users.
+    """
+    r, sat, q, g = true_reward_product(theta, satiation, vectors, quality, genre, out)
+    run_row_blocks(lambda lo, hi: finish_true_reward_rows(r, q, g, sat, float(strength), lo, hi), len(r), r.shape[1])
+    return r
+
+
+def true_reward_rows_ref(
+    theta: np.ndarray,
+    satiation: np.ndarray,
+    vectors: np.ndarray,
+    quality: np.ndarray,
+    genre: np.ndarray,
+    strength: float,
+) -> np.ndarray:
+    """Plain-numpy reference of :func:`true_reward_rows` (dense, one matmul)."""
+    return theta @ vectors.T + quality[None, :] - strength * satiation[:, genre]

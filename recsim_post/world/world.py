@@ -265,13 +265,6 @@ def initial_state(cfg: ScenarioConfig, catalog: Catalog, rng: np.random.Generato
     )
 
 
-def true_reward_matrix(
-    theta: np.ndarray,
-    satiation: np.ndarray,
-    vectors: np.ndarray,
-    quality: np.ndarray,
-    genre: np.ndarray,
-    strength: float,
-) -> np.ndarray:
-    """r*[b, i] = theta_b . v_i + q_i - strength * satiation[b, genre_i] (dense, one matmul)."""
-    return theta @ vectors.T + quality[None, :] - strength * satiation[:, genre]
+true_reward_matrix = kernels.true_reward_rows
+"""r*[b, i] = theta_b . v_i + q_i - strength * satiation[b, genre_i]: (B, I) float64, C order (the
+world's one r* for (users x items) blocks; ``out=`` reuses a buffer)."""
