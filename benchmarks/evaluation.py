@@ -75,7 +75,7 @@ def peak_rss_mb() -> float:
 
 def gt_world(n_users: int, n_items: int, d: int = 16, n_genres: int = 50, seed: int = 0):  # noqa: ANN201
     """A GroundTruth with random latents (no simulation needed to time the exact sums)."""
-    from recsim_post.evaluation.ground_truth import GroundTruth
+    from recsim_post.truth.ground_truth import GroundTruth
     from recsim_post.world.config import CatalogConfig, ScenarioConfig, UserConfig
 
     rng = np.random.default_rng(seed)
@@ -116,7 +116,7 @@ def factor_policy(n_users: int, n_items: int, seed: int = 1):  # noqa: ANN201
 
 
 def run_ground_truth(variant: str, size: dict) -> dict:
-    from recsim_post.evaluation.ground_truth import exact_sums, reference_sums
+    from recsim_post.truth.ground_truth import exact_sums, reference_sums
 
     n_users = size["old_users"] if variant == "old" else size["gt_users"]
     truth = gt_world(size["gt_users"], size["gt_items"])
@@ -145,8 +145,8 @@ def rm_setup(size: dict):  # noqa: ANN201
     import pandas as pd
     import torch
 
-    from recsim_post.evaluation.evaluate import Evaluator
-    from recsim_post.evaluation.ground_truth import References
+    from recsim_post.experiments.evaluate import Evaluator
+    from recsim_post.truth.ground_truth import References
     from recsim_post.models.policy import build_model
     from recsim_post.models.sasrec import SASRecConfig
     from recsim_post.posttrain.reward_model import EnsembleHead, RewardEnsemble, item_vectors
@@ -277,7 +277,7 @@ def old_interval(est, data, n_bootstrap: int, alpha: float, rng) -> tuple[float,
 
 
 def run_ope(variant: str, size: dict) -> dict:
-    from recsim_post.evaluation.ope import DR, IPS, SNIPS, BanditData, intervals
+    from recsim_post.ope.estimators import DR, IPS, SNIPS, BanditData, intervals
 
     x, a, r, p0, pi, q = ope_data(size["ope_rounds"])
     n = len(a)

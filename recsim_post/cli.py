@@ -146,7 +146,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     table, rm_report, loop_text, wrote = run
     which = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean ± std over seeds {', '.join(map(str, seeds))}"
     print(f"\nrecsim-post {command} — scenario '{scenario.name}', {which}\n")
-    from .evaluation.report import format_table
+    from .experiments.report import format_table
 
     print(format_table(table))
     print(
@@ -160,7 +160,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "A small cohort keeps the demo fast (--rollout-users/-rounds/-seeds/-slate set it; 0 rounds: off).",
         ))
     if rm_report is not None:
-        from .evaluation.reward_report import format_reward_report
+        from .metrics.reward_report import format_reward_report
 
         print("\n" + format_reward_report(rm_report.drop(columns="seed"))
               + ("" if len(seeds) == 1 else f"\n(seed {seeds[0]}; every seed in reward_models.csv)"))
@@ -195,8 +195,8 @@ def _demo_one(args, scenario, agents, seed, closed, say):  # noqa: ANN001, ANN20
     from .outputs import OutputFolder
 
     out = OutputFolder(args.out, args.command, overwrite=args.overwrite, say=say)  # refuses before the work
-    from .evaluation.report import plot_results, write_csv
-    from .story import run_story
+    from .experiments.report import plot_results, write_csv
+    from .experiments.story import run_story
 
     with out as tmp:
         result = run_story(scenario, agents, seed=seed, progress=_progress(args), say=say, closed_loop=closed)
@@ -223,8 +223,8 @@ def _demo_seeds(args, scenario, agents, seeds, closed, say):  # noqa: ANN001, AN
     with Workspace(args.out, args.command, cells, overwrite=args.overwrite, say=say) as ws:
         import pandas as pd
 
-        from .evaluation.report import aggregate_seeds, format_aggregate, plot_results, write_csv
-        from .story import run_story
+        from .experiments.report import aggregate_seeds, format_aggregate, plot_results, write_csv
+        from .experiments.story import run_story
 
         for s in seeds:
             name = f"seed-{s}"
@@ -305,7 +305,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _evaluation_inputs(folder: str, paths: Sequence[str]):  # noqa: ANN202
     """The public logs, the sealed truth and the saved policies (named by file stem) of a log
     folder, every policy checked against the logs' catalogue: what evaluate and rollout read."""
-    from .evaluation.ground_truth import GroundTruth
+    from .truth.ground_truth import GroundTruth
     from .logs.public import read_public
     from .models.policy import SequencePolicy
 
@@ -340,7 +340,7 @@ def _flag_error(err: ConfigError, flags: dict[str, str]) -> ConfigError:
 def _closed_loop_config(args: argparse.Namespace, flags: dict[str, str]):  # noqa: ANN202
     """ClosedLoopConfig from the flags named by ``flags`` (field -> flag, e.g. rounds -> rollout-rounds).
     A flag left unset (None) keeps the config's default; users = 0 means every user."""
-    from .evaluation.rollout import ClosedLoopConfig
+    from .truth.rollout import ClosedLoopConfig
 
     values = {field: getattr(args, flag.replace("-", "_")) for field, flag in flags.items()}
     values = {field: v for field, v in values.items() if v is not None}
@@ -387,8 +387,8 @@ OPE_TRUTH_LEGEND = (
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score saved policies against the sealed ground truth of a log folder."""
-    from .evaluation.evaluate import Evaluator
-    from .evaluation.report import format_table, results_frame
+    from .experiments.evaluate import Evaluator
+    from .experiments.report import format_table, results_frame
 
     logs, truth, policies = _evaluation_inputs(args.logs, args.policy)
     evaluator = Evaluator.prepare(logs, truth, k=args.k)
@@ -408,9 +408,9 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     """Deploy saved policies for H more rounds after the logs end (closed loop), beside reference policies."""
     import pandas as pd
 
-    from .evaluation.evaluate import reference_policies
-    from .evaluation.report import aggregate_seeds, format_aggregate, format_table
-    from .evaluation.rollout import ClosedLoop, world_at_end_of_logging
+    from .experiments.evaluate import reference_policies
+    from .experiments.report import aggregate_seeds, format_aggregate, format_table
+    from .truth.rollout import ClosedLoop, world_at_end_of_logging
     from .logs.public import split_leave_last_out
 
     if args.rounds < 1:
@@ -459,8 +459,8 @@ def cmd_ope(args: argparse.Namespace) -> int:
     q_models = ("item", "sequence") if args.q_model == "both" else (args.q_model,)
     if args.scenario is not None:
         return _ope_study(args, q_models)
-    from .evaluation.ground_truth import GroundTruth
-    from .evaluation.ope_report import UniformPolicy, format_report, format_summary, ope_report, summarise
+    from .truth.ground_truth import GroundTruth
+    from .ope.report import UniformPolicy, format_report, format_summary, ope_report, summarise
     from .logs.public import read_public
     from .models.policy import SequencePolicy
 
@@ -509,7 +509,7 @@ def _ope_study(args: argparse.Namespace, q_models: tuple[str, ...]) -> int:
     _check_out(out)
     agents = _agents(args.agents or ["bc"])
     seeds = args.seeds if args.seeds is not None else [scenario.seed]
-    from .evaluation.ope_study import check_study
+    from .experiments.ope_study import check_study
 
     seeds = check_study(agents, seeds)
     spec = {"scenario": to_dict(scenario), "agents": [to_dict(a) for a in agents], "bootstrap": args.bootstrap,
@@ -518,8 +518,8 @@ def _ope_study(args: argparse.Namespace, q_models: tuple[str, ...]) -> int:
     with Workspace(out, "ope", cells, overwrite=args.overwrite, say=say) as ws:
         import pandas as pd
 
-        from .evaluation.ope_study import SeedResult, combine_study, format_study, ope_study_seed
-        from .evaluation.report import write_csv
+        from .experiments.ope_study import SeedResult, combine_study, format_study, ope_study_seed
+        from .experiments.report import write_csv
 
         for s in seeds:
             name = f"seed-{s}"
@@ -557,7 +557,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     """Turn one scenario dial over a grid of values: every recipe's true value and its paired
     difference to a baseline, one resumable cell per value and seed."""
     from .outputs import Workspace, cell_key
-    from .sweep import Dial, cell_spec, sweep_cells
+    from .experiments.sweep import Dial, cell_spec, sweep_cells
 
     say = _say(args.quiet)
     start = time.perf_counter()
@@ -576,8 +576,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     eval_users = 5000
     keys = {c.name: cell_key(cell_spec(c, agents, eval_users)) for c in cells}
     with Workspace(args.out, "sweep", keys, overwrite=args.overwrite, say=say) as ws:
-        from .evaluation.report import write_csv
-        from .sweep import format_sweep, paired_differences, plot_sweep, run_sweep
+        from .experiments.report import write_csv
+        from .experiments.sweep import format_sweep, paired_differences, plot_sweep, run_sweep
 
         long = run_sweep(scenario, dial, agents, args.seeds, backend=args.backend, eval_users=eval_users,
                          say=say, store=ws)

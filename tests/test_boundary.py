@@ -14,10 +14,12 @@ TRAINING = ("models", "posttrain")
 FORBIDDEN = (
     "recsim_post.world",
     "recsim_post.behavior",
-    "recsim_post.evaluation",
+    "recsim_post.truth",
+    "recsim_post.metrics",
+    "recsim_post.ope",
+    "recsim_post.experiments",
     "recsim_post.envs",
     "recsim_post.logs.simulate",
-    "recsim_post.story",
 )
 
 

@@ -57,7 +57,7 @@ def no_work(monkeypatch):
 
     import recsim_post.logs.simulate as sim_mod
     import recsim_post.posttrain.recipe as recipe
-    import recsim_post.story as story
+    import recsim_post.experiments.story as story
 
     monkeypatch.setattr(sim_mod, "simulate", boom)
     monkeypatch.setattr(story, "run_story", boom)
@@ -259,7 +259,7 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_leaves_nothing(tmp_path):
 
 
 def test_an_interrupted_compare_resumes_with_its_finished_seeds(tmp_path, capsys, files, monkeypatch):
-    import recsim_post.story as story
+    import recsim_post.experiments.story as story
 
     out = tmp_path / "c"
     argv = ["compare", "--scenario", str(files["scenario"]), "--agents", str(files["agent"]), "--seeds", "0", "1",
@@ -289,7 +289,7 @@ def test_an_interrupted_compare_resumes_with_its_finished_seeds(tmp_path, capsys
 
 
 def test_an_interrupted_ope_study_resumes(tmp_path, capsys, files, monkeypatch):
-    from recsim_post.evaluation import ope_study
+    from recsim_post.experiments import ope_study
 
     out = tmp_path / "o"
     argv = ["ope", "--scenario", str(files["scenario"]), "--agents", str(files["agent"]), "--seeds", "0", "1",

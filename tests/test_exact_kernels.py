@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recsim_post.evaluation import kernels
+from recsim_post.truth import kernels
 from recsim_post.world import kernels as world_kernels
 
 SETTINGS = settings(max_examples=80, deadline=None)

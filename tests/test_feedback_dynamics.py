@@ -308,15 +308,15 @@ DRIFT = dict(
 
 def _top_rows(sim):
     """Position-0 rows: logged contexts and the sealed r* there."""
-    from recsim_post.evaluation.ope import bandit_data_from_logs
-    from recsim_post.evaluation.ope_report import logged_contexts
+    from recsim_post.ope.estimators import bandit_data_from_logs
+    from recsim_post.ope.report import logged_contexts
 
     ctx = logged_contexts(sim.public.interactions)
     return ctx, bandit_data_from_logs(sim.public.interactions, sim.sealed_impressions).reward
 
 
 def test_sealed_theta_history_replays_the_drift(tmp_path):
-    from recsim_post.evaluation.ground_truth import GroundTruth
+    from recsim_post.truth.ground_truth import GroundTruth
     from recsim_post.logs.simulate import write_logs
 
     cfg = tiny_scenario(seed=3, **DRIFT)
@@ -352,8 +352,8 @@ def test_sealed_theta_history_replays_the_drift(tmp_path):
 
 
 def test_exact_ope_truth_under_drift_matches_sealed_rewards():
-    from recsim_post.evaluation.ground_truth import GroundTruth
-    from recsim_post.evaluation.ope_report import exact_reward
+    from recsim_post.truth.ground_truth import GroundTruth
+    from recsim_post.ope.report import exact_reward
 
     sim = simulate(tiny_scenario(seed=4, **DRIFT))
     truth = GroundTruth.from_simulation(sim)
@@ -371,8 +371,8 @@ def test_exact_ope_truth_without_sealed_history_fails_clearly(tmp_path):
     import json
 
     from recsim_post.errors import LogError
-    from recsim_post.evaluation.ground_truth import GroundTruth
-    from recsim_post.evaluation.ope_report import exact_reward
+    from recsim_post.truth.ground_truth import GroundTruth
+    from recsim_post.ope.report import exact_reward
     from recsim_post.logs.simulate import write_logs
 
     sim = simulate(tiny_scenario(seed=4, **DRIFT))
@@ -397,9 +397,9 @@ def test_ips_with_true_propensities_is_unbiased_under_drift():
     """
     import math
 
-    from recsim_post.evaluation.ground_truth import GroundTruth
-    from recsim_post.evaluation.ope import IPS, bandit_data_from_logs
-    from recsim_post.evaluation.ope_report import exact_reward, logged_contexts
+    from recsim_post.truth.ground_truth import GroundTruth
+    from recsim_post.ope.estimators import IPS, bandit_data_from_logs
+    from recsim_post.ope.report import exact_reward, logged_contexts
 
     diffs, shifts = [], []
     for seed in range(60):

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from recsim_post.behavior.logging_policy import TrendLogger, logger_sequence
 from recsim_post.errors import ConfigError, LogError
-from recsim_post.evaluation.ground_truth import GroundTruth
+from recsim_post.truth.ground_truth import GroundTruth
 from recsim_post.logs.public import read_public
 from recsim_post.logs.simulate import simulate, write_logs
 from recsim_post.seeding import SeedTree

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from recsim_post.evaluation.offline import metrics_from_ranks, ranking_metrics, target_ranks
+from recsim_post.metrics.offline import metrics_from_ranks, ranking_metrics, target_ranks
 from recsim_post.logs.public import PAD
 from .conftest import require
 

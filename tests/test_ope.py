@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from recsim_post.evaluation.ope import (
+from recsim_post.ope.estimators import (
     DM, DR, IPS, SNIPS, BanditData, SwitchDR, bandit_data_from_logs, obp_action_dist,
     to_obp_bandit_feedback,
 )
@@ -318,7 +318,7 @@ def test_obp_estimators_agree_on_simulated_logs():
     a softmax target per user, q^ = the ground truth's r*(u, a) plus N(0, 0.3^2) noise; Switch-DR at
     thresholds 0, the median weight and inf."""
     obp_ope = require("obp.ope")
-    from recsim_post.evaluation.ground_truth import GroundTruth
+    from recsim_post.truth.ground_truth import GroundTruth
     from recsim_post.logs.simulate import simulate
     from recsim_post.world.config import SatiationConfig
     from tests.conftest import tiny_scenario
@@ -339,7 +339,7 @@ def test_obp_estimators_agree_on_simulated_logs():
 def test_bandit_data_from_logs_rows_and_rewards():
     import dataclasses
 
-    from recsim_post.evaluation.ground_truth import GroundTruth
+    from recsim_post.truth.ground_truth import GroundTruth
     from recsim_post.logs.simulate import simulate
     from recsim_post.world.config import SatiationConfig
     from tests.conftest import tiny_scenario
@@ -375,7 +375,7 @@ def test_ips_unbiased_on_simulated_world():
     """
     import dataclasses
 
-    from recsim_post.evaluation.ground_truth import GroundTruth
+    from recsim_post.truth.ground_truth import GroundTruth
     from recsim_post.logs.simulate import simulate
     from recsim_post.world.config import SatiationConfig
     from tests.conftest import tiny_scenario

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from recsim_post.errors import ConfigError, LogError
-from recsim_post.evaluation.ground_truth import GroundTruth
-from recsim_post.evaluation.ope import bandit_data_from_logs
-from recsim_post.evaluation.ope_report import (
+from recsim_post.truth.ground_truth import GroundTruth
+from recsim_post.ope.estimators import bandit_data_from_logs
+from recsim_post.ope.report import (
     PropensityModelConfig, UniformPolicy, click_histories_at, estimated_propensities, exact_reward,
     fit_logger_model, format_summary, logged_contexts, ope_report, ope_report_from_simulation,
     policy_probabilities, summarise,
@@ -154,7 +154,7 @@ def test_end_to_end_with_bc_propensities(sim0):
 
 
 def test_past_q_uses_earlier_rounds_only():
-    from recsim_post.evaluation.ope_report import LoggedContexts, past_q
+    from recsim_post.ope.report import LoggedContexts, past_q
 
     ctx = LoggedContexts(
         user=np.zeros(4, np.int64), timestamp=np.array([0, 1, 1, 2]), action=np.array([0, 0, 1, 0]),
@@ -182,7 +182,7 @@ SUPPORT_Q = np.array([0.5, 0.5, 1.0, 1.0])
 
 
 def _support_data(pi: np.ndarray, actions=np.array([0, 1, 1, 1]), q=SUPPORT_Q):
-    from recsim_post.evaluation.ope import BanditData
+    from recsim_post.ope.estimators import BanditData
 
     n = len(actions)
     return BanditData(
@@ -192,7 +192,7 @@ def _support_data(pi: np.ndarray, actions=np.array([0, 1, 1, 1]), q=SUPPORT_Q):
 
 
 def test_ips_is_exact_when_the_target_stays_on_the_logger_support():
-    from recsim_post.evaluation.ope import IPS
+    from recsim_post.ope.estimators import IPS
 
     pi = np.array([0.6, 0.4, 0.0, 0.0])  # V = 0.6 * 1 + 0.4 * 2 = 1.4
     # IPS = (1/4) (0.6/0.25 * 1 + 3 * 0.4/0.75 * 2) = (2.4 + 3.2) / 4 = 1.4
@@ -200,7 +200,7 @@ def test_ips_is_exact_when_the_target_stays_on_the_logger_support():
 
 
 def test_deficient_support_bias_is_the_off_support_reward():
-    from recsim_post.evaluation.ope import DM, DR, IPS, SNIPS
+    from recsim_post.ope.estimators import DM, DR, IPS, SNIPS
 
     pi = np.full(4, 0.25)  # V = 2.5; pi puts 0.5 of its mass where pi0 = 0
     d = _support_data(pi)
@@ -221,7 +221,7 @@ def test_deficient_support_bias_is_the_off_support_reward():
 def test_deficient_support_bias_over_sampled_logs():
     """The same world sampled: 300 logs of 400 rows (seed 2024); mean IPS within 3 SE of
     V - sum_off pi r = 0.75, and more than 20 SE away from V = 2.5."""
-    from recsim_post.evaluation.ope import IPS
+    from recsim_post.ope.estimators import IPS
 
     rng = np.random.default_rng(2024)
     pi = np.full(4, 0.25)
@@ -236,7 +236,7 @@ def test_snips_interval_skips_resamples_without_weight():
     (no NaN, no warning), and a target with no mass on any logged action gives NaN, not a crash."""
     import warnings
 
-    from recsim_post.evaluation.ope import SNIPS, BanditData
+    from recsim_post.ope.estimators import SNIPS, BanditData
 
     d = BanditData(np.zeros(4, np.int64), np.array([0, 0, 0, 1]), np.array([1.0, 1.0, 1.0, 3.0]),
                    np.full(4, 0.5), pi_on_action=np.array([0.0, 0.0, 0.0, 0.5]))
@@ -307,7 +307,7 @@ SMALL_Q = dict(dim=8, n_layers=1, n_heads=1, max_len=5, epochs=1, batch_size=64,
 
 
 def test_user_folds_keep_users_together_and_balance():
-    from recsim_post.evaluation.ope_qmodel import user_folds
+    from recsim_post.ope.qmodel import user_folds
 
     users = np.array([5, 5, 7, 9, 7, 5, 11])
     f = user_folds(users, 2, np.random.default_rng(0))
@@ -319,7 +319,7 @@ def test_user_folds_keep_users_together_and_balance():
 
 
 def test_item_features_are_standardised_and_one_hot():
-    from recsim_post.evaluation.ope_qmodel import item_features
+    from recsim_post.ope.qmodel import item_features
 
     items = pd.DataFrame({"item_id": [2, 0, 1], "genre": [1, 0, 1], "f1": [0.0, 0.0, 0.0], "f0": [3.0, 1.0, 2.0]})
     phi = item_features(items, 3)
@@ -330,7 +330,7 @@ def test_item_features_are_standardised_and_one_hot():
 def test_sequence_q_computes_its_formula():
     import torch
 
-    from recsim_post.evaluation.ope_qmodel import SequenceQ, SequenceQConfig
+    from recsim_post.ope.qmodel import SequenceQ, SequenceQConfig
 
     cfg = SequenceQConfig(**SMALL_Q)
     phi = np.random.default_rng(0).normal(size=(6, 3)).astype(np.float32)
@@ -362,7 +362,7 @@ def _synthetic_rows(n: int, seed: int):
 def test_crossfitted_q_never_sees_the_rows_it_scores():
     """Changing the rewards of fold-0 users leaves q^ on fold-0 rows bit for bit unchanged (their
     model was trained on the other fold only) and changes it on the other fold's rows."""
-    from recsim_post.evaluation.ope_qmodel import SequenceQConfig, sequence_q, user_folds
+    from recsim_post.ope.qmodel import SequenceQConfig, sequence_q, user_folds
     from recsim_post.seeding import SeedTree
 
     users, hist, action, reward, _ = _synthetic_rows(300, 0)
@@ -380,7 +380,7 @@ def test_crossfitted_q_never_sees_the_rows_it_scores():
 def test_sequence_q_learns_what_the_item_mean_cannot():
     """r depends on the user's history (genre match), not on the item: out of fold, the sequence
     q^ has a lower squared error than item means (which can only predict ~1/3 for every item)."""
-    from recsim_post.evaluation.ope_qmodel import SequenceQConfig, sequence_q
+    from recsim_post.ope.qmodel import SequenceQConfig, sequence_q
     from recsim_post.seeding import SeedTree
 
     users, hist, action, reward, genre = _synthetic_rows(3000, 1)
@@ -394,7 +394,7 @@ def test_sequence_q_learns_what_the_item_mean_cannot():
 
 
 def test_report_with_both_q_models_keeps_the_item_rows(sim0):
-    from recsim_post.evaluation.ope_qmodel import SequenceQConfig
+    from recsim_post.ope.qmodel import SequenceQConfig
 
     n = sim0.world.n_items
     kw = dict(n_bootstrap=30, seed=0, propensity="frequency")

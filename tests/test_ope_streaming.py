@@ -12,8 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recsim_post.evaluation import kernels, ope
-from recsim_post.evaluation.ope import DM, DR, IPS, SNIPS, BanditData, SwitchDR, intervals, poisson_bootstrap_sums
+from recsim_post.ope import estimators as ope
+from recsim_post.truth import kernels
+from recsim_post.ope.estimators import DM, DR, IPS, SNIPS, BanditData, SwitchDR, intervals, poisson_bootstrap_sums
 
 from .test_ope import _logs, _world, three  # noqa: F401 - the 3-row fixture of test_ope
 
@@ -167,8 +168,8 @@ def test_intervals_cover_the_true_value_at_their_level(method):
 
 
 def test_streamed_report_equals_the_dense_computation(monkeypatch):
-    from recsim_post.evaluation import ope_report as rp
-    from recsim_post.evaluation.ground_truth import GroundTruth
+    from recsim_post.ope import report as rp
+    from recsim_post.truth.ground_truth import GroundTruth
     from recsim_post.logs.simulate import simulate
 
     from .conftest import tiny_scenario

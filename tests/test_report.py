@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsim_post.evaluation.report import (
+from recsim_post.experiments.report import (
     MISSING,
     ResultRow,
     aggregate_seeds,

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recsim_post.errors import LogError
-from recsim_post.evaluation.reward_report import (
+from recsim_post.metrics.reward_report import (
     COLUMNS,
     ENSEMBLE,
     ORACLE,

@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from recsim_post.errors import ConfigError, LogError
-from recsim_post.evaluation.evaluate import Evaluator, reference_policies
-from recsim_post.evaluation.ground_truth import GroundTruth
-from recsim_post.evaluation.rollout import (
+from recsim_post.experiments.evaluate import Evaluator, reference_policies
+from recsim_post.truth.ground_truth import GroundTruth
+from recsim_post.truth.rollout import (
     ROUND_COLUMNS, ClosedLoop, ClosedLoopConfig, logger_policy, oracle_policy, rollout, sample_slates,
     topk_slates, uniform_policy, world_at_end_of_logging,
 )

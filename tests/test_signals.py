@@ -13,7 +13,7 @@ from recsim_post.errors import ConfigError
 from recsim_post.logs.simulate import simulate
 from recsim_post.posttrain.data import make_windows, reward_column
 from recsim_post.posttrain.recipe import AgentConfig
-from recsim_post.story import run_story
+from recsim_post.experiments.story import run_story
 from recsim_post.world import feedback
 
 from .conftest import tiny_scenario

@@ -7,16 +7,16 @@ import dataclasses
 import numpy as np
 import pytest
 
-from recsim_post.evaluation.evaluate import Evaluator
-from recsim_post.evaluation.ground_truth import GroundTruth
-from recsim_post.evaluation.report import results_frame
-from recsim_post.evaluation.rollout import ClosedLoop, ClosedLoopConfig
+from recsim_post.experiments.evaluate import Evaluator
+from recsim_post.truth.ground_truth import GroundTruth
+from recsim_post.experiments.report import results_frame
+from recsim_post.truth.rollout import ClosedLoop, ClosedLoopConfig
 from recsim_post.logs.simulate import simulate
 from recsim_post.posttrain.exp_rsft import ExpRSFTConfig
 from recsim_post.posttrain.recipe import load_agent, post_train, pretrain
 from recsim_post.presets import resolve
 from recsim_post.seeding import SeedTree
-from recsim_post.story import run_story
+from recsim_post.experiments.story import run_story
 from recsim_post.world.config import FeedbackConfig, ScenarioConfig
 
 from .conftest import tiny_scenario

@@ -15,8 +15,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recsim_post.evaluation.evaluate import HISTORY_LEN, Evaluator
-from recsim_post.evaluation.ground_truth import (
+from recsim_post.experiments.evaluate import HISTORY_LEN, Evaluator
+from recsim_post.truth.ground_truth import (
     GroundTruth,
     chunk_users,
     exact_sums,
@@ -87,7 +87,7 @@ def test_a_policy_gets_the_same_numbers_alone_or_with_others(sim):
 
 
 def test_r_star_is_computed_once_per_chunk_for_all_policies(sim, monkeypatch):
-    from recsim_post.evaluation import ground_truth
+    from recsim_post.truth import ground_truth
 
     truth = GroundTruth.from_simulation(sim)
     calls = []
@@ -166,8 +166,8 @@ def test_evaluator_rows_stream_and_agree_with_the_plain_computations(sim):
 
 
 def test_offline_metrics_stream_over_chunks_of_test_users(sim, monkeypatch):
-    from recsim_post.evaluation import evaluate
-    from recsim_post.evaluation.offline import ranking_metrics
+    from recsim_post.experiments import evaluate
+    from recsim_post.metrics.offline import ranking_metrics
 
     ev = Evaluator.prepare(sim.public, GroundTruth.from_simulation(sim))
     pol = _Factors(ev.truth.n_items)

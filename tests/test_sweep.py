@@ -11,7 +11,7 @@ import pytest
 
 from recsim_post.config import override, parse_value
 from recsim_post.errors import ConfigError
-from recsim_post.sweep import Dial, format_sweep, paired_differences, plot_sweep, run_sweep
+from recsim_post.experiments.sweep import Dial, format_sweep, paired_differences, plot_sweep, run_sweep
 from recsim_post.world.config import ScenarioConfig
 
 from .conftest import require, tiny_scenario

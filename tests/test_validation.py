@@ -32,7 +32,7 @@ import recsim_post
 from recsim_post import cli
 from recsim_post.config import Config, dumps_toml, from_dict, override, read_toml, to_dict
 from recsim_post.errors import ConfigError, LogError
-from recsim_post.evaluation.ground_truth import GroundTruth
+from recsim_post.truth.ground_truth import GroundTruth
 from recsim_post.logs.public import read_public
 from recsim_post.logs.simulate import simulate, write_logs
 from recsim_post.models.policy import SequencePolicy, build_model
@@ -160,7 +160,7 @@ def test_a_recipe_description_states_the_values_its_file_sets(name):
 
 
 def test_closed_loop_seeds_are_bounded_too():
-    from recsim_post.evaluation.rollout import ClosedLoopConfig
+    from recsim_post.truth.rollout import ClosedLoopConfig
 
     with pytest.raises(ConfigError, match=r"seeds = \[0, 4294967296\] is out of range: every value must be >= 0 and <= 4294967295"):
         ClosedLoopConfig(seeds=(0, 2**32))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from recsim_post.behavior.logging_policy import TrendLogger
-from recsim_post.evaluation.ground_truth import GroundTruth
+from recsim_post.truth.ground_truth import GroundTruth
 from recsim_post.logs.public import histories, read_public, split_leave_last_out
 from recsim_post.logs.simulate import simulate, write_logs
 from recsim_post.seeding import SeedTree

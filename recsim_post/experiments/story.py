@@ -11,17 +11,17 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from .config import to_dict
-from .evaluation.evaluate import Evaluator
-from .evaluation.ground_truth import GroundTruth
-from .evaluation.report import ResultRow, results_frame
-from .evaluation.rollout import ClosedLoop, ClosedLoopConfig
-from .logs.simulate import Simulation, simulate
-from .models.policy import SequencePolicy
-from .posttrain.recipe import AgentConfig, fit_reward, needs_reward_model, post_train, pretrain
-from .posttrain.reward_model import RewardModel
-from .seeding import SeedTree
-from .world.config import ScenarioConfig
+from ..config import to_dict
+from .evaluate import Evaluator
+from ..truth.ground_truth import GroundTruth
+from .report import ResultRow, results_frame
+from ..truth.rollout import ClosedLoop, ClosedLoopConfig
+from ..logs.simulate import Simulation, simulate
+from ..models.policy import SequencePolicy
+from ..posttrain.recipe import AgentConfig, fit_reward, needs_reward_model, post_train, pretrain
+from ..posttrain.reward_model import RewardModel
+from ..seeding import SeedTree
+from ..world.config import ScenarioConfig
 
 
 @dataclass

@@ -26,11 +26,11 @@ import torch
 from ..logs.public import HistoryIndex, PublicLogs, split_leave_last_out
 from ..posttrain.reward_model import next_item_scores
 from ..seeding import SeedTree
-from .ground_truth import BUDGET_BYTES, ExactSums, GroundTruth, References, chunk_users, exact_sums, references
-from .offline import metrics_from_ranks, target_ranks
+from ..truth.ground_truth import BUDGET_BYTES, ExactSums, GroundTruth, References, chunk_users, exact_sums, references
+from ..metrics.offline import metrics_from_ranks, target_ranks
 from .report import ResultRow
-from .reward_report import reward_model_report
-from .rollout import ClosedLoop, logger_policy, oracle_policy, uniform_policy
+from ..metrics.reward_report import reward_model_report
+from ..truth.rollout import ClosedLoop, logger_policy, oracle_policy, uniform_policy
 
 
 HISTORY_LEN = 200

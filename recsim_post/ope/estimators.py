@@ -65,7 +65,7 @@ import pandas as pd
 
 from ..errors import LogError
 from ..world.kernels import run_on_threads
-from .kernels import poisson_accumulate
+from ..truth.kernels import poisson_accumulate
 
 PI_SUM_TOL = 1e-6
 """Rows of ``pi_all`` must sum to one within this tolerance."""

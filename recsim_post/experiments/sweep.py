@@ -6,7 +6,7 @@ value and to the offline metric that would have been used to pick it::
 
     recsim-post sweep --dial feedback.noise_std=0,0.5,1,2 --agents bc exp-rsft dpo --seeds 0 1 2
 
-Every (value, seed) cell is one :func:`recsim_post.story.run_story` on the scenario with the dial
+Every (value, seed) cell is one :func:`recsim_post.experiments.story.run_story` on the scenario with the dial
 set: the world, the logs and the training seed depend only on the seed, so within a seed the
 methods are compared on the same logs, and across values a seed keeps its world except for what
 the dial changes (every random stream is keyed by name, not by order, so e.g. a noise dial scales
@@ -35,12 +35,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import pandas as pd
 
-from .config import from_dict, override, parse_value, split_assignment, to_dict
-from .errors import ConfigError
-from .world.config import ScenarioConfig
+from ..config import from_dict, override, parse_value, split_assignment, to_dict
+from ..errors import ConfigError
+from ..world.config import ScenarioConfig
 
 if TYPE_CHECKING:  # the recipes import torch: only a sweep's cells need it, not its checks
-    from .posttrain.recipe import AgentConfig
+    from ..posttrain.recipe import AgentConfig
 
 BACKENDS = ("local", "ray")
 VALUE_COLUMN = "true_value_norm"
@@ -118,7 +118,7 @@ def cell_spec(cell: SweepCell, agents: Sequence[AgentConfig], eval_users: int | 
 
 def run_cell(scenario: dict[str, Any], agents: list[dict[str, Any]], seed: int, eval_users: int | None) -> pd.DataFrame:
     """One story (plain-data arguments, so a cell can be shipped to another process): its results frame."""
-    from .posttrain.recipe import AgentConfig
+    from ..posttrain.recipe import AgentConfig
     from .story import run_story  # imported here so a Ray worker pays for torch only when it runs
 
     result = run_story(
@@ -275,7 +275,7 @@ def plot_sweep(summary: pd.DataFrame, dial: str, path: Any, column: str = VALUE_
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .outputs import atomic_write
+    from ..outputs import atomic_write
 
     values = list(dict.fromkeys(summary["value"]))
     x = np.arange(len(values))

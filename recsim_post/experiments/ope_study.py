@@ -30,8 +30,8 @@ import pandas as pd
 
 from ..errors import ConfigError
 from ..world.config import ScenarioConfig
-from .ope_qmodel import SequenceQConfig
-from .ope_report import (
+from ..ope.qmodel import SequenceQConfig
+from ..ope.report import (
     PSCORE_SOURCES, Q_MODELS, PropensityModelConfig, UniformPolicy, estimator_label, format_summary, ope_report,
     summarise,
 )
@@ -87,7 +87,7 @@ def ope_study_seed(
     say: Callable[[str], None] = lambda _: None,
 ) -> SeedResult:
     """One seed of the study (see the module docstring): simulate, train, score every estimator."""
-    from ..story import run_story  # the layer above evaluation: imported where it is used
+    from .story import run_story  # the layer above evaluation: imported where it is used
 
     story = run_story(scenario, agents, seed=seed, progress=progress, say=say)
     sim = story.simulation

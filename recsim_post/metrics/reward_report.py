@@ -38,7 +38,7 @@ from ..errors import LogError
 from ..logs.public import PAD
 from ..posttrain.data import reward_column
 from ..posttrain.reward_model import GlobalMeanReward, ItemMeanReward, UserMeanReward
-from .report import format_table
+from ..experiments.report import format_table
 
 KEY = ["user_id", "timestamp", "position"]
 """Columns that identify a click and give history order."""

@@ -95,9 +95,9 @@ from ..logs.public import PAD, PublicLogs
 from ..models.policy import SequencePolicy, build_model
 from ..models.sasrec import SASRecConfig
 from ..seeding import SeedTree
-from .ground_truth import BUDGET_BYTES, GroundTruth
-from .ope import DM, DR, IPS, INTERVAL_METHODS, SNIPS, BanditData, SwitchDR, bandit_data_from_logs, intervals
-from .ope_qmodel import SequenceQConfig, SequenceQRows, item_features, sequence_q_rows
+from ..truth.ground_truth import BUDGET_BYTES, GroundTruth
+from .estimators import DM, DR, IPS, INTERVAL_METHODS, SNIPS, BanditData, SwitchDR, bandit_data_from_logs, intervals
+from .qmodel import SequenceQConfig, SequenceQRows, item_features, sequence_q_rows
 
 ESTIMATOR_ORDER = ("ips", "snips", "dm", "dr", "switch-dr")
 PSCORE_SOURCES = ("true", "estimated")

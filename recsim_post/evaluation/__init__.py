@@ -1,1 +1,0 @@
-"""Evaluation: the only reader of the truth."""
