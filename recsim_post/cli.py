@@ -408,7 +408,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     """Deploy saved policies for H more rounds after the logs end (closed loop), beside reference policies."""
     import pandas as pd
 
-    from .experiments.evaluate import reference_policies
+    from .truth.references import reference_policies
     from .experiments.report import aggregate_seeds, format_aggregate, format_table
     from .truth.rollout import ClosedLoop, world_at_end_of_logging
     from .logs.public import split_leave_last_out
@@ -425,7 +425,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         loop = ClosedLoop(sim.world, clicks, cfg)
     except ConfigError as err:
         raise _flag_error(err, ROLLOUT_FLAGS) from None
-    refs = reference_policies(logs.n_items, split_leave_last_out(clicks).train, sim.logger)
+    refs = reference_policies(logs.n_items, split_leave_last_out(clicks).train, sim.logger, sim.world.trend())
     runs = []
     for kind, group in (("reference", refs), ("trained", policies)):
         for name, policy in group.items():
@@ -460,7 +460,8 @@ def cmd_ope(args: argparse.Namespace) -> int:
     if args.scenario is not None:
         return _ope_study(args, q_models)
     from .truth.ground_truth import GroundTruth
-    from .ope.report import UniformPolicy, format_report, format_summary, ope_report, summarise
+    from .ope.report import format_report, format_summary, ope_report, summarise
+    from .policy import UniformPolicy
     from .logs.public import read_public
     from .models.policy import SequencePolicy
 

@@ -243,7 +243,7 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_leaves_nothing(tmp_path):
     output and no temporaries."""
     big = tmp_path / "big.toml"
     cfg = to_dict(tiny_scenario())
-    cfg["users"]["n_users"], cfg["simulation"]["n_rounds"] = 20_000, 400
+    cfg["users"]["n_users"], cfg["simulation"]["n_rounds"] = 20_000, 100  # seconds of work, ~2 GB at most
     big.write_text(dumps_toml(cfg))
     proc = subprocess.Popen([sys.executable, "-m", "recsim_post", "simulate", "--scenario", str(big),
                              "--out", str(tmp_path / "logs"), "-q"], cwd=tmp_path, stderr=subprocess.PIPE, text=True)

@@ -11,8 +11,10 @@ import pytest
 from recsim_post.errors import ConfigError, LogError
 from recsim_post.truth.ground_truth import GroundTruth
 from recsim_post.ope.estimators import bandit_data_from_logs
+from recsim_post.policy import FunctionPolicy, UniformPolicy
+from recsim_post.truth.references import LoggerPolicy
 from recsim_post.ope.report import (
-    PropensityModelConfig, UniformPolicy, click_histories_at, estimated_propensities, exact_reward,
+    PropensityModelConfig, click_histories_at, estimated_propensities, exact_reward,
     fit_logger_model, format_summary, logged_contexts, ope_report, ope_report_from_simulation,
     policy_probabilities, summarise,
 )
@@ -74,7 +76,7 @@ def test_logger_as_target_has_unit_ips_weights():
     sim = simulate(cfg)
     truth = GroundTruth.from_simulation(sim)
     ctx = logged_contexts(sim.public.interactions)
-    logger_pi = policy_probabilities(lambda u, t, h: np.log(truth.logger.probabilities(u, truth.trend)), ctx)
+    logger_pi = policy_probabilities(LoggerPolicy(truth.logger, truth.trend), ctx)
     data = bandit_data_from_logs(sim.public.interactions, sim.sealed_impressions).with_policy(pi_all=logger_pi)
     np.testing.assert_allclose(data.weight, 1.0, rtol=1e-5)
 
@@ -145,7 +147,7 @@ def test_end_to_end_with_bc_propensities(sim0):
     n = sim0.world.n_items
     truth = GroundTruth.from_simulation(sim0)
     rep = ope_report(
-        sim0.public, truth, {"uniform": UniformPolicy(n), "logger@T": lambda u, t, h: truth.logger_logits(u)},
+        sim0.public, truth, {"uniform": UniformPolicy(n), "logger@T": LoggerPolicy(truth.logger, truth.trend)},
         n_bootstrap=50, seed=1, propensity="bc", model_cfg=FAST_BC, max_len=10,
     )
     assert len(rep) == 2 * 5 * 2
@@ -263,8 +265,8 @@ def test_report_under_deficient_support_is_finite_and_its_bias_is_exact(partial)
     off_only = np.where(off, 0.0, -np.inf).astype(np.float32)
     policies = {
         "uniform": UniformPolicy(n),
-        "logger@T": lambda u, t, h: truth.logger_logits(u),  # -inf off the support
-        "off-support": lambda u, t, h: np.tile(off_only, (len(u), 1)),  # lives where the logger never goes
+        "logger@T": LoggerPolicy(truth.logger, truth.trend),  # -inf off the support
+        "off-support": FunctionPolicy(n, lambda h, c: np.tile(off_only, (len(h), 1))),  # lives where the logger never goes
     }
     rep = ope_report(sim.public, truth, policies, n_bootstrap=50, seed=0, propensity="frequency")
     r = rep.set_index(["policy", "estimator", "pscore"])

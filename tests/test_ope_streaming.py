@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from recsim_post.ope import estimators as ope
 from recsim_post.truth import kernels
 from recsim_post.ope.estimators import DM, DR, IPS, SNIPS, BanditData, SwitchDR, intervals, poisson_bootstrap_sums
+from recsim_post.policy import UniformPolicy
 
 from .test_ope import _logs, _world, three  # noqa: F401 - the 3-row fixture of test_ope
 
@@ -180,10 +181,12 @@ def test_streamed_report_equals_the_dense_computation(monkeypatch):
     emb = np.random.default_rng(1).normal(size=(n + 1, 3)).astype(np.float32)
 
     class Factors:
-        def logits(self, hist):  # noqa: ANN001, ANN202
+        n_items, max_len = n, 4
+
+        def logits(self, hist, context=None):  # noqa: ANN001, ANN202
             return emb[hist[:, -4:] + 1].sum(axis=1) @ emb[1:].T
 
-    pols = {"uniform": rp.UniformPolicy(n), "factors": Factors()}
+    pols = {"uniform": UniformPolicy(n), "factors": Factors()}
     kw = dict(n_bootstrap=20, seed=0, propensity="frequency", max_len=10)
     rep = rp.ope_report(sim.public, truth, pols, **kw)
     # dense, as the report used to: pi_all and q_hat_all (n x A) in BanditData

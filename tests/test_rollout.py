@@ -13,11 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from recsim_post.errors import ConfigError, LogError
-from recsim_post.experiments.evaluate import Evaluator, reference_policies
+from recsim_post.experiments.evaluate import Evaluator
+from recsim_post.policy import FunctionPolicy, UniformPolicy
 from recsim_post.truth.ground_truth import GroundTruth
+from recsim_post.truth.references import LoggerPolicy, OraclePolicy, reference_policies
 from recsim_post.truth.rollout import (
-    ROUND_COLUMNS, ClosedLoop, ClosedLoopConfig, logger_policy, oracle_policy, rollout, sample_slates,
-    topk_slates, uniform_policy, world_at_end_of_logging,
+    ROUND_COLUMNS, ClosedLoop, ClosedLoopConfig, plackett_luce_slates, rollout, topk_slates, world_at_end_of_logging,
 )
 from recsim_post.logs.check import sha256_file
 from recsim_post.logs.public import read_public
@@ -45,7 +46,7 @@ def _world_arrays(world) -> dict[str, np.ndarray]:
 
 
 def test_round_frame_has_one_row_per_round_and_the_documented_columns(sim):
-    r = rollout(sim.world, uniform_policy(sim.world.n_items), sim.public.clicks(), 7, SeedTree(0))
+    r = rollout(sim.world, UniformPolicy(sim.world.n_items), sim.public.clicks(), 7, SeedTree(0))
     assert list(r.rounds.columns) == ROUND_COLUMNS and len(r.rounds) == 7
     assert r.rounds["round"].tolist() == list(range(7))
     assert r.rounds["world_round"].tolist() == list(range(12, 19))  # continues after 12 logged rounds
@@ -62,7 +63,7 @@ def test_round_frame_has_one_row_per_round_and_the_documented_columns(sim):
 def test_same_seed_same_result_and_the_caller_world_is_untouched(sim, slate):
     before = copy.deepcopy(_world_arrays(sim.world))
     trend = sim.world.trend().copy()
-    pol = logger_policy(sim.logger)
+    pol = LoggerPolicy(sim.logger, sim.world.trend(), slate=None)
     a = rollout(sim.world, pol, sim.public.clicks(), 6, SeedTree(3), slate=slate)
     b = rollout(sim.world, pol, sim.public.clicks(), 6, SeedTree(3), slate=slate)
     assert a.rounds.equals(b.rounds) and a.clicks.equals(b.clicks)
@@ -78,15 +79,15 @@ def test_same_seed_same_result_and_the_caller_world_is_untouched(sim, slate):
 
 def test_oracle_shows_far_better_items_than_uniform(sim):
     clicks = sim.public.clicks()
-    ora = rollout(sim.world, oracle_policy(sim.world), clicks, 8, SeedTree(0))
-    uni = rollout(sim.world, uniform_policy(sim.world.n_items), clicks, 8, SeedTree(0))
+    ora = rollout(sim.world, OraclePolicy(n_items=sim.world.n_items), clicks, 8, SeedTree(0))
+    uni = rollout(sim.world, UniformPolicy(sim.world.n_items), clicks, 8, SeedTree(0))
     assert ora.summary["reward_shown"] > uni.summary["reward_shown"] + 0.5
     assert (ora.rounds["reward_shown"] > uni.rounds["reward_shown"]).all()
     assert ora.summary["value"] > uni.summary["value"]
 
 
 def test_clicks_build_up_satiation_in_the_rolled_world(sim):
-    r = rollout(sim.world, oracle_policy(), sim.public.clicks(), 5, SeedTree(0))
+    r = rollout(sim.world, OraclePolicy(n_items=sim.world.n_items), sim.public.clicks(), 5, SeedTree(0))
     last = r.clicks[r.clicks["timestamp"] == r.clicks["timestamp"].max()]
     assert len(last) > 0
     genre = r.world.catalog.genre[last["item_id"].to_numpy()]
@@ -112,7 +113,7 @@ def test_topk_slates_have_no_duplicates_and_respect_the_ranking():
     assert (np.diff(picked, axis=1) <= 0).all()  # best first
     kth = -np.sort(-logits, axis=1)[:, 5]
     assert (picked.min(axis=1) == kth).all()  # nothing better left out
-    t = sample_slates(np.zeros((50, 20)), 6, rng)
+    t = plackett_luce_slates(np.zeros((50, 20)), 6, rng)
     assert all(len(set(row)) == 6 for row in t)
 
 
@@ -131,7 +132,8 @@ def test_rollout_slates_have_no_duplicates_and_histories_grow(sim, monkeypatch):
         return np.tile(np.arange(sim.world.n_items, dtype=np.float32) % 3, (len(users), 1))
 
     monkeypatch.setattr(World, "choose", spy_choose)
-    r = rollout(sim.world, spy, sim.public.clicks(), 3, SeedTree(0), k=7)
+    r = rollout(sim.world, FunctionPolicy(sim.world.n_items, lambda h, c: spy(c.users, h)), sim.public.clicks(), 3,
+                SeedTree(0), k=7)
     assert r.summary["k"] == 7 and len(shown) == 3
     for s in shown:
         assert s.shape[1] == 7 and all(len(set(row)) == 7 for row in s)
@@ -158,12 +160,12 @@ def test_a_trained_bc_policy_runs_through_the_rollout(sim):
 
 def test_references_keep_their_own_slate_rule(sim):
     clicks = sim.public.clicks()
-    for pol in (oracle_policy(), logger_policy(sim.logger, slate="sample")):
+    for pol in (OraclePolicy(n_items=sim.world.n_items), LoggerPolicy(sim.logger, sim.world.trend(), slate="sample")):
         a = rollout(sim.world, pol, clicks, 4, SeedTree(1), slate="topk")
         b = rollout(sim.world, pol, clicks, 4, SeedTree(1), slate="sample")
         assert a.clicks.equals(b.clicks), pol.name
     # without a rule of its own the logger follows the rollout's
-    free = logger_policy(sim.logger)
+    free = LoggerPolicy(sim.logger, sim.world.trend(), slate=None)
     a = rollout(sim.world, free, clicks, 4, SeedTree(1), slate="topk")
     b = rollout(sim.world, free, clicks, 4, SeedTree(1), slate="sample")
     assert not a.clicks.equals(b.clicks)
@@ -190,7 +192,7 @@ def test_closed_loop_is_the_mean_of_the_seeded_rollouts_on_one_cohort(sim):
     # the cohort belongs to the world (its seed), not to the policy or the rollout seeds
     again = ClosedLoop(sim.world, clicks, ClosedLoopConfig(rounds=2, seeds=(5,), users=30))
     np.testing.assert_array_equal(loop.cohort, again.cohort)
-    pol = logger_policy(sim.logger, slate="sample")
+    pol = LoggerPolicy(sim.logger, sim.world.trend(), slate="sample")
     v = loop.run(pol)
     direct = [rollout(sim.world, pol, clicks, 4, SeedTree(s), users=loop.cohort).summary["value"] for s in (0, 3)]
     assert v.mean == pytest.approx(np.mean(direct), rel=1e-12)
@@ -226,8 +228,8 @@ def test_world_at_end_of_logging_rebuilds_the_exact_world(dyn_folder):
     rebuilt = world_at_end_of_logging(folder, logs, truth)
     for key, arr in _state(s.world).items():
         np.testing.assert_array_equal(arr, _state(rebuilt.world)[key], err_msg=key)
-    a = rollout(s.world, logger_policy(s.logger, "sample"), s.public.clicks(), 5, SeedTree(2))
-    b = rollout(rebuilt.world, logger_policy(rebuilt.logger, "sample"), logs.clicks(), 5, SeedTree(2))
+    a = rollout(s.world, LoggerPolicy(s.logger, s.world.trend(), "sample"), s.public.clicks(), 5, SeedTree(2))
+    b = rollout(rebuilt.world, LoggerPolicy(rebuilt.logger, rebuilt.world.trend(), "sample"), logs.clicks(), 5, SeedTree(2))
     assert a.clicks.equals(b.clicks) and a.summary == b.summary
 
 
@@ -283,7 +285,7 @@ def test_the_oracle_shows_the_best_first_slate_and_nothing_more_is_promised(sim)
     upper bound, and no test asserts one."""
     ev = Evaluator.prepare(sim.public, GroundTruth.from_simulation(sim))
     bc = pretrain(ev.train, sim.public.n_items, small_agent("bc", 1), SeedTree(0), progress=False)
-    pols = {**reference_policies(sim.public.n_items, ev.train, sim.logger), "bc": bc}
+    pols = {**reference_policies(sim.public.n_items, ev.train, sim.logger, sim.world.trend()), "bc": bc}
     first = {name: rollout(sim.world, p, ev.clicks, 3, SeedTree(6)).rounds.iloc[0] for name, p in pols.items()}
     assert len({int(r["n_active"]) for r in first.values()}) == 1
     best = first["oracle"]["reward_shown"]

@@ -15,7 +15,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recsim_post.experiments.evaluate import HISTORY_LEN, Evaluator
+from recsim_post.experiments.evaluate import Evaluator
+from recsim_post.policy import HISTORY_LEN, Context, FunctionPolicy, UniformPolicy
+from recsim_post.truth.references import LoggerPolicy
 from recsim_post.truth.ground_truth import (
     GroundTruth,
     chunk_users,
@@ -45,10 +47,10 @@ def _policies(truth: GroundTruth) -> dict:
     factors = rng.normal(size=(truth.n_users, 5)).astype(np.float32) @ rng.normal(size=(5, n)).astype(np.float32)
     ties = np.round(rng.normal(size=n)).astype(np.float32)  # few distinct scores: ties at the top k
     return {
-        "logger": truth.logger_logits,  # float64, -inf outside a deficient support
-        "factors": lambda u: factors[u],  # float32, a different row per user
-        "ties": lambda u: np.tile(ties, (len(u), 1)),
-        "uniform": lambda u: np.zeros((len(u), n), np.float32),
+        "logger": LoggerPolicy(truth.logger, truth.trend),  # float64, -inf outside a deficient support
+        "factors": FunctionPolicy(n, lambda h, c: factors[c.users]),  # float32, a different row per user
+        "ties": FunctionPolicy(n, lambda h, c: np.tile(ties, (len(h), 1))),
+        "uniform": UniformPolicy(n),
     }
 
 
@@ -109,11 +111,11 @@ def test_chunks_follow_the_byte_budget():
 # ---------------------------------------------------------------- the evaluator
 
 
-def _old_believed(ev: Evaluator, score) -> float:  # noqa: ANN001
+def _old_believed(ev: Evaluator, policy) -> float:  # noqa: ANN001
     """The evaluator's former rm_value: full member scores at every position, keep the last."""
     rm = ev.reward_model
     hist = histories(ev.clicks, ev.users, HISTORY_LEN)
-    logits = score(ev.users, hist).astype(np.float64)
+    logits = policy.logits(hist, Context(ev.users)).astype(np.float64)
     p = np.exp(logits - logits.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
     with torch.no_grad():
@@ -127,9 +129,10 @@ class _Factors:
     max_len = 4
 
     def __init__(self, n_items: int) -> None:
+        self.n_items = n_items
         self.emb = np.random.default_rng(1).normal(size=(n_items + 1, 3)).astype(np.float32)
 
-    def logits(self, hist: np.ndarray) -> np.ndarray:
+    def logits(self, hist: np.ndarray, context: Context | None = None) -> np.ndarray:
         h = self.emb[hist[:, -self.max_len :] + 1].sum(axis=1)
         return h @ self.emb[1:].T
 
@@ -146,16 +149,15 @@ def test_evaluator_rows_stream_and_agree_with_the_plain_computations(sim):
     assert [r.method for r in rows] == ["uniform", "popularity", "logging policy", "oracle", "factors"]
     # ground truth against the dense reference
     uni, ora, ora_k, value, top = reference_sums(
-        truth, {"f": lambda u: pol.logits(histories(ev.clicks, u, HISTORY_LEN))}, ev.users, k=ev.k
+        truth, {"f": pol}, ev.users, k=ev.k, histories=lambda u: histories(ev.clicks, u, HISTORY_LEN)
     )
     assert abs(by["uniform"].value - uni.mean()) < 1e-12
     assert abs(by["oracle"].topk_value - ora_k.mean()) < 1e-12
     assert abs(by["factors"].value - value["f"].mean()) <= 1e-9 * abs(value["f"].mean())
     assert abs(by["factors"].topk_value - top["f"].mean()) < 1e-12
     # rm_value against the full-position member scores
-    assert abs(by["factors"].rm_value - _old_believed(ev, lambda u, h: pol.logits(h))) < 1e-9
-    zeros = lambda u, h: np.zeros((len(u), truth.n_items))  # noqa: E731
-    assert abs(by["uniform"].rm_value - _old_believed(ev, zeros)) < 1e-9
+    assert abs(by["factors"].rm_value - _old_believed(ev, pol)) < 1e-9
+    assert abs(by["uniform"].rm_value - _old_believed(ev, UniformPolicy(truth.n_items))) < 1e-9
     # the oracle's belief by hand: the table model ignores the history, so it is the ensemble mean
     # of the table at each user's best item
     members = ev.reward_model.members.double().mean(dim=0).numpy()
@@ -174,7 +176,7 @@ def test_offline_metrics_stream_over_chunks_of_test_users(sim, monkeypatch):
     hist = histories(ev.before_test, ev.test_users, HISTORY_LEN)
     dense = ranking_metrics(pol.logits(hist), ev.test_targets, exclude=hist, k=ev.k)
     monkeypatch.setattr(evaluate, "chunk_users", lambda n_items: 3)
-    assert ev._offline(lambda u, h: pol.logits(h)) == dense
+    assert ev._offline(pol) == dense
 
 
 # ---------------------------------------------------------------- histories

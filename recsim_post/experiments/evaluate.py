@@ -17,51 +17,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Hashable, Mapping, Protocol
+from typing import Any, Hashable, Mapping
 
 import numpy as np
 import pandas as pd
 import torch
 
 from ..logs.public import HistoryIndex, PublicLogs, split_leave_last_out
+from ..metrics.offline import metrics_from_ranks, target_ranks
+from ..metrics.reward_report import reward_model_report
+from ..policy import HISTORY_LEN, Context, Policy, check_policy
 from ..posttrain.reward_model import next_item_scores
 from ..seeding import SeedTree
 from ..truth.ground_truth import BUDGET_BYTES, ExactSums, GroundTruth, References, chunk_users, exact_sums, references
-from ..metrics.offline import metrics_from_ranks, target_ranks
+from ..truth.references import reference_policies
+from ..truth.rollout import ClosedLoop
 from .report import ResultRow
-from ..metrics.reward_report import reward_model_report
-from ..truth.rollout import ClosedLoop, logger_policy, oracle_policy, uniform_policy
-
-
-HISTORY_LEN = 200
-"""Clicks of history handed to a policy (each policy truncates to its own max_len)."""
-
-
-class Policy(Protocol):
-    """What the evaluator needs of a policy: next-item logits for left-padded histories."""
-
-    max_len: int
-
-    def logits(self, hist: np.ndarray) -> np.ndarray: ...
-
-
-def popularity_scores(train: pd.DataFrame, n_items: int):  # noqa: ANN201 - (users, hist) -> logits
-    """The popularity baseline: logits log(1 + clicks of the item in ``train``), the same for everyone."""
-    log_pop = np.log1p(np.bincount(train["item_id"].to_numpy(), minlength=n_items)).astype(np.float32)
-    return lambda u, h: np.tile(log_pop, (len(u), 1))
-
-
-def reference_policies(n_items: int, train: pd.DataFrame, logger: Any) -> dict[str, Any]:
-    """The reference rows as a closed-loop rollout deploys them, each as it is defined: uniform
-    (k random items), popularity (:func:`popularity_scores`; slates by the rollout's rule), the
-    logging policy at T (samples its slates by Plackett-Luce, as in the logs, reading the moving
-    trend) and the oracle (the k best items by the current r*; greedy and myopic, not an upper bound)."""
-    return {
-        "uniform": uniform_policy(n_items),
-        "popularity": popularity_scores(train, n_items),
-        "logging policy": logger_policy(logger, slate="sample"),
-        "oracle": oracle_policy(),
-    }
 
 
 @dataclass
@@ -124,7 +95,7 @@ class Evaluator:
     def _hist_at_t(self, users: np.ndarray) -> np.ndarray:
         return self._clicks_index.gather(users, HISTORY_LEN)
 
-    def _offline(self, score) -> dict[str, float]:  # noqa: ANN001 - (users, hist) -> logits
+    def _offline(self, policy: Policy) -> dict[str, float]:
         """NDCG / HR / MRR on the held-out last clicks, streamed over chunks of test users."""
         n = len(self.test_users)
         if n == 0:
@@ -134,7 +105,8 @@ class Evaluator:
         for lo in range(0, n, step):
             users = self.test_users[lo : lo + step]
             hist = self._before_test_index.gather(users, HISTORY_LEN)
-            ranks[lo : lo + step] = target_ranks(score(users, hist), self.test_targets[lo : lo + step], exclude=hist)
+            logits = policy.logits(hist, Context(users))
+            ranks[lo : lo + step] = target_ranks(logits, self.test_targets[lo : lo + step], exclude=hist)
         return metrics_from_ranks(ranks, k=self.k)
 
     def _belief(self, users: np.ndarray) -> np.ndarray:
@@ -154,21 +126,15 @@ class Evaluator:
                 out[lo : lo + step] = scores.mean(dim=0, dtype=torch.float64).cpu().numpy()
         return out
 
-    def _exact(self, scores: Mapping[Hashable, Any]) -> ExactSums:
-        """One pass over r* for the references and every (users, hist) -> logits in ``scores``."""
-
-        def at_t(score):  # noqa: ANN001, ANN202
-            return lambda users: score(users, self._hist_at_t(users))
-
+    def _exact(self, policies: Mapping[Hashable, Policy]) -> ExactSums:
+        """One pass over r* for the references and every policy, each given the histories at T."""
         belief = self._belief if self.reward_model is not None else None
-        return exact_sums(
-            self.truth, self.users, {name: at_t(f) for name, f in scores.items()}, self.refs.k, belief=belief
-        )
+        return exact_sums(self.truth, self.users, policies, self.refs.k, belief=belief, histories=self._hist_at_t)
 
-    def _closed(self, deployed: Any) -> float | None:
-        if self.closed_loop is None or deployed is None:
+    def _closed(self, policy: Policy) -> float | None:
+        if self.closed_loop is None:
             return None
-        return self.closed_loop.run(deployed).mean
+        return self.closed_loop.run(policy).mean
 
     def rows(self, policies: Mapping[str, Policy] | None = None, references: bool = True) -> list[ResultRow]:
         """The reference rows (unless ``references`` is False), then one row per trained policy, with
@@ -177,26 +143,27 @@ class Evaluator:
         A policy gets the same numbers here as alone (:meth:`policy_row`): the chunks depend on the
         catalogue size only.
         """
-        policies = dict(policies or {})
+        policies = {name: check_policy(p, self.truth.n_items, f"policy {name!r}") for name, p in (policies or {}).items()}
         n = self.truth.n_items
-        deployed = reference_policies(n, self.train, self.truth.logger) if references else {}
-        scores: dict[tuple[str, str], Any] = {}  # (kind, method): (users, hist) -> logits
+        refs_p = reference_policies(n, self.train, self.truth.logger, self.truth.trend, self.truth) if references else {}
+        scored: dict[tuple[str, str], Policy] = {}  # (kind, method) -> policy
         if references:
-            scores[("reference", "popularity")] = deployed["popularity"]
-            scores[("reference", "logging policy")] = lambda u, h: self.truth.logger_logits(u)
+            scored[("reference", "popularity")] = refs_p["popularity"]
+            scored[("reference", "logging policy")] = refs_p["logging policy"]
         for name, policy in policies.items():
-            scores[("trained", name)] = lambda u, h, p=policy: p.logits(h)
-        sums = self._exact(scores)
+            scored[("trained", name)] = policy
+        sums = self._exact(scored)
         refs = self.refs
 
-        def row(kind: str, name: str, deployed_as: Any) -> ResultRow:
+        def row(kind: str, name: str) -> ResultRow:
+            policy = scored[(kind, name)]
             v = sums.policy((kind, name), refs)
-            m = self._offline(scores[(kind, name)])
+            m = self._offline(policy)
             return ResultRow(
                 name, kind, float(v.value), float(v.value_norm), float(v.topk_value), float(v.topk_norm),  # type: ignore[arg-type]
                 m[f"ndcg@{self.k}"], m[f"hr@{self.k}"], m["mrr"],
                 sums.believed((kind, name)) if self.reward_model is not None else None,
-                self._closed(deployed_as),
+                self._closed(policy),
             )
 
         out = []
@@ -206,21 +173,21 @@ class Evaluator:
                 # uniform's top-k is a random k items (every score ties): its value is the mean
                 ResultRow("uniform", "reference", refs.uniform, 0.0, refs.uniform, 0.0,
                           rm_value=float(sums.uniform_belief.mean()) if believed else None,
-                          closed_loop=self._closed(deployed["uniform"]))
+                          closed_loop=self._closed(refs_p["uniform"]))
             )
-            out.append(row("reference", "popularity", deployed["popularity"]))
-            out.append(row("reference", "logging policy", deployed["logging policy"]))
+            out.append(row("reference", "popularity"))
+            out.append(row("reference", "logging policy"))
             # The oracle samples argmax r* (a point mass) and shows the k best items; offline, it ranks
             # held-out clicks by their true reward -- which is not what users clicked on. Its belief is
             # the reward model's view of that point mass.
-            m = self._offline(lambda u, h: self.truth.true_reward(u))
+            m = self._offline(refs_p["oracle"])
             out.append(
                 ResultRow("oracle", "reference", refs.oracle, 1.0, refs.oracle_topk, 1.0,
                           m[f"ndcg@{self.k}"], m[f"hr@{self.k}"], m["mrr"],
                           float(sums.oracle_belief.mean()) if believed else None,
-                          self._closed(deployed["oracle"]))
+                          self._closed(refs_p["oracle"]))
             )
-        out += [row("trained", name, policy) for name, policy in policies.items()]
+        out += [row("trained", name) for name in policies]
         return out
 
     def reference_rows(self) -> list[ResultRow]:

@@ -29,10 +29,11 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError
+from ..policy import UniformPolicy
 from ..world.config import ScenarioConfig
 from ..ope.qmodel import SequenceQConfig
 from ..ope.report import (
-    PSCORE_SOURCES, Q_MODELS, PropensityModelConfig, UniformPolicy, estimator_label, format_summary, ope_report,
+    PSCORE_SOURCES, Q_MODELS, PropensityModelConfig, estimator_label, format_summary, ope_report,
     summarise,
 )
 from .report import write_csv

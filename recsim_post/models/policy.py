@@ -103,8 +103,9 @@ class SequencePolicy:
         return pad_history(hist, self.max_len)
 
     @torch.no_grad()
-    def logits(self, hist: np.ndarray) -> np.ndarray:
-        """Next-item logits ``(B, n_items)`` float32 after the last column of ``hist`` ``(B, L)`` (PAD = -1)."""
+    def logits(self, hist: np.ndarray, context: Any = None) -> np.ndarray:
+        """Next-item logits ``(B, n_items)`` float32 after the last column of ``hist`` ``(B, L)``
+        (PAD = -1): the ``recsim_post.policy.Policy`` protocol (a sequence model ignores the context)."""
         hist = self.pad(hist)
         if hist.size and hist.max() >= self.n_items:
             raise ValueError(f"hist holds item id {hist.max()}, but the catalogue has {self.n_items} items")

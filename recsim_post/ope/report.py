@@ -75,9 +75,9 @@ only through satiation, and S(t) is rebuilt from the public clicks (S(0) = 0, S(
 sealed r* of every logged row; a mismatch raises. For ``reward = "click" | "rating"`` the estimand
 involves the choice model and no exact value is computed (``truth`` is NaN).
 
-Target policies: anything with ``logits(hist) -> (B, n_items)`` (a SequencePolicy,
-:class:`UniformPolicy`), or a callable ``f(users, timestamps, hist) -> logits`` (may use the round,
-e.g. the logger itself when it ignores trends).
+Target policies: any ``recsim_post.policy.Policy``; on a logged row it is scored with the user's
+history then and a Context holding her and the round (so a target may read the round, e.g. the
+logger itself).
 """
 
 from __future__ import annotations
@@ -94,6 +94,7 @@ from ..errors import ConfigError, LogError
 from ..logs.public import PAD, PublicLogs
 from ..models.policy import SequencePolicy, build_model
 from ..models.sasrec import SASRecConfig
+from ..policy import Context, Policy, softmax
 from ..seeding import SeedTree
 from ..truth.ground_truth import BUDGET_BYTES, GroundTruth
 from .estimators import DM, DR, IPS, INTERVAL_METHODS, SNIPS, BanditData, SwitchDR, bandit_data_from_logs, intervals
@@ -169,37 +170,14 @@ def logged_contexts(interactions: pd.DataFrame, max_len: int = 50, position: int
 # target policies
 
 
-class UniformPolicy:
-    """pi(a | x) = 1 / n_items."""
-
-    def __init__(self, n_items: int, max_len: int = 1) -> None:
-        self.n_items, self.max_len = n_items, max_len
-
-    def logits(self, hist: np.ndarray) -> np.ndarray:
-        return np.zeros((len(hist), self.n_items), np.float32)
+def _logits(policy: Policy, ctx: LoggedContexts, sl: slice) -> np.ndarray:
+    """The policy on logged contexts ``sl``: each user's history then, and her round."""
+    return policy.logits(ctx.hist[sl], Context(ctx.user[sl], ctx.timestamp[sl]))
 
 
-PolicyLike = Any  # object with logits(hist), or callable(users, timestamps, hist) -> logits
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.asarray(logits, np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    return p / p.sum(axis=1, keepdims=True)
-
-
-def policy_probabilities(policy: PolicyLike, ctx: LoggedContexts, chunk: int = CHUNK_ROWS) -> np.ndarray:
+def policy_probabilities(policy: Policy, ctx: LoggedContexts, chunk: int = CHUNK_ROWS) -> np.ndarray:
     """pi(. | x_i) on every logged context: (n, n_items) float64, batched."""
-    parts = []
-    for lo in range(0, len(ctx), chunk):
-        sl = slice(lo, lo + chunk)
-        if hasattr(policy, "logits"):
-            lg = policy.logits(ctx.hist[sl])
-        else:
-            lg = policy(ctx.user[sl], ctx.timestamp[sl], ctx.hist[sl])
-        parts.append(_softmax(lg))
-    return np.concatenate(parts)
+    return np.concatenate([softmax(_logits(policy, ctx, slice(lo, lo + chunk))) for lo in range(0, len(ctx), chunk)])
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,7 +253,7 @@ def estimated_propensities(
         step = chunk_rows(n_items, 3)
         for lo in range(0, len(ctx), step):
             sl = slice(lo, lo + step)
-            probs = _softmax(model.logits(ctx.hist[sl]))
+            probs = softmax(model.logits(ctx.hist[sl]))
             p[sl] = probs[np.arange(len(probs)), ctx.action[sl]]
     else:
         raise ValueError(f"propensity method must be 'bc' or 'frequency', got {method!r}")
@@ -489,7 +467,7 @@ class _PolicyTerms:
 
 def _stream_rows(
     ctx: LoggedContexts,
-    policies: Mapping[str, PolicyLike],
+    policies: Mapping[str, Policy],
     q_hats: Mapping[str, TableQ | SequenceQRows],
     exact: ExactReward | None,
     off: np.ndarray | None,
@@ -516,8 +494,7 @@ def _stream_rows(
         if r is not None:
             scale_tot += float((r.max(axis=1) - r.mean(axis=1)).sum())
         for name, policy in policies.items():
-            lg = policy.logits(ctx.hist[sl]) if hasattr(policy, "logits") else policy(ctx.user[sl], ctx.timestamp[sl], ctx.hist[sl])
-            pi = _softmax(lg)
+            pi = softmax(_logits(policy, ctx, sl))
             t = terms[name]
             t.pi_on_action[sl] = pi[rows, act]
             for m, q in qs.items():
@@ -537,7 +514,7 @@ def _stream_rows(
 def ope_report(
     logs: PublicLogs,
     truth: GroundTruth,
-    policies: Mapping[str, PolicyLike],
+    policies: Mapping[str, Policy],
     reward: str = "true",
     n_bootstrap: int = 200,
     alpha: float = 0.05,
@@ -656,7 +633,7 @@ def ope_report(
     return report
 
 
-def ope_report_from_simulation(sim, policies: Mapping[str, PolicyLike], **kw) -> pd.DataFrame:  # noqa: ANN001
+def ope_report_from_simulation(sim, policies: Mapping[str, Policy], **kw) -> pd.DataFrame:  # noqa: ANN001
     """:func:`ope_report` for an in-memory ``logs.simulate.Simulation``."""
     return ope_report(sim.public, GroundTruth.from_simulation(sim), policies, **kw)
 
@@ -736,7 +713,7 @@ def format_report(report: pd.DataFrame) -> str:
 
 
 __all__ = [
-    "LoggedContexts", "PropensityModelConfig", "TableQ", "UniformPolicy", "chunk_rows", "click_histories_at",
+    "LoggedContexts", "PropensityModelConfig", "TableQ", "chunk_rows", "click_histories_at",
     "crossfit_q", "crossfit_q_table", "estimated_propensities", "exact_reward", "past_q", "past_q_table", "fit_logger_model", "format_report", "format_summary",
     "item_mean_q", "logged_contexts", "ope_report", "ope_report_from_simulation", "policy_probabilities",
     "summarise", "Q_MODELS", "estimator_label",

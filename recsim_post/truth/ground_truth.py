@@ -35,13 +35,14 @@ from ..config import from_dict
 from ..errors import ConfigError, LogError
 from ..logs.check import check_log_folder, check_sealed_tables
 from ..logs.public import read_parquet
+from ..policy import Context, Policy, empty_histories
 from ..world.config import ScenarioConfig
 from ..world.kernels import true_reward_product, true_reward_rows_ref
 from ..world.world import true_reward_matrix
 from .kernels import policy_sums, softmax_dot, softmax_dot_ref, topk_mean, topk_mean_ref, true_reward_stats
 
-ScoreFn = Callable[[np.ndarray], np.ndarray]
-"""Maps user ids (B,) to policy logits (B, n_items); a softmax of them is the policy."""
+Histories = Callable[[np.ndarray], np.ndarray]
+"""Maps user ids (B,) to their public click histories at T (B, L), left-padded with PAD."""
 
 
 @dataclass(frozen=True)
@@ -350,12 +351,16 @@ class ExactSums:
 def exact_sums(
     truth: GroundTruth,
     users: np.ndarray,
-    scores: Mapping[Hashable, ScoreFn] | None = None,
+    policies: Mapping[Hashable, Policy] | None = None,
     k: int = 10,
     belief: BeliefFn | None = None,
     chunk: int | None = None,
+    histories: Histories | None = None,
 ) -> ExactSums:
-    """One pass over r*(u, ., T) for ``users``, shared by the references and every policy in ``scores``.
+    """One pass over r*(u, ., T) for ``users``, shared by the references and every policy in ``policies``.
+
+    Each policy scores ``policy.logits(histories(u), Context(u))``: the users' public histories at
+    T (``histories``, e.g. ``logs.public.HistoryIndex.gather``; none given: empty histories).
 
     Users go in chunks of ``chunk`` (default :func:`chunk_users`: a fixed byte budget, whatever the
     number of policies, so a policy gets the same numbers alone or with others); for each chunk r*
@@ -363,7 +368,7 @@ def exact_sums(
     row by row (softmax-weighted sum, top-k mean) without (users x items) temporaries. Memory is
     O(chunk x items), flat in the number of users and policies.
     """
-    scores = dict(scores or {})
+    policies = dict(policies or {})
     users = np.asarray(users, np.int64)
     n, n_items = len(users), truth.n_items
     kk = min(k, n_items)
@@ -371,9 +376,9 @@ def exact_sums(
     if chunk < 1:
         raise ValueError(f"chunk must be a positive number of users, got {chunk}")
     uniform, oracle, oracle_topk = np.empty(n), np.empty(n), np.empty(n)
-    value = {name: np.empty(n) for name in scores}
-    topk = {name: np.empty(n) for name in scores}
-    believed = {name: np.empty(n) for name in scores} if belief is not None else {}
+    value = {name: np.empty(n) for name in policies}
+    topk = {name: np.empty(n) for name in policies}
+    believed = {name: np.empty(n) for name in policies} if belief is not None else {}
     uni_b = ora_b = None
     if belief is not None:
         uni_b, ora_b = np.empty(n), np.empty(n)
@@ -394,10 +399,12 @@ def exact_sums(
             uni_b[sl] = rb.mean(axis=1)
             best = r >= oracle[sl][:, None]
             ora_b[sl] = np.where(best, rb, 0.0).sum(axis=1) / best.sum(axis=1)
-        for name, score in scores.items():
-            logits = score(u)
+        hist = (histories(u) if histories is not None else empty_histories(len(u))) if policies else None
+        context = Context(u)
+        for name, policy in policies.items():
+            logits = policy.logits(hist, context)
             if logits.shape != r.shape:
-                raise ValueError(f"score returned shape {logits.shape}, expected {r.shape}")
+                raise ValueError(f"policy {name!r} returned logits of shape {logits.shape}, expected {r.shape}")
             value[name][sl], topk[name][sl], b = policy_sums(logits, r, k, rb)
             if rb is not None:
                 believed[name][sl] = b
@@ -411,22 +418,25 @@ def references(truth: GroundTruth, users: np.ndarray, k: int = 10, chunk: int | 
 
 
 def policy_value(
-    truth: GroundTruth, score: ScoreFn, users: np.ndarray, refs: References, chunk: int | None = None
+    truth: GroundTruth, policy: Policy, users: np.ndarray, refs: References, chunk: int | None = None,
+    histories: Histories | None = None,
 ) -> PolicyValue:
-    """The exact ground-truth value of the policy softmax(score(users)) over ``users``."""
-    return exact_sums(truth, users, {"policy": score}, refs.k, chunk=chunk).policy("policy", refs)
+    """The exact ground-truth value of ``policy`` (sampling one item, and its top k) over ``users``
+    given their ``histories`` at T."""
+    return exact_sums(truth, users, {"policy": policy}, refs.k, chunk=chunk, histories=histories).policy("policy", refs)
 
 
 def reference_sums(
-    truth: GroundTruth, scores: Mapping[str, ScoreFn], users: np.ndarray, k: int = 10, chunk: int = 2048
+    truth: GroundTruth, policies: Mapping[str, Policy], users: np.ndarray, k: int = 10, chunk: int = 2048,
+    histories: Histories | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The plain implementation the exact sums replaced (dense r* per chunk, numpy reductions), kept as
     the reference the tests hold :func:`exact_sums` to: (uniform, oracle, oracle_topk, value, topk)
     per user."""
     users = np.asarray(users, np.int64)
     uni, ora, ora_k = [], [], []
-    value: dict[str, list] = {name: [] for name in scores}
-    top: dict[str, list] = {name: [] for name in scores}
+    value: dict[str, list] = {name: [] for name in policies}
+    top: dict[str, list] = {name: [] for name in policies}
     kk = min(k, truth.n_items)
     for _, u in _chunks(users, chunk):
         r = true_reward_rows_ref(
@@ -436,8 +446,9 @@ def reference_sums(
         uni.append(r.mean(axis=1))
         ora.append(r.max(axis=1))
         ora_k.append(-np.partition(-r, kk - 1, axis=1)[:, :kk].mean(axis=1))
-        for name, score in scores.items():
-            logits = score(u)
+        hist = histories(u) if histories is not None else empty_histories(len(u))
+        for name, policy in policies.items():
+            logits = policy.logits(hist, Context(u))
             value[name].append(softmax_dot_ref(logits, r))
             top[name].append(topk_mean_ref(logits, r, k))
     cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0)  # noqa: E731

@@ -1,5 +1,8 @@
 """Closed-loop rollouts: deploy a policy for H rounds in (a copy of) the world and watch it react.
 
+Each round is the world engine's (``world/engine.py``), the one ``simulate`` and the envs run, with
+the policy (any ``recsim_post.policy.Policy``) serving the slates.
+
 The exact ground truth of ground_truth.py scores a policy against r*(u, ., T) frozen at the end of
 logging. A rollout complements it: the policy serves slates for ``n_rounds`` more rounds, users
 choose and rate through the same choice model and noise as the logs, and the world moves on --
@@ -9,13 +12,13 @@ arrive, preferences drift and sessions end (when those dynamics are on). Each ro
 1. who asks for a slate: ``world.active_users`` on uniforms from the ``activity`` stream (the
    rule of logs/simulate.py; sessions and arrivals included), restricted to ``users`` if given;
 2. the policy scores every item from each active user's public click history so far (the logged
-   clicks plus the clicks made during the rollout) and a slate of k items is built: its top k
-   (exact ties broken at random), or k items drawn without replacement from softmax(logits)
-   (Gumbel-top-k, i.e. Plackett-Luce, on the ``slates`` stream);
-3. users respond through ``world.respond`` (``choice`` and ``feedback`` streams) with the trend
-   at the start of the round, and observed ratings go through ``world.observe``
-   (``feedback-extra``), so missing ratings are NaN as in the logs;
-4. ``world.advance`` (``shocks`` and ``dynamics`` streams) and the clicks join the histories.
+   clicks plus the clicks made during the rollout) and a Context (the round, the rolled world),
+   and a slate of k items is built: its top k (exact ties broken at random), or k items drawn
+   without replacement from softmax(logits) (Gumbel-top-k, i.e. Plackett-Luce, on the ``slates``
+   stream);
+3. users choose (``choice`` stream) with the trend at the start of the round, and every feedback
+   signal is recorded (``feedback``, ``feedback-extra``), so missing ratings are NaN as in the logs;
+4. the world moves on (``shocks`` and ``dynamics`` streams) and the clicks join the histories.
 
 All randomness comes from ``seed.child("rollout")``; the same seed gives identical results, and
 two policies rolled with the same seed share their activity draws (common random numbers). The
@@ -38,10 +41,9 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -57,10 +59,8 @@ from ..world.config import MAX_ENTITIES, SEED_MAX, ScenarioConfig
 from ..world.engine import Round, Streams, step_round
 from ..signals import SIGNALS
 from ..world.world import World
+from ..policy import HISTORY_LEN, Context, Policy, check_policy, slate_rule
 from .ground_truth import GroundTruth
-
-HISTORY_LEN = 200
-"""Clicks of history kept per user (a policy with a shorter ``max_len`` reads fewer)."""
 
 CHUNK_USERS = 2048
 """Users scored per policy call (bounds memory at CHUNK_USERS * n_items floats)."""
@@ -69,56 +69,6 @@ ROUND_COLUMNS = [
     "round", "world_round", "n_active", "n_clicks", "ctr",
     "reward_clicked", "reward_shown", "rating", "reward_per_user",
 ]
-
-
-@dataclass(frozen=True)
-class WorldPolicy:
-    """A policy that reads the rolled world: ``fn(world, users, hist) -> logits (B, n_items)``.
-
-    The rollout hands it its own (copied, moving) world each round, so e.g. the oracle ranks by
-    the *current* r*, satiation included. ``slate`` fixes how its slates are built whatever the
-    rollout's ``slate`` argument says (None: follow it) -- a reference deployed as it is defined.
-    """
-
-    fn: Callable[[World, np.ndarray, np.ndarray], np.ndarray]
-    name: str = "world-policy"
-    slate: Literal["topk", "sample"] | None = None
-
-    def __call__(self, world: World, users: np.ndarray, hist: np.ndarray) -> np.ndarray:
-        return self.fn(world, users, hist)
-
-
-def uniform_policy(n_items: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """All-zero logits: random slates (top-k ties are broken at random)."""
-
-    def score(users: np.ndarray, hist: np.ndarray) -> np.ndarray:
-        return np.zeros((len(users), n_items), dtype=np.float32)
-
-    return score
-
-
-def oracle_policy(world: World | None = None) -> WorldPolicy:
-    """Shows the k best items by r*(u, ., t) of the rolled world at the current round (it reacts
-    to satiation); always top k, even in a rollout with ``slate="sample"`` (softmax(r*) would be
-    an arbitrary temperature, not an oracle).
-
-    ``world`` is accepted for symmetry with the other helpers and ignored: the oracle always reads
-    the world the rollout is moving, never the caller's (which stays at T).
-    """
-    return WorldPolicy(lambda w, users, hist: w.true_reward(users), "oracle", slate="topk")
-
-
-def logger_policy(logger: Any, slate: Literal["topk", "sample"] | None = None) -> WorldPolicy:
-    """The logging policy (behavior.logging_policy.TrendLogger) as it stands at T, reading the
-    rolled world's current trend; its log-probabilities (-inf outside a deficient support).
-    ``slate="sample"`` draws its slates by Plackett-Luce whatever the rollout's rule, as in the
-    logs (None: follow the rollout's rule)."""
-
-    def score(w: World, users: np.ndarray, hist: np.ndarray) -> np.ndarray:
-        with np.errstate(divide="ignore"):
-            return np.log(logger.probabilities(users, w.trend()))
-
-    return WorldPolicy(score, "logging policy", slate=slate)
 
 
 @dataclass
@@ -134,16 +84,6 @@ class RolloutResult:
     """The rolled copy of the world, at the end of the rollout."""
 
 
-def _score_fn(policy: Any) -> Callable[[World, np.ndarray, np.ndarray], np.ndarray]:
-    if isinstance(policy, WorldPolicy):
-        return policy
-    if hasattr(policy, "logits"):
-        return lambda w, users, hist: policy.logits(hist)
-    if callable(policy):
-        return lambda w, users, hist: policy(users, hist)
-    raise TypeError(f"policy must have .logits(hist), be a callable (users, hist) or a WorldPolicy, got {type(policy)!r}")
-
-
 def topk_slates(logits: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """The k highest logits per row, best first; exact ties (at the cut and in order) broken at random."""
     B, n = logits.shape
@@ -157,7 +97,7 @@ def topk_slates(logits: np.ndarray, k: int, rng: np.random.Generator) -> np.ndar
     return np.take_along_axis(sel, order, axis=1)
 
 
-def sample_slates(logits: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+def plackett_luce_slates(logits: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """k items per row drawn without replacement from softmax(logits) (Gumbel-top-k = Plackett-Luce)."""
     g = logits.astype(np.float64) - np.log(-np.log(rng.random(logits.shape)))
     return topk_slates(g, k, rng)
@@ -165,7 +105,7 @@ def sample_slates(logits: np.ndarray, k: int, rng: np.random.Generator) -> np.nd
 
 def rollout(
     world: World,
-    policy: Any,
+    policy: Policy,
     clicks: pd.DataFrame,
     n_rounds: int,
     seed: SeedTree,
@@ -175,10 +115,10 @@ def rollout(
 ) -> RolloutResult:
     """Deploy ``policy`` for ``n_rounds`` rounds on a deep copy of ``world`` (see the module doc).
 
-    ``policy``: an object with ``.logits(hist) -> (B, n_items)`` (a trained SequencePolicy), a
-    callable ``(users, hist) -> logits`` (as the evaluator's score functions), or a
-    :class:`WorldPolicy` (:func:`oracle_policy`, :func:`logger_policy`; its own ``slate`` rule,
-    when set, overrides ``slate``).
+    ``policy``: any ``recsim_post.policy.Policy``; every round it scores its users with their
+    histories and a Context holding the round and the rolled world (so the oracle and the logging
+    policy of ``truth/references.py`` read the current r* and trend). Its own ``slate`` rule, when
+    set, overrides ``slate``.
     ``clicks``: the public clicks up to T in history order (``PublicLogs.clicks()``; a frame with a
     ``click`` column is filtered to its clicks). ``k`` defaults to the logging slate size.
     ``users``: the cohort served and scored (default: everyone); the others ask for no slates.
@@ -192,10 +132,9 @@ def rollout(
     k = int(w.cfg.logging.slate_size if k is None else k)
     if not 1 <= k <= n_items:
         raise ValueError(f"k = {k}: must be between 1 and the catalogue size {n_items}")
-    score = _score_fn(policy)
-    if isinstance(policy, WorldPolicy) and policy.slate is not None:
-        slate = policy.slate
-    make = topk_slates if slate == "topk" else sample_slates
+    check_policy(policy, n_items)
+    slate = slate_rule(policy, slate)
+    make = topk_slates if slate == "topk" else plackett_luce_slates
     cohort = np.arange(n_users) if users is None else np.unique(np.asarray(users, dtype=np.int64))
     in_cohort = np.zeros(n_users, dtype=bool)
     in_cohort[cohort] = True
@@ -213,7 +152,9 @@ def rollout(
         slates = np.empty((rnd.n, k), dtype=np.int32)
         for lo in range(0, rnd.n, CHUNK_USERS):
             sl = slice(lo, min(lo + CHUNK_USERS, rnd.n))
-            logits = np.asarray(score(world, rnd.users[sl], hist[rnd.users[sl]]), dtype=np.float64)
+            users = rnd.users[sl]
+            context = Context(users, np.full(len(users), rnd.t, dtype=np.int64), world)
+            logits = np.asarray(policy.logits(hist[users], context), dtype=np.float64)
             if logits.shape != (sl.stop - lo, n_items):
                 raise ValueError(f"policy returned logits of shape {logits.shape}, expected {(sl.stop - lo, n_items)}")
             slates[sl] = make(logits, k, rng_slate)
@@ -342,8 +283,8 @@ class ClosedLoop:
         return (f"{c.rounds} round{'s' if c.rounds != 1 else ''}, {rule} slates, {who}, "
                 f"seed{'s' if len(c.seeds) > 1 else ''} {' '.join(map(str, c.seeds))}")
 
-    def run(self, policy: Any) -> ClosedLoopValue:
-        """Roll ``policy`` (anything :func:`rollout` accepts) once per seed."""
+    def run(self, policy: Policy) -> ClosedLoopValue:
+        """Roll ``policy`` once per seed."""
         start = time.perf_counter()
         runs = []
         for s in self.cfg.seeds:
@@ -408,7 +349,7 @@ def world_at_end_of_logging(folder: str | Path, logs: PublicLogs, truth: GroundT
 
 
 __all__ = [
-    "RolloutResult", "WorldPolicy", "rollout", "uniform_policy", "oracle_policy", "logger_policy",
-    "topk_slates", "sample_slates", "ClosedLoopConfig", "ClosedLoopValue", "ClosedLoop",
+    "RolloutResult", "rollout", "topk_slates", "plackett_luce_slates", "ClosedLoopConfig", "ClosedLoopValue",
+    "ClosedLoop",
     "world_at_end_of_logging",
 ]
