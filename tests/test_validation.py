@@ -10,11 +10,9 @@ keep what already worked working under the stricter checks (marked "Guard" in th
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import math
 import pickle
-import pkgutil
 import shutil
 import tempfile
 import typing
@@ -28,9 +26,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import recsim_post
 from recsim_post import cli
-from recsim_post.config import Config, dumps_toml, from_dict, override, read_toml, to_dict
+from recsim_post.config import dumps_toml, from_dict, override, read_toml, to_dict
 from recsim_post.errors import ConfigError, LogError
 from recsim_post.truth.ground_truth import GroundTruth
 from recsim_post.logs.public import read_public
@@ -43,7 +40,7 @@ from recsim_post.world.config import (
     CatalogConfig, ScenarioConfig, SimulationConfig, UserConfig, load_scenario,
 )
 
-from .conftest import tiny_scenario
+from .conftest import config_classes, tiny_scenario
 
 GB = 10**9
 
@@ -67,20 +64,8 @@ def _dotted(data: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _config_classes() -> list[type]:
-    for info in pkgutil.walk_packages(recsim_post.__path__, "recsim_post."):
-        importlib.import_module(info.name)
-    found, todo = set(), [Config]
-    while todo:
-        for sub in todo.pop().__subclasses__():
-            if sub not in found:
-                found.add(sub)
-                todo.append(sub)
-    return sorted(found, key=lambda c: f"{c.__module__}.{c.__name__}")
-
-
 def test_every_numeric_knob_of_every_config_has_both_ends_of_its_range():
-    classes = _config_classes()
+    classes = config_classes()
     assert len(classes) >= 25  # scenario sections, models, methods, training, OPE, closed loop, envs
     open_ended = []
     for cls in classes:
