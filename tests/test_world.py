@@ -14,7 +14,7 @@ from recsim_post.truth.ground_truth import GroundTruth
 from recsim_post.logs.public import histories, read_public, split_leave_last_out
 from recsim_post.logs.simulate import simulate, write_logs
 from recsim_post.seeding import SeedTree
-from recsim_post.world.config import FeedbackConfig, LoggingConfig, ScenarioConfig, TrendConfig
+from recsim_post.world.config import FeedbackConfig, LoggingConfig, TrendConfig
 from recsim_post.world.world import World
 
 from .conftest import tiny_scenario
