@@ -36,6 +36,26 @@ from recsim_post.world.config import (
 )
 
 
+def config_classes() -> list[type]:
+    """Every config class of the package (each subclass of ``recsim_post.config.Config``, after
+    importing every module), sorted by qualified name."""
+    import importlib
+    import pkgutil
+
+    import recsim_post
+    from recsim_post.config import Config
+
+    for info in pkgutil.walk_packages(recsim_post.__path__, "recsim_post."):
+        importlib.import_module(info.name)
+    found, todo = set(), [Config]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            if sub not in found:
+                found.add(sub)
+                todo.append(sub)
+    return sorted(found, key=lambda c: f"{c.__module__}.{c.__name__}")
+
+
 def tiny_scenario(seed: int = 0, **sections) -> ScenarioConfig:
     """A small world: 60 items, 80 users, 12 rounds, slates of 5."""
     base = ScenarioConfig(

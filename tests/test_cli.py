@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from recsim_post import cli
 from recsim_post.config import dumps_toml, to_dict
 from recsim_post.posttrain.recipe import load_agent
-from recsim_post.presets import resolve
+from recsim_post.presets import preset_description, preset_dir, resolve
 
 from .conftest import tiny_scenario
 
@@ -48,10 +49,39 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def printed_table(text: str) -> dict[str, dict[str, str]]:
+    """The first table printed in ``text`` as {method: {column: cell}}: a header line, a rule of
+    dashes, then rows up to a blank line; each column spans the dashes under its name."""
+    lines = text.splitlines()
+    rule = next(i for i, line in enumerate(lines) if i and line.strip() and set(line) <= {"-", " "})
+    spans = [m.span() for m in re.finditer(r"-+", lines[rule])]
+    header = [lines[rule - 1][a:b].strip() for a, b in spans]
+    rows = {}
+    for line in lines[rule + 1 :]:
+        if not line.strip():
+            break
+        cells = dict(zip(header, (line[a:b].strip() for a, b in spans)))
+        rows[cells["method"]] = cells
+    return rows
+
+
+def check_table(text: str, expected: dict[str, dict[str, float | None]]) -> None:
+    """The printed table has exactly the ``expected`` rows, in order, and shows their numbers to
+    three decimals (None: the dash of an undefined cell)."""
+    table = printed_table(text)
+    assert list(table) == list(expected), list(table)
+    for method, values in expected.items():
+        for column, value in values.items():
+            shown = table[method][column]
+            assert shown == ("—" if value is None else f"{value:.3f}"), (method, column, shown, value)
+
+
 def test_simulate_train_evaluate(tmp_path, capsys, scenario_file, agent_file):
     logs = tmp_path / "logs"
     code, out, _ = run(capsys, "simulate", "--scenario", str(scenario_file), "--out", str(logs), "-q")
-    assert code == 0 and "impressions" in out
+    assert code == 0
+    m = json.loads((logs / "manifest.json").read_text())  # the counts it prints are those it wrote
+    assert f"{m['rows']['interactions']:,} impressions, {m['clicks']:,} clicks, 80 users, 60 items" in out
     policy = tmp_path / "p.pt"
     code, out, _ = run(capsys, "train", "--logs", str(logs), "--agent", str(agent_file), "--out", str(policy), "-q")
     assert code == 0 and policy.is_file()
@@ -64,7 +94,9 @@ def test_simulate_train_evaluate(tmp_path, capsys, scenario_file, agent_file):
     assert methods["uniform"]["ndcg@10"] is None
     assert 0.0 <= methods["p"]["ndcg@10"] <= 1.0
     code, out, _ = run(capsys, "evaluate", "--logs", str(logs), "--policy", str(policy))
-    assert code == 0 and "logging policy" in out
+    assert code == 0
+    columns = ("true_value", "true_value_norm", "ndcg@10", "mrr")
+    check_table(out, {m: {c: r[c] for c in columns} for m, r in methods.items()})  # the JSON's numbers
 
 
 def test_demo_writes_table_plot_and_refuses_foreign_folder(tmp_path, capsys, scenario_file, agent_file):
@@ -74,7 +106,19 @@ def test_demo_writes_table_plot_and_refuses_foreign_folder(tmp_path, capsys, sce
     assert code == 0
     for name in ("results.csv", "results.png", "logs/manifest.json", "policies/exp-rsft.pt"):
         assert (out / name).is_file(), name
-    assert "exp-rsft" in stdout and "oracle" in stdout and "ndcg@10" in stdout
+    import pandas as pd
+
+    csv = pd.read_csv(out / "results.csv").set_index("method")
+    shown = {m: {c: (None if math.isnan(csv.loc[m, c]) else csv.loc[m, c]) for c in ("true_value_norm", "ndcg@10")}
+             for m in csv.index}
+    assert list(shown) == ["uniform", "popularity", "logging policy", "oracle", "exp-rsft"]
+    check_table(stdout, shown)  # the table printed is the one written
+    # negative control: the legend alone names the oracle and ndcg@10, so a table without the
+    # oracle's row fails here (the former check, three substrings anywhere, passed it)
+    no_oracle = "\n".join(line for line in stdout.splitlines() if not line.startswith("oracle "))
+    assert "oracle" in no_oracle and "ndcg@10" in no_oracle
+    with pytest.raises(AssertionError):
+        check_table(no_oracle, shown)
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # running again replaces its own output; a folder it did not write is refused
     assert run(capsys, "demo", "--scenario", str(scenario_file), "--agents", str(agent_file),
@@ -88,11 +132,33 @@ def test_demo_writes_table_plot_and_refuses_foreign_folder(tmp_path, capsys, sce
     assert (foreign / "precious.txt").read_text() == "keep"
 
 
+def check_listing(out: str, kind: str) -> None:
+    """One line per preset file of ``kind``, sorted: its name, (envs) its Gymnasium id, its description."""
+    names = sorted(p.stem for p in preset_dir(kind).glob("*.toml"))
+    assert len(names) >= 5
+    lines = out.splitlines()
+    assert [line.split()[0] for line in lines] == names
+    for name, line in zip(names, lines):
+        if kind == "envs":
+            assert line.split()[1] == f"RecSimPost/{name}-v0", line
+        assert line.endswith(preset_description(preset_dir(kind) / f"{name}.toml")), line
+
+
 def test_listing_commands(capsys):
     code, out, _ = run(capsys, "envs")
-    assert code == 0 and "quickstart" in out and "RecSimPost/trending-v0" in out
+    assert code == 0
+    check_listing(out, "envs")
     code, out, _ = run(capsys, "agents")
-    assert code == 0 and "bc" in out and "exp-rsft" in out
+    assert code == 0
+    check_listing(out, "agents")
+    # negative control: "bc" is a substring of bc-hstu's line and "quickstart" of other scenarios'
+    # descriptions, so a listing that drops those presets passed the former substring checks
+    for kind, name in (("agents", "bc"), ("envs", "quickstart")):
+        code, out, _ = run(capsys, kind)
+        dropped = "\n".join(line for line in out.splitlines() if line.split()[0] != name)
+        assert name in dropped
+        with pytest.raises(AssertionError):
+            check_listing(dropped, kind)
 
 
 def _bad_scenario(tmp_path: Path, section: str, key: str, value) -> Path:  # noqa: ANN001
@@ -257,7 +323,11 @@ def test_demo_has_a_closed_loop_column_and_rollout_reproduces_it(demo_run, capsy
     assert len(result["runs"]) == 2 * len(rows)
     assert run(capsys, *args, "--json", "-q")[1] == out  # same seeds, same output
     code, text, _ = run(capsys, *args, "-q")
-    assert code == 0 and "closed_loop" in text and "±" in text and "not an" in text
+    assert code == 0 and "not an" in text  # the legend says what the oracle row is not
+    table = printed_table(text)  # the same numbers as mean ± std over the seeds
+    assert list(table) == list(rows)
+    for method, r in rows.items():
+        assert table[method]["closed_loop"] == f"{r['closed_loop_mean']:.3f} ± {r['closed_loop_std']:.3f}", method
 
 
 def test_rollout_with_sampled_slates_keeps_the_references_definitions(demo_run, capsys):

@@ -1,7 +1,7 @@
 """One contract, run against every registered post-training method (with its own recipe's knobs).
 
-On a tiny bandit world whose optimum is known -- half the items always rated 5, half always 1,
-clicked equally often so that behaviour cloning is indifferent -- every method must move probability
+On the tiny bandit world of tests/bandit.py, whose optimum is known -- half the items always rated
+5, half always 1, clicked equally often so that behaviour cloning is indifferent -- every method must move probability
 mass toward the good items relative to π_ref, within a bounded number of steps, deterministically,
 without touching π_ref.
 """
@@ -9,35 +9,19 @@ without touching π_ref.
 from __future__ import annotations
 
 import dataclasses
+import re
+from types import SimpleNamespace
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
-from recsim_post.models.policy import SequencePolicy
 from recsim_post.posttrain.loop import TrainConfig
 from recsim_post.posttrain.recipe import METHODS, load_agent, needs_reward_model, post_train, pretrain
-from recsim_post.posttrain.reward_model import TableRewardModel
 from recsim_post.presets import preset_dir
 from recsim_post.seeding import SeedTree
 
-N_ITEMS = 20
-GOOD = np.arange(N_ITEMS) % 2 == 0
-
-
-def bandit_clicks(n_users: int = 60, per_user: int = 12, seed: int = 0) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    items = rng.integers(0, N_ITEMS, n_users * per_user)
-    return pd.DataFrame(
-        {
-            "user_id": np.repeat(np.arange(n_users), per_user),
-            "timestamp": np.tile(np.arange(per_user), n_users),
-            "position": 0,
-            "item_id": items,
-            "rating": np.where(GOOD[items], 5.0, 1.0).astype(np.float32),
-        }
-    )
+from .bandit import N_ITEMS, draw_bandit, good_mass, table_reward_model
 
 
 def recipe_for(method: str):
@@ -57,30 +41,20 @@ def recipe_for(method: str):
     )
 
 
-def good_mass(policy: SequencePolicy) -> float:
-    hist = np.random.default_rng(1).integers(0, N_ITEMS, (64, 8))
-    logits = policy.logits(hist).astype(np.float64)
-    p = np.exp(logits - logits.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
-    return float(p[:, GOOD].sum(axis=1).mean())
-
-
 @pytest.fixture(scope="module")
 def world():
-    clicks = bandit_clicks()
-    agent = recipe_for("bc")
-    ref = pretrain(clicks, N_ITEMS, agent, SeedTree(0), progress=False)
-    table = torch.tensor(np.where(GOOD, 5.0, 1.0), dtype=torch.float32)
-    rm = TableRewardModel(table, n_members=5, member_noise=0.1, generator=torch.Generator().manual_seed(0))
-    return clicks, ref, rm
+    """The bandit's clicks (60 users, 12 each), π_ref from the bc recipe, the table reward ensemble
+    and the histories to measure mass on."""
+    bandit = draw_bandit(60, 12)
+    ref = pretrain(bandit.clicks, N_ITEMS, recipe_for("bc"), SeedTree(0), progress=False)
+    return bandit.clicks, ref, table_reward_model(5, 0.1, seed=0), bandit.histories
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_method_contract(method, world):
-    clicks, ref, rm = world
+    clicks, ref, rm, histories = world
     module = METHODS[method]
     assert module.CONFIG().name == method and callable(module.needs_reward_model)
-    assert module.__doc__ and ("L" in module.__doc__ or "=" in module.__doc__), "objective formula in the docstring"
     agent = recipe_for(method)
     before = {k: v.clone() for k, v in ref.model.state_dict().items()}
     rm_arg = rm if needs_reward_model(agent) else None
@@ -93,10 +67,88 @@ def test_method_contract(method, world):
     np.testing.assert_array_equal(a.logits(hist), b.logits(hist))
     # mass moves toward the items with the higher reward -- except for BC, the control, which
     # imitates clicks that are spread evenly and so stays indifferent
-    m_ref, m_new = good_mass(ref), good_mass(a)
+    m_ref, m_new = good_mass(ref, histories), good_mass(a, histories)
     assert 0.3 < m_ref < 0.7, f"π_ref should be near-indifferent, got {m_ref:.3f}"
     if method == "bc":
         assert abs(m_new - m_ref) < 0.1, f"bc moved mass {m_ref:.3f} -> {m_new:.3f} without rewards"
     else:
         assert m_new > m_ref + 0.05, f"{method}: mass on good items {m_ref:.3f} -> {m_new:.3f}"
     assert a.history and all(np.isfinite(r["loss"]) for r in a.history)
+
+
+# ---------------------------------------------------------------- the objective, stated
+
+OBJECTIVES: dict[str, tuple[str, ...]] = {
+    "bc": ("L_BC", "log π(y_t | x_t)"),
+    "linear-rsft": ("Σ_t w_t log π(y_t | x_t)", "w_t = r_t"),
+    "exp-rsft": ("exp(r_t/λ) log π(y_t | x_t)", "exp((r_t − r_max)/λ)", "Z(x) = Σ_y π_ref(y|x) exp(R̂(x, y)/λ)"),
+    "asft": ("A_t = r_t − V̂(x_t)", "min(exp(A_t / β), w_max)", "w_t log π(y_t | x_t)"),
+    "dpo": ("L_DPO", "log σ(β · h)", "log π(y_w|x) − log π_ref(y_w|x)", "log π(y_l|x) − log π_ref(y_l|x)"),
+    "ipo": ("L_IPO", "(h − 1/(2τ))²", "log π(y_w|x) − log π_ref(y_w|x)"),
+    "cql": ("L_CQL", "α (logsumexp_a Q(x_t, a) − Q(x_t, y_t))", "½ (Q(x_t, y_t) − r_t)²"),
+    "ppo": ("min(ρ A, clip(ρ, 1 − ε, 1 + ε) A)", "β_KL · E_x[ KL(π_θ(·|x) ‖ π_ref(·|x)) ]", "ρ = π_θ(y|x) / π_old(y|x)"),
+    "grpo": ("min(ρ_i Â_i, clip(ρ_i, 1 − ε, 1 + ε) Â_i)", "β · D_KL", "ρ_i = π_θ(y_i|x) / π_old(y_i|x)"),
+}
+"""Per method, the terms of its loss that its module docstring must state (in a literal block that
+defines L): the loss itself, its weights or margins, and the symbols of its knobs."""
+
+KNOB_SYMBOLS = {"beta": "β", "lam": "λ", "tau": "τ", "alpha": "α", "w_max": "w_max", "r_max": "r_max",
+                "clip_eps": "ε", "kl_coef": "β"}
+"""The symbol a config knob has in the formulas: a method with the knob must write it in its loss."""
+
+_DEFINES_LOSS = re.compile(r'^\s*(?:normalize = "[\w-]+":\s*)?L(?:_[A-Z]+)?\s*=', re.M)
+
+
+def stated_objective(doc: str | None) -> str:
+    """The literal blocks of ``doc`` that define a loss ``L = ...``, each with the line ending in
+    ``::`` that introduces it (it often says what the sum runs over), joined."""
+    lines = (doc or "").splitlines()
+    blocks, i = [], 0
+    while i < len(lines):
+        if lines[i].rstrip().endswith("::"):
+            j = i + 1
+            while j < len(lines) and (not lines[j].strip() or lines[j].startswith("    ")):
+                j += 1
+            blocks.append("\n".join(lines[i:j]))
+            i = j
+        else:
+            i += 1
+    return "\n".join(b for b in blocks if _DEFINES_LOSS.search(b))
+
+
+def check_objective(method: str, module) -> None:  # noqa: ANN001 - a method module
+    """The module docstring states the method's objective: a formula L = ... over the policy
+    (π or its Q-values), holding the method's own terms and the symbol of each of its knobs."""
+    objective = stated_objective(module.__doc__)
+    assert objective, f"{method}: no literal block defines the loss (a line 'L = ...' after '::')"
+    assert "π" in objective or "Q(" in objective, f"{method}: the stated loss never mentions the policy"
+    missing = [term for term in OBJECTIVES[method] if term not in objective]
+    assert not missing, f"{method}: the stated objective lacks {missing}"
+    knobs = [f.name for f in dataclasses.fields(module.CONFIG) if f.name in KNOB_SYMBOLS]
+    unwritten = [k for k in knobs if KNOB_SYMBOLS[k] not in objective]
+    assert not unwritten, f"{method}: knobs {unwritten} do not appear in the stated objective"
+
+
+def test_every_method_has_its_objective_listed():
+    assert set(OBJECTIVES) == set(METHODS)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_method_docstring_states_its_objective(method):
+    check_objective(method, METHODS[method])
+
+
+def test_objective_check_refuses_a_docstring_without_the_formula():
+    """Negative controls: prose without a formula, another method's formula, DPO's formula without
+    its β, a bare "L = ..." sentence, no docstring, IPO's target margin without its τ. The former
+    check ("L" or "=" anywhere in the docstring) accepted all but the first and the fifth."""
+    dpo = METHODS["dpo"]
+    first_paragraph = dpo.__doc__.split("\n\n")[0]  # "DPO: ... pairs mined by a reward-model ensemble."
+    no_beta = dpo.__doc__.replace("log σ(β · h)", "log σ(h)")
+    for doc in (first_paragraph, METHODS["bc"].__doc__, no_beta, "L = the loss of the method", None):
+        with pytest.raises(AssertionError):
+            check_objective("dpo", SimpleNamespace(__doc__=doc, CONFIG=dpo.CONFIG))
+    ipo = METHODS["ipo"]
+    relabelled = ipo.__doc__.replace("1/(2τ)", "1/(2β)")  # IPO's target margin without its knob τ
+    with pytest.raises(AssertionError, match="lacks"):
+        check_objective("ipo", SimpleNamespace(__doc__=relabelled, CONFIG=ipo.CONFIG))

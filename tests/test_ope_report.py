@@ -138,8 +138,11 @@ def test_summary_by_hand():
     assert np.isclose(s.loc["estimated", "bias"], 0.5)
     assert np.isclose(s.loc["estimated", "rmse"], np.sqrt(0.5))
     assert np.isclose(s.loc["estimated", "ci_width"], (0.3 + 2.0) / 2)
-    text = format_summary(summarise(rep))
-    assert "ips" in text and "coverage" in text
+    lines = format_summary(summarise(rep)).splitlines()
+    assert lines[0].split() == ["estimator", "bias", "(true)", "bias", "(esti)", "rmse", "(true)", "rmse", "(esti)",
+                                "coverage", "(true)", "coverage", "(esti)"]
+    assert set(lines[1]) == {"-"} and len(lines) == 3
+    assert lines[2].split() == ["ips", "0.2500", "0.5000", f"{np.sqrt(0.625):.4f}", f"{np.sqrt(0.5):.4f}", "0.50", "0.50"]
 
 
 @pytest.mark.slow
@@ -301,7 +304,9 @@ def test_report_without_sealed_propensities_uses_estimated_ones_and_says_so(sim0
     full = ope_report(sim0.public, truth, {"uniform": UniformPolicy(truth.n_items)}, n_bootstrap=20, propensity="frequency")
     est = full[full.pscore == "estimated"].reset_index(drop=True)
     pd.testing.assert_frame_equal(rep.reset_index(drop=True), est)  # same numbers as the estimated half
-    assert format_summary(summarise(rep))  # a table with one pscore column
+    lines = format_summary(summarise(rep)).splitlines()  # a table with one pscore column
+    assert lines[0].split() == ["estimator", "bias", "(esti)", "rmse", "(esti)", "coverage", "(esti)"]
+    assert [line.split()[0] for line in lines[2:]] == ["ips", "snips", "dm", "dr", "switch-dr"]
 
 
 # ---------------------------------------------------------------- the personalised q^

@@ -27,6 +27,8 @@ from recsim_post.posttrain import (
 )
 from recsim_post.seeding import SeedTree
 
+from . import bandit
+from .bandit import draw_bandit, good_mass
 from .conftest import clicks_frame
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,33 +168,22 @@ def test_post_train_rejects_a_mismatched_model_section():
 
 
 def test_exp_rsft_prefers_well_rated_items_over_bc():
-    """Known optimum: items 0..9 are always rated 5, items 10..19 always 1, and every item is
-    clicked equally often at random. BC should stay near 50 % mass on the good half; exp-RSFT with
-    a small λ must move clearly more mass there."""
-    rng = np.random.default_rng(0)
-    n_users, n_clicks = 150, 12
-    users = np.repeat(np.arange(n_users), n_clicks)
-    # Each user clicks every item at most once-ish, drawn uniformly: equal click frequency.
-    items = rng.integers(0, N_ITEMS, len(users))
-    ratings = np.where(items < N_ITEMS // 2, 5.0, 1.0)
-    clicks = clicks_frame(users, items, ratings)
+    """Known optimum (the tiny bandit of tests/bandit.py): items 0..9 are always rated 5, items
+    10..19 always 1, and every item is clicked equally often at random. BC should stay near 50 %
+    mass on the good half; exp-RSFT with a small λ must move clearly more mass there."""
+    world = draw_bandit(150, 12, hist_len=12)
+    clicks, n_items = world.clicks, bandit.N_ITEMS
     base = dict(
         name="learn",
         model=SASRecConfig(dim=16, n_layers=1, n_heads=2, max_len=12, dropout=0.0),
         pretrain=TrainConfig(epochs=3, batch_size=32, lr=3e-3, device="cpu"),
         finetune=TrainConfig(epochs=8, batch_size=32, lr=3e-3, device="cpu"),
     )
-    ref = pretrain(clicks, N_ITEMS, AgentConfig(method=BCConfig(), **base), SeedTree(0), progress=False)
-    bc = post_train(ref, clicks, N_ITEMS, AgentConfig(method=BCConfig(), **base), SeedTree(0), progress=False)
-    exp = post_train(ref, clicks, N_ITEMS, AgentConfig(method=ExpRSFTConfig(lam=0.5), **base), SeedTree(0), progress=False)
+    ref = pretrain(clicks, n_items, AgentConfig(method=BCConfig(), **base), SeedTree(0), progress=False)
+    bc = post_train(ref, clicks, n_items, AgentConfig(method=BCConfig(), **base), SeedTree(0), progress=False)
+    exp = post_train(ref, clicks, n_items, AgentConfig(method=ExpRSFTConfig(lam=0.5), **base), SeedTree(0), progress=False)
 
-    hist = rng.integers(0, N_ITEMS, (200, 12))  # fresh random histories
-
-    def good_mass(policy: SequencePolicy) -> float:
-        p = torch.softmax(torch.from_numpy(policy.logits(hist)), dim=-1).numpy()
-        return float(p[:, : N_ITEMS // 2].sum(axis=1).mean())
-
-    m_bc, m_exp = good_mass(bc), good_mass(exp)
+    m_bc, m_exp = good_mass(bc, world.histories), good_mass(exp, world.histories)
     assert 0.4 < m_bc < 0.6, m_bc
     assert m_exp > m_bc + 0.2, (m_bc, m_exp)
 

@@ -6,7 +6,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -14,7 +13,7 @@ from torch import nn
 from recsim_post.config import from_dict, read_toml
 from recsim_post.errors import ConfigError
 from recsim_post.models import SASRecConfig, SequencePolicy
-from recsim_post.posttrain import AgentConfig, BCConfig, TrainConfig, pretrain
+from recsim_post.posttrain import TrainConfig
 from recsim_post.posttrain import dpo, ipo
 from recsim_post.posttrain.data import Batch, PostTrainData
 from recsim_post.posttrain.dpo import DPOConfig, dpo_loss
@@ -31,7 +30,7 @@ from recsim_post.posttrain.pairs import (
 from recsim_post.posttrain.reward_model import TableRewardModel
 from recsim_post.seeding import SeedTree
 
-from .conftest import clicks_frame
+from .bandit import N_ITEMS, draw_bandit, good_mass, reference, table_reward_model
 
 ROOT = Path(__file__).resolve().parents[1]
 LN2 = math.log(2.0)
@@ -321,39 +320,17 @@ def test_recipes_parse_and_share_pi_ref_with_bc(stem, method):
 
 # ---------------------------------------------------------------- training
 
-N_ITEMS = 20
-
-
-
-
 @pytest.fixture(scope="module")
 def bandit():
-    """Items 0..9 are good (reward 5), 10..19 bad (reward 1); clicks are uniform over items, so BC
-    learns a ~uniform π_ref. The reward ensemble knows the table up to a small per-member offset."""
-    rng = np.random.default_rng(0)
-    n_users, n_clicks = 60, 9
-    users = np.repeat(np.arange(n_users), n_clicks)
-    items = rng.integers(0, N_ITEMS, len(users))
-    clicks = clicks_frame(users, items, np.where(items < N_ITEMS // 2, 5.0, 1.0))
-    cfg = AgentConfig(
-        name="bandit",
-        model=SASRecConfig(dim=16, n_layers=1, n_heads=2, max_len=8, dropout=0.1),
-        pretrain=TrainConfig(epochs=2, batch_size=16, lr=3e-3, device="cpu"),
-        method=BCConfig(),
-    )
-    ref = pretrain(clicks, N_ITEMS, cfg, SeedTree(0), progress=False)
-    table = torch.where(torch.arange(N_ITEMS) < N_ITEMS // 2, 5.0, 1.0)
-    rm = TableRewardModel(table, n_members=5, member_noise=0.1, generator=torch.Generator().manual_seed(1))
-    hist = rng.integers(0, N_ITEMS, (200, 8))  # fresh random histories
-    return ref, PostTrainData(clicks, N_ITEMS, rm), hist
+    """The tiny bandit (tests/bandit.py: 60 users, 9 clicks each), so BC learns a ~uniform π_ref;
+    the reward ensemble knows the table up to a small per-member offset."""
+    world = draw_bandit(60, 9)
+    ref = reference(world.clicks, SASRecConfig(dim=16, n_layers=1, n_heads=2, max_len=8, dropout=0.1),
+                    epochs=2, batch_size=16)
+    return ref, PostTrainData(world.clicks, N_ITEMS, table_reward_model(5, 0.1, seed=1)), world.histories
 
 
 FINETUNE = TrainConfig(epochs=10, batch_size=16, lr=3e-3, device="cpu")  # 40 steps
-
-
-def good_mass(policy: SequencePolicy, hist: np.ndarray) -> float:
-    p = torch.softmax(torch.from_numpy(policy.logits(hist)), dim=-1).numpy()
-    return float(p[:, : N_ITEMS // 2].sum(axis=1).mean())
 
 
 @pytest.mark.parametrize(

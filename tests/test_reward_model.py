@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from recsim_post.config import from_dict
 from recsim_post.errors import ConfigError, LogError
 from recsim_post.models import SASRecConfig
-from recsim_post.posttrain import AgentConfig, BCConfig, TrainConfig, pretrain
 from recsim_post.posttrain.data import PostTrainData
 from recsim_post.posttrain.reward_model import (
     EnsembleHead,
@@ -29,38 +25,21 @@ from recsim_post.posttrain.reward_model import (
 )
 from recsim_post.seeding import SeedTree
 
+from .bandit import GOOD, N_ITEMS, draw_bandit, reference
 from .conftest import clicks_frame
 
 PAD = -1
-N_ITEMS = 20
 MAX_LEN = 8
-GOOD = np.arange(N_ITEMS) < N_ITEMS // 2  # items 0..9 are good (rating ≈ 5), 10..19 bad (≈ 1)
-
-
-
-
-def bandit_clicks(n_users=100, n_clicks=12, seed=0, noise=0.5) -> pd.DataFrame:
-    """Clicks spread evenly over the items; rating = 1 + 4·[item is good] + N(0, noise²)."""
-    rng = np.random.default_rng(seed)
-    users = np.repeat(np.arange(n_users), n_clicks)
-    items = rng.integers(0, N_ITEMS, len(users))
-    return clicks_frame(users, items, 1 + 4 * GOOD[items] + noise * rng.standard_normal(len(users)))
-
-
-AGENT = AgentConfig(
-    name="tiny",
-    model=SASRecConfig(dim=16, n_layers=1, n_heads=2, max_len=MAX_LEN, dropout=0.0),
-    pretrain=TrainConfig(epochs=2, batch_size=32, lr=3e-3, device="cpu"),
-    method=BCConfig(),
-)
 FAST = RewardModelConfig(members=5, epochs=30, batch_size=128, lr=1e-2, device="cpu")
 
 
 @pytest.fixture(scope="module")
 def world():
-    """π_ref pre-trained briefly by BC on the bandit clicks, and the ensemble fitted on them."""
-    clicks = bandit_clicks()
-    ref = pretrain(clicks, N_ITEMS, AGENT, SeedTree(0), progress=False)
+    """π_ref pre-trained briefly by BC on the clicks of the tiny bandit (tests/bandit.py: items 0..9
+    good, 10..19 bad), rated 1 + 4·[item is good] + N(0, 0.5²), and the ensemble fitted on them."""
+    clicks = draw_bandit(100, 12, noise=0.5).clicks
+    model = SASRecConfig(dim=16, n_layers=1, n_heads=2, max_len=MAX_LEN, dropout=0.0)
+    ref = reference(clicks, model, epochs=2, batch_size=32)
     ens = fit_reward_model(ref, PostTrainData(clicks, N_ITEMS), FAST, SeedTree(1), progress=False)
     return clicks, ref, ens
 
@@ -318,4 +297,7 @@ def test_baselines_reject_bad_input():
         ItemMeanReward.fit(clicks.assign(rating=np.nan))
     with pytest.raises(LogError, match="rating"):
         GlobalMeanReward.fit(clicks.drop(columns="rating"))
-    assert math.isfinite(UserMeanReward.fit(clicks, pseudo_count=1e9).predict(np.array([0]), np.array([1]))[0])
+    # a huge pseudo-count shrinks every user to the global mean 3 (finite: no overflow on the way)
+    two = clicks_frame([0, 1], [1, 2], [1.0, 5.0])
+    shrunk = UserMeanReward.fit(two, pseudo_count=1e9).predict(np.array([0, 1]), np.array([1, 2]))
+    np.testing.assert_allclose(shrunk, [3.0, 3.0], rtol=1e-8)

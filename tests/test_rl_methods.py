@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,14 +15,12 @@ from recsim_post.config import from_dict
 from recsim_post.errors import ConfigError
 from recsim_post.models import SASRecConfig, SequencePolicy, build_model
 from recsim_post.posttrain import cql, grpo, ppo
-from recsim_post.posttrain.bc import BCConfig
 from recsim_post.posttrain.data import PostTrainData
 from recsim_post.posttrain.loop import TrainConfig
 from recsim_post.posttrain.policy_gradient import clipped_surrogate, exact_kl, k3_kl
-from recsim_post.posttrain.recipe import AgentConfig, pretrain
-from recsim_post.posttrain.reward_model import TableRewardModel
 from recsim_post.seeding import SeedTree
 
+from .bandit import N_ITEMS, draw_bandit, good_mass, reference, table_reward_model
 from .conftest import clicks_frame
 
 NAN = float("nan")
@@ -257,40 +254,16 @@ def test_ppo_and_grpo_require_a_reward_model():
 
 # ---------------------------------------------------------------- tiny bandit world
 
-N_ITEMS = 20
-GOOD = N_ITEMS // 2  # items 0..9: rating 5 / reward 5; items 10..19: rating 1 / reward 1
 MODEL = SASRecConfig(dim=16, n_layers=1, n_heads=2, max_len=8, dropout=0.1)
 FINETUNE = TrainConfig(epochs=8, batch_size=16, lr=3e-3, device="cpu")  # ~56 steps
 
 
-
-
 @pytest.fixture(scope="module")
 def bandit():
-    """Clicks spread evenly over the items (so BC is ~uniform), good items rated 5, bad ones 1;
+    """The tiny bandit (tests/bandit.py: 100 users, 9 distinct clicks each), so BC is ~uniform;
     π_ref pre-trained briefly by BC; fresh random histories to measure the good items' mass on."""
-    rng = np.random.default_rng(0)
-    n_users, n_clicks = 100, 9
-    users = np.repeat(np.arange(n_users), n_clicks)
-    items = np.concatenate([rng.permutation(N_ITEMS)[:n_clicks] for _ in range(n_users)])
-    clicks = clicks_frame(users, items, np.where(items < GOOD, 5.0, 1.0))
-    agent = AgentConfig(
-        name="ref", model=MODEL, method=BCConfig(),
-        pretrain=TrainConfig(epochs=2, batch_size=32, lr=3e-3, device="cpu"),
-    )
-    ref = pretrain(clicks, N_ITEMS, agent, SeedTree(0), progress=False)
-    hist = rng.integers(0, N_ITEMS, (200, MODEL.max_len))
-    return clicks, ref, hist
-
-
-def good_mass(policy: SequencePolicy, hist: np.ndarray) -> float:
-    p = torch.softmax(torch.from_numpy(policy.logits(hist)), dim=-1).numpy()
-    return float(p[:, :GOOD].sum(axis=1).mean())
-
-
-def table_reward_model() -> TableRewardModel:
-    table = torch.where(torch.arange(N_ITEMS) < GOOD, 5.0, 1.0)
-    return TableRewardModel(table, n_members=3, member_noise=0.1, generator=torch.Generator().manual_seed(0))
+    world = draw_bandit(100, 9, hist_len=MODEL.max_len, distinct=True)
+    return world.clicks, reference(world.clicks, MODEL, epochs=2, batch_size=32), world.histories
 
 
 def test_cql_learns_the_well_rated_items(bandit):
@@ -311,7 +284,7 @@ def test_cql_learns_the_well_rated_items(bandit):
 
 def test_ppo_learns_the_rewarded_items(bandit):
     clicks, ref, hist = bandit
-    data = PostTrainData(clicks, N_ITEMS, table_reward_model())
+    data = PostTrainData(clicks, N_ITEMS, table_reward_model(3, 0.1, seed=0))
     cfg = ppo.PPOConfig(kl_coef=0.01, ppo_epochs=2)
     tuned = ppo.train(ref, data, cfg, FINETUNE, SeedTree(1), False)
     before, after = good_mass(ref, hist), good_mass(tuned, hist)
@@ -325,7 +298,7 @@ def test_ppo_learns_the_rewarded_items(bandit):
 def test_ppo_first_inner_step_has_ratio_one(bandit):
     # One update per sample batch: π_θ = π_old at the update (no dropout), so nothing is clipped.
     clicks, ref, _ = bandit
-    data = PostTrainData(clicks, N_ITEMS, table_reward_model())
+    data = PostTrainData(clicks, N_ITEMS, table_reward_model(3, 0.1, seed=0))
     tuned = ppo.train(ref, data, ppo.PPOConfig(ppo_epochs=1), TrainConfig(epochs=1, batch_size=64, device="cpu"), SeedTree(2), False)
     row = tuned.history[-1]
     assert row["clip_frac"] == 0 and abs(row["approx_kl"]) < 1e-6 and abs(row["ratio"] - 1) < 1e-6
@@ -333,7 +306,7 @@ def test_ppo_first_inner_step_has_ratio_one(bandit):
 
 def test_grpo_learns_the_rewarded_items(bandit):
     clicks, ref, hist = bandit
-    data = PostTrainData(clicks, N_ITEMS, table_reward_model())
+    data = PostTrainData(clicks, N_ITEMS, table_reward_model(3, 0.1, seed=0))
     tuned = grpo.train(ref, data, grpo.GRPOConfig(group_size=4, kl_coef=0.01), FINETUNE, SeedTree(1), False)
     before, after = good_mass(ref, hist), good_mass(tuned, hist)
     assert after > before + 0.2, (before, after)
@@ -345,7 +318,7 @@ def test_grpo_learns_the_rewarded_items(bandit):
 
 def test_same_seed_same_run(bandit):
     clicks, ref, hist = bandit
-    data = PostTrainData(clicks, N_ITEMS, table_reward_model())
+    data = PostTrainData(clicks, N_ITEMS, table_reward_model(3, 0.1, seed=0))
     cfg, tc = grpo.GRPOConfig(group_size=2), TrainConfig(epochs=1, batch_size=64, device="cpu")
     state = torch.random.get_rng_state()
     a = grpo.train(ref, data, cfg, tc, SeedTree(3), False)

@@ -96,7 +96,12 @@ def test_sweep_end_to_end_is_deterministic_and_tabulated(tmp_path):
     summary = paired_differences(long)
     text = format_sweep(summary, dial.key)
     assert "feedback.flip_rate=0.4" in text and "exp-rsft" in text and "/2)" in text
-    assert plot_sweep(summary, dial.key, tmp_path / "sweep.png").stat().st_size > 0
+    from matplotlib.image import imread
+
+    png = plot_sweep(summary, dial.key, tmp_path / "sweep.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = imread(png)  # the two panels side by side (11 x 4.5 in), something drawn on them
+    assert image.shape[1] > 2 * image.shape[0] and image[..., :3].std() > 0.01
 
 
 def test_unknown_backend_is_rejected():

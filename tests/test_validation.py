@@ -10,11 +10,10 @@ keep what already worked working under the stricter checks (marked "Guard" in th
 from __future__ import annotations
 
 import dataclasses
-import importlib
+import io
 import json
 import math
 import pickle
-import pkgutil
 import shutil
 import tempfile
 import typing
@@ -28,9 +27,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import recsim_post
 from recsim_post import cli
-from recsim_post.config import Config, dumps_toml, from_dict, override, read_toml, to_dict
+from recsim_post.config import dumps_toml, from_dict, override, read_toml, to_dict
 from recsim_post.errors import ConfigError, LogError
 from recsim_post.truth.ground_truth import GroundTruth
 from recsim_post.logs.public import read_public
@@ -43,7 +41,7 @@ from recsim_post.world.config import (
     CatalogConfig, ScenarioConfig, SimulationConfig, UserConfig, load_scenario,
 )
 
-from .conftest import tiny_scenario
+from .conftest import config_classes, tiny_scenario
 
 GB = 10**9
 
@@ -67,20 +65,8 @@ def _dotted(data: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _config_classes() -> list[type]:
-    for info in pkgutil.walk_packages(recsim_post.__path__, "recsim_post."):
-        importlib.import_module(info.name)
-    found, todo = set(), [Config]
-    while todo:
-        for sub in todo.pop().__subclasses__():
-            if sub not in found:
-                found.add(sub)
-                todo.append(sub)
-    return sorted(found, key=lambda c: f"{c.__module__}.{c.__name__}")
-
-
 def test_every_numeric_knob_of_every_config_has_both_ends_of_its_range():
-    classes = _config_classes()
+    classes = config_classes()
     assert len(classes) >= 25  # scenario sections, models, methods, training, OPE, closed loop, envs
     open_ended = []
     for cls in classes:
@@ -236,11 +222,43 @@ def test_every_preset_fits_a_24_gb_machine_with_room_to_spare():
     check_memory(large, num_envs=4096, available=24 * GB)  # a world of 4,096 users over 100,000 items
 
 
-def test_memory_available_is_read_from_the_machine():
-    from recsim_post.world.config import available_memory
+def test_memory_available_is_read_from_the_machine(monkeypatch):
+    """On this machine: a positive number of bytes, at most its MemTotal. On a faked one:
+    /proc/meminfo's MemAvailable, capped by a container's cgroup limit (v2 or v1) less its usage."""
+    from recsim_post.world import config as world_config
 
-    have = available_memory()
-    assert have is None or have > 0
+    have = world_config.available_memory()
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():
+        total = next(int(line.split()[1]) * 1024 for line in meminfo.read_text().splitlines()
+                     if line.startswith("MemTotal:"))
+        assert have is not None and 0 < have <= total
+    files: dict[str, str] = {}
+
+    class CgroupFiles:  # stands in for Path: only the cgroup files of ``files`` exist
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def read_text(self) -> str:
+            if self.name not in files:
+                raise FileNotFoundError(self.name)
+            return files[self.name]
+
+    monkeypatch.setattr(world_config, "Path", CgroupFiles)
+    monkeypatch.setattr(world_config, "open", lambda name: io.StringIO("MemTotal: 9000000 kB\nMemAvailable: 8000000 kB\n"),
+                        raising=False)  # a machine with 8,192,000,000 bytes available
+    assert world_config.available_memory() == 8_192_000_000
+    v2 = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current")
+    v1 = ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")
+    for limit_file, usage_file in (v2, v1):
+        files.clear()
+        files.update({limit_file: "4000000000\n", usage_file: "1000000000\n"})
+        assert world_config.available_memory() == 3_000_000_000
+        files[usage_file] = "5000000000\n"  # over the limit: nothing left
+        assert world_config.available_memory() == 0
+    files.clear()
+    files.update({v2[0]: "max\n", v2[1]: "1000000000\n", v1[0]: str(2**63 - 4096), v1[1]: "1000000000"})  # no limit
+    assert world_config.available_memory() == 8_192_000_000
 
 
 def test_simulate_refuses_a_world_that_cannot_fit_before_allocating_it():

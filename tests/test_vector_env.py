@@ -112,11 +112,22 @@ def test_bad_actions_raise_action_error(k, action, match):
 
 
 def test_actions_of_users_who_do_not_ask_are_ignored():
-    env = RecSimVectorEnv(num_envs=80, scenario=tiny_scenario(), slate_size=2)
-    _, info = env.reset(seed=3)
-    a = _best_slates(env)
-    a[~info["requesting"]] = 0  # repeats item 0: invalid, but nobody asked
-    env.step(a)
+    """An invalid slate for a user who did not ask raises nothing and changes nothing: the round,
+    the next observations and the world's state are those of the same step with valid slates."""
+    runs = []
+    for junk in (True, False):
+        env = RecSimVectorEnv(num_envs=80, scenario=tiny_scenario(), slate_size=2)
+        _, info = env.reset(seed=3)
+        asking = info["requesting"]
+        assert 0 < asking.sum() < 80
+        a = _best_slates(env)
+        if junk:
+            a[~asking] = 0  # repeats item 0: invalid, but nobody asked
+        obs, r, _, _, info = env.step(a)
+        runs.append((obs, r, info["clicked_position"], info["true_reward"][asking], env.world.state.satiation.copy(),
+                     env.world.state.popularity.copy()))
+    for got, want in zip(*runs):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_next_step_autoreset():

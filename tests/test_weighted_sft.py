@@ -11,7 +11,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -26,7 +25,7 @@ from recsim_post.posttrain.asft import (
     reward_model_baseline,
     user_mean_baseline,
 )
-from recsim_post.posttrain.bc import BCConfig, bc_loss
+from recsim_post.posttrain.bc import bc_loss
 from recsim_post.posttrain.data import PostTrainData
 from recsim_post.posttrain.exp_rsft import ExpRSFTConfig, context_log_normalizer, exp_rsft_loss
 from recsim_post.posttrain.linear_rsft import LinearRSFTConfig, linear_rsft_loss
@@ -35,6 +34,7 @@ from recsim_post.posttrain.recipe import AgentConfig, pretrain
 from recsim_post.posttrain.reward_model import TableRewardModel, UserMeanReward, mean_std
 from recsim_post.seeding import SeedTree
 
+from .bandit import N_ITEMS, draw_bandit, good_mass, reference, table_reward_model
 from .conftest import clicks_frame
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -409,33 +409,14 @@ def test_recipes_parse_and_share_pi_ref_sections(name, cls):
 # BC is ~uniform (50 % mass on the good half). π_ref is pre-trained briefly by BC; each method must
 # move clearly more mass onto the good items within a fixed budget.
 
-N_ITEMS = 20
 MODEL = SASRecConfig(dim=16, n_layers=1, n_heads=2, max_len=8, dropout=0.0)
 FINETUNE = TrainConfig(epochs=4, batch_size=32, lr=3e-3, device="cpu")
-TABLE = torch.tensor([5.0] * 10 + [1.0] * 10)
-
-
 
 
 @pytest.fixture(scope="module")
 def bandit():
-    rng = np.random.default_rng(0)
-    n_users, n_clicks = 150, 12
-    users = np.repeat(np.arange(n_users), n_clicks)
-    items = rng.integers(0, N_ITEMS, len(users))
-    clicks = clicks_frame(users, items, np.where(items < N_ITEMS // 2, 5.0, 1.0))
-    agent = AgentConfig(
-        name="bandit", model=MODEL, method=BCConfig(),
-        pretrain=TrainConfig(epochs=3, batch_size=32, lr=3e-3, device="cpu"),
-    )
-    ref = pretrain(clicks, N_ITEMS, agent, SeedTree(0), progress=False)
-    hist = rng.integers(0, N_ITEMS, (200, MODEL.max_len))  # fresh random histories
-    return clicks, ref, hist
-
-
-def good_mass(policy: SequencePolicy, hist: np.ndarray) -> float:
-    p = torch.softmax(torch.from_numpy(policy.logits(hist)), dim=-1).numpy()
-    return float(p[:, : N_ITEMS // 2].sum(axis=1).mean())
+    world = draw_bandit(150, 12, hist_len=MODEL.max_len)  # tests/bandit.py
+    return world.clicks, reference(world.clicks, MODEL, epochs=3, batch_size=32), world.histories
 
 
 @pytest.mark.parametrize(
@@ -453,7 +434,7 @@ def good_mass(policy: SequencePolicy, hist: np.ndarray) -> float:
 )
 def test_method_moves_mass_to_well_rated_items(bandit, module, cfg, with_rm, gain):
     clicks, ref, hist = bandit
-    rm = TableRewardModel(TABLE, n_members=3, member_noise=0.3, generator=torch.Generator().manual_seed(0)) if with_rm else None
+    rm = table_reward_model(3, 0.3, seed=0) if with_rm else None
     tuned = module.train(ref, PostTrainData(clicks, N_ITEMS, rm), cfg, FINETUNE, SeedTree(0), progress=False)
     m_ref, m_tuned = good_mass(ref, hist), good_mass(tuned, hist)
     assert 0.4 < m_ref < 0.6, m_ref

@@ -14,7 +14,7 @@ from recsim_post.truth.ground_truth import GroundTruth
 from recsim_post.logs.public import histories, read_public, split_leave_last_out
 from recsim_post.logs.simulate import simulate, write_logs
 from recsim_post.seeding import SeedTree
-from recsim_post.world.config import FeedbackConfig, LoggingConfig, ScenarioConfig, TrendConfig
+from recsim_post.world.config import FeedbackConfig, LoggingConfig, TrendConfig
 from recsim_post.world.world import World
 
 from .conftest import tiny_scenario
@@ -61,16 +61,51 @@ def test_trend_feeds_on_exposure(tiny):
     assert w.state.popularity.sum() == pytest.approx(1.0)
 
 
-def test_satiation_rises_with_clicks_and_decays(tiny):
-    w = World.create(tiny)
+def check_satiation_costs_reward(w: World) -> None:
+    """A click on item 3 costs user 1 exactly strength * S of r* on every item of its genre (and on
+    no other), S = 1 after the click and decay after one more round; user 0 is untouched."""
     g = w.catalog.genre[3]
+    same, other = w.catalog.genre == g, w.catalog.genre != g
+    assert same.sum() > 1 and other.any()
+    strength, decay = w.cfg.satiation.strength, w.cfg.satiation.decay
+    assert strength > 0
     rng = np.random.default_rng(0)
     none = np.zeros(0, np.int64)
+    fresh = w.true_reward(np.array([0, 1]))  # (2, n_items) before any click
     w.advance(np.zeros((0, 5), np.int64), np.array([1]), np.array([3]), rng)
     assert w.state.satiation[1, g] == 1.0
+    tired = w.true_reward(np.array([0, 1]))
+    np.testing.assert_allclose(tired[1, same], fresh[1, same] - strength * 1.0, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(tired[1, other], fresh[1, other])
+    np.testing.assert_array_equal(tired[0], fresh[0])
     w.advance(np.zeros((0, 5), np.int64), none, none, rng)
-    assert w.state.satiation[1, g] == pytest.approx(tiny.satiation.decay)
-    assert w.true_reward(np.array([1]), np.array([3]))[0, 0] < w.true_reward(np.array([0]), np.array([3]))[0, 0] + 10
+    assert w.state.satiation[1, g] == pytest.approx(decay)
+    rested = w.true_reward(np.array([0, 1]))[1]  # the same batch shape: the same float sums
+    np.testing.assert_allclose(rested[same], fresh[1, same] - strength * decay, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(rested[other], fresh[1, other])
+
+
+def test_satiation_rises_with_clicks_and_decays(tiny):
+    check_satiation_costs_reward(World.create(tiny))
+
+
+def test_satiation_check_catches_a_reward_that_ignores_satiation(tiny, monkeypatch):
+    """Negative control: r* that forgets the satiation term (or adds it with the wrong sign)
+    fails the check above (the former check, user 1 below user 0 + 10, passed both)."""
+    honest = World.true_reward
+
+    def forgets(self, users, items=None):  # noqa: ANN001, ANN202
+        items = np.arange(self.n_items) if items is None else np.asarray(items)
+        sat = self.state.satiation[np.asarray(users)][:, self.catalog.genre[items]]
+        return honest(self, users, items) + self.cfg.satiation.strength * sat
+
+    def wrong_sign(self, users, items=None):  # noqa: ANN001, ANN202
+        return 2 * forgets(self, users, items) - honest(self, users, items)
+
+    for bug in (forgets, wrong_sign):
+        monkeypatch.setattr(World, "true_reward", bug)
+        with pytest.raises(AssertionError):
+            check_satiation_costs_reward(World.create(tiny))
 
 
 def test_simulation_is_reproducible_and_bounded(tiny):

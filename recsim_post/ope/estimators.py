@@ -464,10 +464,6 @@ class SwitchDR(_Estimator):
         return dm + np.where(keep, w * (data.reward - q_fact), 0.0), None
 
 
-ESTIMATORS = {e.name: e for e in (IPS, SNIPS, DM, DR, SwitchDR)}
-"""The estimators by name."""
-
-
 def to_obp_bandit_feedback(
     data: BanditData, context: np.ndarray | None = None, action_context: np.ndarray | None = None
 ) -> dict:
