@@ -98,7 +98,7 @@ def param_group(
     params: Iterable[nn.Parameter], lr: float | None = None, weight_decay: float = 0.0
 ) -> dict[str, Any]:
     """An optimiser parameter group (torch's own format) with its own ``lr`` (None: the run's) and
-    ``weight_decay`` (decoupled, as AdamW's)."""
+    ``weight_decay`` (as the optimiser reads it: decoupled for AdamW, an L2 term for Adam)."""
     group: dict[str, Any] = {"params": list(params), "weight_decay": weight_decay}
     if lr is not None:
         group["lr"] = lr
