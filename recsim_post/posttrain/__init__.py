@@ -13,7 +13,7 @@ from .exp_rsft import ExpRSFTConfig, exp_rsft_loss
 from .grpo import GRPOConfig, grpo_loss
 from .ipo import IPOConfig, ipo_loss
 from .linear_rsft import LinearRSFTConfig, linear_rsft_loss
-from .loop import TrainConfig, fit, train_copy
+from .loop import Run, TrainConfig, decay_groups, fit, param_group, train_copy, window_batches
 from .ppo import PPOConfig, ppo_loss
 from .recipe import (
     METHODS, AgentConfig, MethodConfig, fit_reward, load_agent, method_config_from_dict,
@@ -28,9 +28,9 @@ __all__ = [
     "AgentConfig", "ASFTConfig", "Batch", "BCConfig", "CQLConfig", "DPOConfig", "ExpRSFTConfig",
     "GRPOConfig", "GlobalMeanReward", "IPOConfig", "ItemMeanReward", "LinearRSFTConfig", "METHODS",
     "MethodConfig", "PPOConfig", "PostTrainData", "RewardEnsemble", "RewardModel",
-    "RewardModelConfig", "TableRewardModel", "TrainConfig", "UserMeanReward", "Windows",
-    "asft_loss", "bc_loss", "cql_loss", "dpo_loss", "exp_rsft_loss", "fit", "fit_reward",
+    "RewardModelConfig", "Run", "TableRewardModel", "TrainConfig", "UserMeanReward", "Windows",
+    "asft_loss", "bc_loss", "cql_loss", "decay_groups", "dpo_loss", "exp_rsft_loss", "fit", "fit_reward",
     "fit_reward_model", "grpo_loss", "ipo_loss", "linear_rsft_loss", "load_agent", "make_windows",
-    "method_config_from_dict", "needs_reward_model", "post_train", "ppo_loss", "pretrain",
-    "train_copy",
+    "method_config_from_dict", "needs_reward_model", "param_group", "post_train", "ppo_loss", "pretrain",
+    "train_copy", "window_batches",
 ]

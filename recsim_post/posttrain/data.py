@@ -67,9 +67,6 @@ class Windows:
     def max_len(self) -> int:
         return self.inputs.shape[1]
 
-    def n_batches(self, batch_size: int) -> int:
-        return -(-len(self) // batch_size)
-
     def batches(
         self, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = True
     ) -> Iterator[Batch]:

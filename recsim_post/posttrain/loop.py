@@ -1,15 +1,35 @@
-"""The training loop every method shares: AdamW over shuffled windows, one loss function per method.
+"""The one training loop: any module, any batches, any loss closure, AdamW over parameter groups.
 
-A run is a pure function of (model, windows, loss, config, seed): batch order and dropout masks come
-from generators seeded by the SeedTree, parameters are initialised by the caller, and nothing reads
-or writes torch's global RNG. On CUDA the forward pass runs under bf16 autocast; the loss is always
-computed in float32.
+Every training in posttrain runs through :func:`fit` -- BC pre-training of π_ref, each method (via
+:func:`train_copy`), CQL, PPO/GRPO and the reward-model ensemble. One step is::
+
+    batch = prepare(module, batch)              # optional, once per batch, without gradients
+    repeat inner_steps times:                   # PPO's several epochs on one sample
+        loss, metrics = loss_fn(module, batch, run)
+        loss.backward(); clip the global gradient norm; optimiser step
+
+``module`` holds everything that trains: a policy, or an ``nn.ModuleDict`` of a policy and extra
+heads (a critic, a GFlowNet's log Z(x)); frozen references stay outside it. Each optimiser group
+has its own learning rate and weight decay (:func:`param_group`); by default
+(:func:`decay_groups`) only matrices and embeddings are decayed.
+
+A run is a pure function of (module, batches, loss, settings, seed): the batch order and the dropout
+masks come from generators seeded by the SeedTree (handed to the batch source and the loss in
+:class:`Run`), parameters are initialised by the caller, and nothing reads or writes torch's global
+RNG. On CUDA a loss runs its forward pass under ``run.autocast()`` (bf16) and computes the loss in
+float32.
+
+The history is one row per epoch: ``epoch`` (1-based) and the mean over the epoch's optimiser steps
+of ``loss`` and of every metric the loss closure reports. ``epochs = 0`` trains nothing and returns
+``[]`` without reading the batches; a batch source that yields no batch raises LogError.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -18,15 +38,45 @@ from tqdm.auto import tqdm
 from ..config import Config, knob
 from ..errors import ConfigError, LogError
 from ..models.device import DevicePref, autocast, pick_device
-from ..seeding import SeedTree
 from ..models.policy import SequencePolicy
+from ..seeding import SeedTree
 from .data import Batch, PostTrainData, Windows
 
-LossFn = Callable[[torch.Tensor, Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
-"""``loss_fn(logits (B, L, n_items), batch) -> (scalar loss, {name: 0-dim detached tensor})``."""
+B = TypeVar("B")
 
-Prepare = Callable[[nn.Module, Batch], Batch]
-"""``prepare(model, batch) -> batch`` with ``batch.extra`` filled, run once per batch (no gradients)."""
+Metrics = dict[str, torch.Tensor]
+
+
+@dataclass(eq=False)
+class Run:
+    """What a run hands its batch source and its loss closure: the device and the seeded generators."""
+
+    device: torch.device
+    order: torch.Generator
+    """CPU generator of the batch order (seeded from the run's ``order_stream``)."""
+    dropout: torch.Generator
+    """Generator of the dropout masks, on ``device`` (seeded from the stream ``"dropout"``)."""
+    epoch: int = 0
+    """The current epoch, from 0."""
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast on CUDA, nothing on CPU: wrap the forward pass, not the loss."""
+        return autocast(self.device)
+
+
+BatchSource = Callable[[Run], Iterable[B]]
+"""``batches(run) -> the epoch's batches``, called once per epoch; the batches live on ``run.device``
+and their order is drawn from ``run.order``."""
+
+LossClosure = Callable[[nn.Module, B, Run], tuple[torch.Tensor, Metrics]]
+"""``loss_fn(module, batch, run) -> (scalar loss, {name: 0-dim tensor})``: forward and loss of one step."""
+
+Prepare = Callable[[nn.Module, B], B]
+"""``prepare(module, batch) -> batch``, run once per batch without gradients (on-policy methods
+sample actions and record old log-probabilities there, in ``batch.extra``)."""
+
+LossFn = Callable[[torch.Tensor, Batch], tuple[torch.Tensor, Metrics]]
+"""A method's loss on a policy's outputs: ``loss_fn(logits (B, L, n_items), batch) -> (loss, metrics)``."""
 
 
 @dataclass(frozen=True)
@@ -41,71 +91,148 @@ class TrainConfig(Config):
     device: DevicePref = knob("auto", "where to train: 'auto' (CUDA if present), 'cpu' or 'cuda'")
 
 
+# ---------------------------------------------------------------- parameter groups
+
+
+def param_group(
+    params: Iterable[nn.Parameter], lr: float | None = None, weight_decay: float = 0.0
+) -> dict[str, Any]:
+    """An optimiser parameter group (torch's own format) with its own ``lr`` (None: the run's) and
+    ``weight_decay`` (as the optimiser reads it: decoupled for AdamW, an L2 term for Adam)."""
+    group: dict[str, Any] = {"params": list(params), "weight_decay": weight_decay}
+    if lr is not None:
+        group["lr"] = lr
+    return group
+
+
+def decay_groups(module: nn.Module, weight_decay: float, lr: float | None = None) -> list[dict[str, Any]]:
+    """The default groups of ``module``'s trainable parameters: matrices and embeddings decayed by
+    ``weight_decay``, vectors (LayerNorm gains, biases, scalars) not -- decaying those only fights
+    the fit."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    return [
+        param_group([p for p in params if p.ndim >= 2], lr, weight_decay),
+        param_group([p for p in params if p.ndim < 2], lr, 0.0),
+    ]
+
+
+def check_groups(module: nn.Module, groups: Sequence[Mapping[str, Any]]) -> None:
+    """Every group parameter belongs to ``module`` (so it is moved, clipped and switched between
+    train and eval with it), and every trainable parameter of ``module`` is in a group (so none is
+    silently left untrained). Raises ConfigError otherwise."""
+    owned = {id(p): name for name, p in module.named_parameters()}
+    grouped: set[int] = set()
+    for i, group in enumerate(groups):
+        for p in group["params"]:
+            if id(p) not in owned:
+                raise ConfigError(f"optimizer group {i} holds a parameter of shape {tuple(p.shape)} that is not in "
+                                  "the trained module; put every trained head in the module (e.g. an nn.ModuleDict)")
+            grouped.add(id(p))
+    missing = [name for name, p in module.named_parameters() if p.requires_grad and id(p) not in grouped]
+    if missing:
+        raise ConfigError(f"trainable parameters in no optimizer group: {', '.join(missing[:5])}; add them to a "
+                          "group or freeze them (requires_grad_(False))")
+
+
+# ---------------------------------------------------------------- the loop
+
+
 def fit(
-    model: nn.Module,
-    windows: Windows,
-    loss_fn: LossFn,
-    cfg: TrainConfig,
+    module: nn.Module,
+    batches: BatchSource[B],
+    loss_fn: LossClosure[B],
+    *,
+    epochs: int,
+    lr: float,
     seed: SeedTree,
+    groups: Sequence[Mapping[str, Any]] | None = None,
+    weight_decay: float = 0.0,
+    grad_clip: float = 0.0,
+    device: DevicePref = "auto",
+    prepare: Prepare[B] | None = None,
+    inner_steps: int = 1,
     progress: bool = True,
     desc: str = "train",
-    prepare: Prepare | None = None,
-    inner_steps: int = 1,
+    order_stream: str = "batch_order",
+    optimizer: Callable[..., torch.optim.Optimizer] = torch.optim.AdamW,
 ) -> list[dict[str, float]]:
-    """Train ``model`` in place on ``windows`` with ``loss_fn``; return one metrics dict per epoch
-    (``epoch`` and the batch-mean of every metric the loss reports). The model ends in eval mode.
+    """Train ``module`` in place; return one metrics row per epoch. The module ends in eval mode.
 
-    ``prepare(model, batch) -> batch`` runs once per batch without gradients, before the updates
-    (on-policy methods sample actions and record old log-probabilities there, in ``batch.extra``);
-    ``inner_steps`` optimiser steps are then taken on that batch (PPO's several epochs per sample).
+    ``groups`` are the optimiser's parameter groups (:func:`param_group`; a group without its own
+    ``lr`` uses ``lr``); None means :func:`decay_groups` of ``module`` with ``weight_decay`` (which
+    is only for that default). ``grad_clip`` > 0 clips the global gradient norm of all of
+    ``module``'s parameters. ``optimizer(groups, lr=lr, weight_decay=0.0)`` builds the optimiser.
+
+    Streams of ``seed``: ``order_stream`` the batch order (``run.order``), ``"dropout"`` the dropout
+    masks (``run.dropout``).
     """
-    if cfg.epochs == 0:
-        model.eval()
+    if inner_steps < 1:
+        raise ConfigError(f"inner_steps = {inner_steps} is out of range: must be >= 1")
+    if groups is not None and weight_decay:
+        raise ConfigError("weight_decay is the decay of the default groups; with explicit groups set it per group")
+    if epochs == 0:
+        module.eval()
         return []
-    if len(windows) == 0:
-        raise LogError("no training windows: every user in the clicks has fewer than two clicks")
-    device = pick_device(cfg.device)
-    model.to(device)
-    # Decay only matrices and embeddings; decaying LayerNorm gains and biases just fights the fit.
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr)
-    order_rng = torch.Generator().manual_seed(seed.integer("batch_order"))
-    dropout_rng = torch.Generator(device=device).manual_seed(seed.integer("dropout"))
+    device = pick_device(device)
+    module.to(device)
+    groups = decay_groups(module, weight_decay) if groups is None else groups
+    check_groups(module, groups)
+    opt = optimizer(groups, lr=lr, weight_decay=0.0)
+    trained = [p for p in module.parameters() if p.requires_grad]
+    run = Run(
+        device,
+        order=torch.Generator().manual_seed(seed.integer(order_stream)),
+        dropout=torch.Generator(device=device).manual_seed(seed.integer("dropout")),
+    )
 
-    n_batches = windows.n_batches(cfg.batch_size)
     history: list[dict[str, float]] = []
-    with tqdm(total=cfg.epochs * n_batches, desc=desc, disable=not progress, leave=False) as bar:
-        for epoch in range(cfg.epochs):
-            model.train()
+    with tqdm(total=None, desc=desc, disable=not progress, leave=False) as bar:
+        for epoch in range(epochs):
+            run.epoch = epoch
+            module.train()
+            epoch_batches = batches(run)
+            if bar.total is None and isinstance(epoch_batches, Sized):
+                bar.total = epochs * len(epoch_batches)
             sums: dict[str, torch.Tensor] = {}
-            for batch in windows.batches(cfg.batch_size, order_rng):
-                batch = batch.trim().to(device)
+            steps = 0
+            for batch in epoch_batches:
                 if prepare is not None:
                     with torch.no_grad():
-                        batch = prepare(model, batch)
+                        batch = prepare(module, batch)
                 for _ in range(inner_steps):
-                    with autocast(device):
-                        logits = model(batch.inputs, generator=dropout_rng)
-                    loss, metrics = loss_fn(logits.float(), batch)
+                    loss, metrics = loss_fn(module, batch, run)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
-                    if cfg.grad_clip > 0:
-                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    if grad_clip > 0:
+                        nn.utils.clip_grad_norm_(trained, grad_clip)
                     opt.step()
-                    for name, value in {"loss": loss.detach(), **metrics}.items():
-                        sums[name] = sums.get(name, 0.0) + value.detach().float()
+                    for name, value in {"loss": loss, **metrics}.items():
+                        sums[name] = sums.get(name, 0.0) + torch.as_tensor(value).detach().float()
+                    steps += 1
                 bar.update(1)
+            if steps == 0:
+                raise LogError(f"{desc}: the batch source yielded no batch in epoch {epoch + 1}")
+            if bar.total is None:  # an unsized source: its length is known after one epoch
+                bar.total = epochs * bar.n
             # One host sync per epoch, not per step.
-            steps = n_batches * inner_steps
             row = {"epoch": epoch + 1, **{k: float(v) / steps for k, v in sums.items()}}
             history.append(row)
             bar.set_postfix(epoch=epoch + 1, loss=f"{row['loss']:.4f}")
-    model.eval()
+    module.eval()
     return history
+
+
+# ---------------------------------------------------------------- sequence policies on windows
+
+
+def window_batches(windows: Windows, batch_size: int) -> BatchSource[Batch]:
+    """The batch source of a sequence model: shuffled windows, all-padding columns trimmed, on the
+    run's device."""
+
+    def batches(run: Run) -> Iterable[Batch]:
+        return (batch.trim().to(run.device) for batch in windows.batches(batch_size, run.order))
+
+    return batches
 
 
 def train_copy(
@@ -116,19 +243,34 @@ def train_copy(
     seed: SeedTree,
     progress: bool,
     stage: str,
-    prepare: Prepare | None = None,
+    prepare: Prepare[Batch] | None = None,
     inner_steps: int = 1,
 ) -> SequencePolicy:
-    """The plumbing every method shares: copy π_ref, cut the clicks into windows, fit ``loss_fn``
-    and record the per-epoch metrics in the copy's history. ``policy_ref`` is left untouched."""
+    """The plumbing most methods share: copy π_ref, cut the clicks into windows and :func:`fit` the
+    copy's logits to ``loss_fn``, recording the per-epoch metrics in its history. ``policy_ref`` is
+    left untouched."""
     if data.n_items != policy_ref.n_items:
         raise ConfigError(f"n_items = {data.n_items} does not match the policy's catalogue of {policy_ref.n_items}")
     policy = policy_ref.clone()
+    windows = data.windows(policy.max_len)
+    if cfg.epochs and len(windows) == 0:
+        raise LogError("no training windows: every user in the clicks has fewer than two clicks")
+
+    def logits_loss(model: nn.Module, batch: Batch, run: Run) -> tuple[torch.Tensor, Metrics]:
+        with run.autocast():
+            logits = model(batch.inputs, generator=run.dropout)
+        return loss_fn(logits.float(), batch)
+
     history = fit(
-        policy.model, data.windows(policy.max_len), loss_fn, cfg, seed, progress, stage, prepare, inner_steps
+        policy.model, window_batches(windows, cfg.batch_size), logits_loss,
+        epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, device=cfg.device,
+        seed=seed, prepare=prepare, inner_steps=inner_steps, progress=progress, desc=stage,
     )
     policy.history.extend({"stage": stage, **row} for row in history)
     return policy
 
 
-__all__ = ["TrainConfig", "fit", "LossFn", "train_copy"]
+__all__ = [
+    "BatchSource", "LossClosure", "LossFn", "Prepare", "Run", "TrainConfig", "check_groups", "decay_groups",
+    "fit", "param_group", "train_copy", "window_batches",
+]

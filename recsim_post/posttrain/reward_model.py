@@ -48,7 +48,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..config import Config, knob
 from ..errors import ConfigError, LogError
@@ -56,6 +55,7 @@ from ..models.device import DevicePref, autocast, pick_device
 from ..models.policy import SequencePolicy, pad_history
 from ..seeding import SeedTree
 from .data import PostTrainData, Windows, reward_column
+from .loop import Run, fit, param_group
 
 
 @runtime_checkable
@@ -425,31 +425,19 @@ def fit_reward_model(
     # not a, c, d or g.
     decayed = [p for name, p in head.named_parameters() if p.dim() >= 3 or name == "b"]
     plain = [p for name, p in head.named_parameters() if not (p.dim() >= 3 or name == "b")]
-    opt = torch.optim.AdamW(
-        [{"params": decayed, "weight_decay": cfg.weight_decay}, {"params": plain, "weight_decay": 0.0}], lr=cfg.lr
-    )
-    order_rng = torch.Generator().manual_seed(seed.integer("order"))
+    groups = [param_group(decayed, weight_decay=cfg.weight_decay), param_group(plain)]
 
-    history: list[dict[str, float]] = []
-    n_steps = -(-n // cfg.batch_size)
-    head.train()
-    with tqdm(total=cfg.epochs * n_steps, desc="reward model", disable=not progress, leave=False) as bar:
-        for epoch in range(cfg.epochs):
-            sums: dict[str, torch.Tensor] = {}
-            order = torch.randperm(n, generator=order_rng).to(device)
-            for lo in range(0, n, cfg.batch_size):
-                idx = order[lo : lo + cfg.batch_size]
-                pred = head(feats["h"][idx], item_vecs, feats["items"][idx])
-                loss, metrics = reward_mse_loss(pred, r[idx], None, w[:, idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                for name, value in {"loss": loss.detach(), **metrics}.items():
-                    sums[name] = sums.get(name, 0.0) + value
-                bar.update(1)
-            row = {"epoch": epoch + 1, **{k: float(v) / n_steps for k, v in sums.items()}}
-            history.append(row)
-            bar.set_postfix(epoch=epoch + 1, mse=f"{row['mse']:.4f}")
+    def batches(run: Run) -> tuple[torch.Tensor, ...]:  # indices of the rated targets, shuffled
+        return torch.randperm(n, generator=run.order).to(run.device).split(cfg.batch_size)
+
+    def loss_fn(model: EnsembleHead, idx: torch.Tensor, run: Run) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        pred = model(feats["h"][idx], item_vecs, feats["items"][idx])
+        return reward_mse_loss(pred, r[idx], None, w[:, idx])
+
+    history = fit(
+        head, batches, loss_fn, groups=groups, epochs=cfg.epochs, lr=cfg.lr, device=cfg.device, seed=seed,
+        order_stream="order", progress=progress, desc="reward model",
+    )
     ensemble = RewardEnsemble(backbone, head, item_vecs, policy_ref.max_len, reward=data.reward)  # freezes the heads
     ensemble.history = history
     return ensemble
