@@ -23,6 +23,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import ConfigError, RecsimError
+from .signals import REWARDS
 
 SUMMARY = (
     "Simulated worlds in which post-training of generative recommenders is scored against the ground truth."
@@ -383,6 +384,12 @@ OPE_TRUTH_LEGEND = (
     " with her history h_i then. It is not evaluate's true_value, which scores pi on every user's whole"
     " history at the end of logging."
 )
+OPE_SIGNAL_LEGEND = (
+    "estimate: the expected {reward} collected on the top slot if pi chose it and the logger filled the"
+    " rest of the slate, estimated from the logged {reward} (0 where the top item was not clicked). It"
+    " involves the choice model, so it has no exact value (truth is NaN): compare the estimators with each"
+    " other, or use --reward true for errors against the exact truth."
+)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -458,6 +465,9 @@ def cmd_ope(args: argparse.Namespace) -> int:
     scenario and trains recipes first (--scenario)."""
     q_models = ("item", "sequence") if args.q_model == "both" else (args.q_model,)
     if args.scenario is not None:
+        if args.reward != "true":
+            raise ConfigError(f"--reward {args.reward} belongs to --logs: a study (--scenario) measures each "
+                              "estimator's error against the exact truth, which only --reward true has")
         return _ope_study(args, q_models)
     from .truth.ground_truth import GroundTruth
     from .ope.report import format_report, format_summary, ope_report, summarise
@@ -479,17 +489,19 @@ def cmd_ope(args: argparse.Namespace) -> int:
     report = ope_report(
         logs, GroundTruth.load(args.logs), policies, n_bootstrap=args.bootstrap,
         seed=args.seed if args.seed is not None else 0, propensity=args.propensity, q_model=q_models,
-        say=_say(args.quiet),
+        say=_say(args.quiet), reward=args.reward,
     )
+    legend = OPE_TRUTH_LEGEND if args.reward == "true" else OPE_SIGNAL_LEGEND.format(reward=args.reward)
     if args.json:
         records = _json_records(report)
         print(json.dumps({"logs": str(args.logs), "results": records, "notes": report.attrs.get("notes", []),
-                          "definitions": OPE_TRUTH_LEGEND}, indent=2, default=str))
+                          "reward": args.reward, "definitions": legend}, indent=2, default=str))
     else:
         print(format_report(report))
-        print()
-        print(format_summary(summarise(report)))
-        print("\n" + textwrap.fill(OPE_TRUTH_LEGEND, width=100))
+        if args.reward == "true":
+            print()
+            print(format_summary(summarise(report)))
+        print("\n" + textwrap.fill(legend, width=100))
     return 0
 
 
@@ -746,6 +758,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --scenario: start over in an output folder that holds other files")
     o.add_argument("--propensity", choices=["bc", "frequency"], default="bc",
                    help="how propensities are estimated from the public logs (default: bc)")
+    o.add_argument("--reward", choices=["true", *REWARDS], default="true",
+                   help="what to estimate: the true reward r* (with its exact value, default) or a logged "
+                        "feedback signal (with --logs)")
     o.add_argument("--q-model", choices=["item", "sequence", "both"], default="both",
                    help="reward model of DM / DR / Switch-DR: item means, a personalised sequence model, or both (default)")
     o.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples per interval")

@@ -262,6 +262,16 @@ def test_ope_command(tmp_path, capsys, scenario_file):
     assert {(r["estimator"], r["pscore"]) for r in rows} >= {("ips", "true"), ("dr", "estimated")}
     ips = next(r for r in rows if r["estimator"] == "ips" and r["pscore"] == "true")
     assert ips["ci_low"] <= ips["estimate"] <= ips["ci_high"] and ips["truth"] is not None
+    # a logged signal as the reward: estimates of the watch collected, no exact truth, its own legend
+    code, out, _ = run(capsys, "ope", "--logs", str(logs), "--bootstrap", "5", "--propensity", "frequency",
+                       "--q-model", "item", "--reward", "watch", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["reward"] == "watch" and "expected watch" in report["definitions"]
+    watch = next(r for r in report["results"] if r["estimator"] == "ips" and r["pscore"] == "true")
+    assert 0 <= watch["estimate"] <= 1 and watch["estimate"] != ips["estimate"]
+    assert all(r["truth"] is None or r["truth"] != r["truth"] for r in report["results"])  # NaN or null
+    code, _, err = run(capsys, "ope", "--scenario", str(scenario_file), "--reward", "click")
+    assert code == 2 and err.startswith("recsim-post: error: --reward click belongs to --logs")
 
 
 def test_ope_scores_drifting_preferences_exactly(tmp_path, capsys):

@@ -309,7 +309,7 @@ DRIFT = dict(
 def _top_rows(sim):
     """Position-0 rows: logged contexts and the sealed r* there."""
     from recsim_post.ope.estimators import bandit_data_from_logs
-    from recsim_post.ope.report import logged_contexts
+    from recsim_post.ope.data import logged_contexts
 
     ctx = logged_contexts(sim.public.interactions)
     return ctx, bandit_data_from_logs(sim.public.interactions, sim.sealed_impressions).reward
@@ -353,7 +353,7 @@ def test_sealed_theta_history_replays_the_drift(tmp_path):
 
 def test_exact_ope_truth_under_drift_matches_sealed_rewards():
     from recsim_post.truth.ground_truth import GroundTruth
-    from recsim_post.ope.report import exact_reward
+    from recsim_post.ope.exact import exact_reward
 
     sim = simulate(tiny_scenario(seed=4, **DRIFT))
     truth = GroundTruth.from_simulation(sim)
@@ -372,7 +372,7 @@ def test_exact_ope_truth_without_sealed_history_fails_clearly(tmp_path):
 
     from recsim_post.errors import LogError
     from recsim_post.truth.ground_truth import GroundTruth
-    from recsim_post.ope.report import exact_reward
+    from recsim_post.ope.exact import exact_reward
     from recsim_post.logs.simulate import write_logs
 
     sim = simulate(tiny_scenario(seed=4, **DRIFT))
@@ -399,7 +399,8 @@ def test_ips_with_true_propensities_is_unbiased_under_drift():
 
     from recsim_post.truth.ground_truth import GroundTruth
     from recsim_post.ope.estimators import IPS, bandit_data_from_logs
-    from recsim_post.ope.report import exact_reward, logged_contexts
+    from recsim_post.ope.data import logged_contexts
+    from recsim_post.ope.exact import exact_reward
 
     diffs, shifts = [], []
     for seed in range(60):

@@ -114,7 +114,7 @@ def test_choices_are_in_bounds(args):
 def test_choice_probabilities_sum_to_one_with_no_click():
     """Empirical choice frequencies match the MNL formula including the no-click option."""
     rng = np.random.default_rng(0)
-    B, K, d = 100_000, 3, 2
+    B, K = 100_000, 3
     slates = np.tile(np.array([[0, 1, 2]], dtype=np.int32), (B, 1))
     theta = np.tile([[1.0, 0.0]], (B, 1))
     vecs = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])

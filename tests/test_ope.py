@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from recsim_post.errors import ConfigError
 from recsim_post.ope.estimators import (
     DM, DR, IPS, SNIPS, BanditData, SwitchDR, bandit_data_from_logs, obp_action_dist,
     to_obp_bandit_feedback,
@@ -356,8 +357,14 @@ def test_bandit_data_from_logs_rows_and_rewards():
     assert np.all((ratings.reward == 0) | (clicks.reward == 1))
     with pytest.raises(ValueError, match="position 0"):
         bandit_data_from_logs(inter, sealed, position=1)
-    with pytest.raises(ValueError, match="reward must be"):
-        bandit_data_from_logs(inter, sealed, reward="watch")
+    # any feedback signal is a reward: its value on a clicked top item, 0 elsewhere
+    watch = bandit_data_from_logs(inter, sealed, reward="watch")
+    top = inter[inter["position"] == 0]
+    logged = np.nan_to_num(top["watch"].to_numpy(np.float64), nan=0.0)
+    np.testing.assert_array_equal(watch.reward, np.where(clicks.reward == 1, logged, 0.0))
+    assert watch.reward.max() > 0 and np.all((watch.reward >= 0) & (watch.reward <= 1))
+    with pytest.raises(ConfigError, match="reward = 'dwell' is not allowed: must be one of true, click, rating, watch"):
+        bandit_data_from_logs(inter, sealed, reward="dwell")
     with pytest.raises(ValueError, match="not aligned"):
         bandit_data_from_logs(inter, sealed.iloc[::-1].reset_index(drop=True))
 

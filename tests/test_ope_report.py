@@ -13,11 +13,10 @@ from recsim_post.truth.ground_truth import GroundTruth
 from recsim_post.ope.estimators import bandit_data_from_logs
 from recsim_post.policy import FunctionPolicy, UniformPolicy
 from recsim_post.truth.references import LoggerPolicy
-from recsim_post.ope.report import (
-    PropensityModelConfig, click_histories_at, estimated_propensities, exact_reward,
-    fit_logger_model, format_summary, logged_contexts, ope_report, ope_report_from_simulation,
-    policy_probabilities, summarise,
-)
+from recsim_post.ope.data import click_histories_at, logged_contexts, policy_probabilities
+from recsim_post.ope.exact import exact_reward
+from recsim_post.ope.propensity import PropensityModelConfig, estimated_propensities, fit_logger_model
+from recsim_post.ope.report import format_summary, ope_report, ope_report_from_simulation, summarise
 from recsim_post.logs.public import PAD
 from recsim_post.logs.simulate import simulate
 from recsim_post.world.config import SatiationConfig
@@ -159,7 +158,8 @@ def test_end_to_end_with_bc_propensities(sim0):
 
 
 def test_past_q_uses_earlier_rounds_only():
-    from recsim_post.ope.report import LoggedContexts, past_q
+    from recsim_post.ope.data import LoggedContexts
+    from recsim_post.ope.qtable import past_q
 
     ctx = LoggedContexts(
         user=np.zeros(4, np.int64), timestamp=np.array([0, 1, 1, 2]), action=np.array([0, 0, 1, 0]),

@@ -169,7 +169,7 @@ def test_intervals_cover_the_true_value_at_their_level(method):
 
 
 def test_streamed_report_equals_the_dense_computation(monkeypatch):
-    from recsim_post.ope import report as rp
+    from recsim_post.ope import data as od, qtable, report as rp
     from recsim_post.truth.ground_truth import GroundTruth
     from recsim_post.logs.simulate import simulate
 
@@ -190,18 +190,18 @@ def test_streamed_report_equals_the_dense_computation(monkeypatch):
     kw = dict(n_bootstrap=20, seed=0, propensity="frequency", max_len=10)
     rep = rp.ope_report(sim.public, truth, pols, **kw)
     # dense, as the report used to: pi_all and q_hat_all (n x A) in BanditData
-    ctx = rp.logged_contexts(sim.public.interactions, max_len=10)
+    ctx = od.logged_contexts(sim.public.interactions, max_len=10)
     base = ope.bandit_data_from_logs(sim.public.interactions, truth.impressions, n_actions=n)
-    q = rp.past_q(ctx, base.reward, n, 1.0)
+    q = qtable.past_q(ctx, base.reward, n, 1.0)
     est = {"ips": IPS(), "snips": SNIPS(), "dm": DM(), "dr": DR(), "switch-dr": SwitchDR(tau=10.0)}
     for name, pol in pols.items():
-        pi_all = rp.policy_probabilities(pol, ctx)
+        pi_all = od.policy_probabilities(pol, ctx)
         d = BanditData(base.context, base.action, base.reward, base.pscore, None, pi_all, q, n)
         r = rep[(rep.policy == name) & (rep.pscore == "true")].set_index("estimator")
         for e, obj in est.items():
             assert r.loc[e, "estimate"] == obj.estimate(d), (name, e)
     # smaller chunks (a larger catalogue's budget) change nothing but float rounding of the truth
-    monkeypatch.setattr(rp, "CHUNK_ROWS", 7)
+    monkeypatch.setattr(od, "CHUNK_ROWS", 7)
     small = rp.ope_report(sim.public, truth, pols, **kw)
     for col in ("estimate", "truth", "scale", "support_bias", "q_mse"):
         np.testing.assert_allclose(small[col], rep[col], rtol=1e-12, err_msg=col)

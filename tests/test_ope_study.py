@@ -13,7 +13,7 @@ from recsim_post import cli
 from recsim_post.config import dumps_toml, to_dict
 from recsim_post.errors import ConfigError
 from recsim_post.ope.qmodel import SequenceQConfig
-from recsim_post.ope.report import PropensityModelConfig
+from recsim_post.ope.propensity import PropensityModelConfig
 from recsim_post.experiments.ope_study import format_study, ope_study, write_study
 from recsim_post.posttrain.recipe import load_agent
 from recsim_post.presets import resolve

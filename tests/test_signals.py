@@ -95,3 +95,30 @@ def test_a_click_reward_weighs_every_click_alike_so_exp_rsft_is_bc():
     story = run_story(tiny_scenario(), [bc, clicks], progress=False)
     hist = np.random.default_rng(0).integers(0, 60, (16, 12))
     np.testing.assert_allclose(story.policies["exp-rsft-click"].logits(hist), story.policies["bc"].logits(hist), atol=1e-5)
+
+
+def test_ope_estimates_a_logged_signal():
+    """OPE on ``watch``: the logger evaluated on its own logs has weights 1, so IPS is exactly the
+    mean logged watch on top (0 where the top item was not clicked); no exact truth exists."""
+    from recsim_post.ope.report import ope_report
+    from recsim_post.policy import UniformPolicy
+    from recsim_post.truth.ground_truth import GroundTruth
+    from recsim_post.truth.references import LoggerPolicy
+    from recsim_post.world.config import SatiationConfig
+
+    cfg = tiny_scenario(seed=0, satiation=SatiationConfig(strength=0.0))
+    # a logger that ignores the trend is the same policy in every round: LoggerPolicy reproduces it
+    sim = simulate(dataclasses.replace(cfg, logging=dataclasses.replace(cfg.logging, trend_weight=0.0)))
+    truth = GroundTruth.from_simulation(sim)
+    n = sim.world.n_items
+    rep = ope_report(sim.public, truth, {"logger": LoggerPolicy(truth.logger, truth.trend), "uniform": UniformPolicy(n)},
+                     reward="watch", n_bootstrap=20, propensity="frequency", q_model="item")
+    top = sim.public.interactions.query("position == 0")
+    logged = np.where(top["click"] == 1, np.nan_to_num(top["watch"].to_numpy(np.float64)), 0.0).mean()
+    ips = rep.query("policy == 'logger' and estimator == 'ips' and pscore == 'true'")["estimate"].item()
+    assert ips == pytest.approx(logged, rel=1e-5) and 0 < logged < 1
+    assert rep["truth"].isna().all()
+    # the uniform target's estimate differs from the logger's: the estimator reads the target
+    assert rep.query("policy == 'uniform' and estimator == 'ips' and pscore == 'true'")["estimate"].item() != pytest.approx(ips)
+    with pytest.raises(ConfigError, match="reward = 'likes' is not allowed: must be one of true, click, rating, watch"):
+        ope_report(sim.public, truth, {"uniform": UniformPolicy(n)}, reward="likes")

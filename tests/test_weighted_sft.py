@@ -30,7 +30,7 @@ from recsim_post.posttrain.data import PostTrainData
 from recsim_post.posttrain.exp_rsft import ExpRSFTConfig, context_log_normalizer, exp_rsft_loss
 from recsim_post.posttrain.linear_rsft import LinearRSFTConfig, linear_rsft_loss
 from recsim_post.posttrain.loop import TrainConfig
-from recsim_post.posttrain.recipe import AgentConfig, pretrain
+from recsim_post.posttrain.recipe import AgentConfig
 from recsim_post.posttrain.reward_model import TableRewardModel, UserMeanReward, mean_std
 from recsim_post.seeding import SeedTree
 

@@ -140,7 +140,7 @@ class RecSimVectorEnv(gym.vector.VectorEnv):
 
     def step(self, actions):  # noqa: ANN001 - gymnasium's signature
         require_episode(self.session is not None, False, self.horizon)
-        N, K = self.num_envs, self.slate_size
+        N = self.num_envs
         slates = self._check_shape(actions)
         if self._needs_reset:  # NEXT_STEP autoreset: the previous step ended the episode
             self._start(int(self.np_random.integers(SEED_MAX + 1)))

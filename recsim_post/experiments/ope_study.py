@@ -13,7 +13,7 @@ and over all seeds and policies, per estimator x pscore source x q^ (ope_report.
     rmse     = sqrt(mean((estimate - V_exact)^2))  rmse_norm likewise
     coverage = share of bootstrap intervals that contain V_exact
 
-V_exact is the exact value of the OPE estimand on the logged contexts (ope_report.py), not V(pi)
+V_exact is the exact value of the OPE estimand on the logged contexts (ope/report.py, ope/exact.py), not V(pi)
 at T; the story's values at T are kept beside it (``values``). Training reuses story.run_story, so
 the policies are exactly those ``recsim-post demo`` would train for the same scenario and seed.
 """
@@ -31,11 +31,9 @@ import pandas as pd
 from ..errors import ConfigError
 from ..policy import UniformPolicy
 from ..world.config import ScenarioConfig
+from ..ope.propensity import PropensityModelConfig
 from ..ope.qmodel import SequenceQConfig
-from ..ope.report import (
-    PSCORE_SOURCES, Q_MODELS, PropensityModelConfig, estimator_label, format_summary, ope_report,
-    summarise,
-)
+from ..ope.report import PSCORE_SOURCES, Q_MODELS, estimator_label, format_summary, ope_report, summarise
 from .report import write_csv
 
 UNIFORM = "uniform"

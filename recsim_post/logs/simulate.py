@@ -81,7 +81,6 @@ def simulate(cfg: ScenarioConfig, progress: bool = False) -> Simulation:
     server = LoggerServer.create(logger, world.n_items, tree.child("logging"))
     streams = Streams.logging(tree)
     switching = cfg.logging.n_loggers > 1
-    K = cfg.logging.slate_size
     drift = cfg.dynamics.drift_rate > 0
     # theta_u at the start of round 0 (everyone), then the rows that moved in each round
     theta_log = [(0, np.arange(world.n_users), world.users.theta.copy())] if drift else []

@@ -63,7 +63,8 @@ import numba
 import numpy as np
 import pandas as pd
 
-from ..errors import LogError
+from ..errors import ConfigError, LogError
+from ..signals import REWARDS
 from ..world.kernels import run_on_threads
 from ..truth.kernels import poisson_accumulate
 
@@ -283,7 +284,7 @@ def poisson_bootstrap_sums(x: np.ndarray, n_bootstrap: int, rng: np.random.Gener
 
     Streamed over blocks of :data:`BOOTSTRAP_BLOCK_ROWS` logged rows on a few threads: block j draws
     its (rows, n_bootstrap) uniforms from child stream j of a seed taken from ``rng`` and adds its
-    rows' weighted sums (evaluation/kernels.py, the counts never stored); the blocks' partial sums
+    rows' weighted sums (truth/kernels.py, the counts never stored); the blocks' partial sums
     are added in block order, so the result depends on ``rng`` only, not on the threads.
     """
     x = np.ascontiguousarray(x, np.float64)
@@ -513,7 +514,8 @@ def obp_action_dist(probabilities: np.ndarray) -> np.ndarray:
     return p[:, :, None]
 
 
-RewardKind = Literal["true", "click", "rating"]
+RewardKind = str
+"""``"true"`` (the sealed r*) or a name in ``signals.REWARDS``."""
 
 
 def bandit_data_from_logs(
@@ -541,8 +543,10 @@ def bandit_data_from_logs(
     * ``"click"``: the observed click on the top item. Estimand: the probability that the user
       clicks the top item when pi picks it and the logger fills the rest of the slate (its
       Plackett-Luce continuation given the top item), with the logs' position bias and trend pull.
-    * ``"rating"``: the observed rating of the top item if clicked, 0 otherwise. Estimand: the
-      expected (noisy, trend-biased) rating collected at the top slot under the same slates.
+    * a signal of a click (``"rating"``, ``"watch"``, any of ``signals.SIGNALS``): its observed value
+      on the top item if clicked, 0 otherwise (and 0 where a clicked item has no feedback, NaN in the
+      logs). Estimand: the expected (noisy, trend-biased) signal collected at the top slot under the
+      same slates.
 
     ``pscore`` (n_rows,), if given, replaces the sealed ``propensity_item`` (e.g. estimated
     propensities); it is required when the sealed impressions hold none (logs simulated with
@@ -553,8 +557,8 @@ def bandit_data_from_logs(
     """
     if position != 0:
         raise ValueError(f"only position 0 has an exact single-draw propensity, got position={position}")
-    if reward not in ("true", "click", "rating"):
-        raise ValueError(f"reward must be 'true', 'click' or 'rating', got {reward!r}")
+    if reward not in ("true", *REWARDS):
+        raise ConfigError(f"reward = {reward!r} is not allowed: must be one of true, {', '.join(REWARDS)}")
     if len(interactions) != len(sealed_impressions):
         raise ValueError(
             f"interactions ({len(interactions)} rows) and sealed impressions ({len(sealed_impressions)}) are not aligned"
@@ -570,7 +574,7 @@ def bandit_data_from_logs(
     elif reward == "click":
         r = pub["click"].to_numpy(np.float64)
     else:
-        r = np.where(pub["click"].to_numpy() == 1, pub["rating"].to_numpy(np.float64), 0.0)
+        r = np.where(pub["click"].to_numpy() == 1, pub[reward].to_numpy(np.float64), 0.0)
         r = np.nan_to_num(r, nan=0.0)  # a clicked item without feedback counts as 0
     if pscore is None:
         if "propensity_item" not in sealed.columns:

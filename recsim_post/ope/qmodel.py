@@ -1,6 +1,6 @@
 """A personalised reward model q^(x, a) for DM, DR and Switch-DR, cross-fitted by user folds.
 
-The item-mean q^ of ope_report.py ignores the user. Because the logger shows items mostly to users
+The item-mean q^ of qtable.py ignores the user. Because the logger shows items mostly to users
 who like them, the mean reward of an item *where it was shown* over-states what the same item is
 worth to a random user, and DM (and Switch-DR, which falls back on DM where weights are large)
 inherits that selection bias. This q^ reads the user's public click history::
@@ -51,9 +51,10 @@ from torch import nn
 
 from ..config import Config, knob
 from ..errors import ConfigError, LogError
-from ..models.device import DevicePref, pick_device
+from ..models.device import DevicePref
 from ..models.policy import build_model, pad_history
 from ..models.sasrec import SASRecConfig
+from ..posttrain.loop import Run, fit, param_group
 from ..posttrain.reward_model import EnsembleHead
 from ..seeding import SeedTree
 
@@ -149,25 +150,31 @@ def fit_sequence_q(
     """
     if len(action) == 0:
         raise LogError("the sequence reward model has no training rows")
-    device = pick_device(cfg.device)
     init = torch.Generator().manual_seed(seed.integer("init"))
-    model = SequenceQ(cfg, n_items, phi if cfg.features else None, float(np.mean(reward)), init).to(device)
-    x = torch.from_numpy(pad_history(hist, cfg.max_len)).to(device)
-    a = torch.from_numpy(np.asarray(action, np.int64)).to(device)
-    r = torch.from_numpy(np.asarray(reward, np.float32)).to(device)
-    gen = torch.Generator(device=device).manual_seed(seed.integer("dropout"))
-    rng = seed.generator("batches")
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    model.train()
+    model = SequenceQ(cfg, n_items, phi if cfg.features else None, float(np.mean(reward)), init)
+    x = torch.from_numpy(pad_history(hist, cfg.max_len))
+    a = torch.from_numpy(np.asarray(action, np.int64))
+    r = torch.from_numpy(np.asarray(reward, np.float32))
+    order = seed.generator("batches")
     n = len(a)
-    for _ in range(cfg.epochs):
-        for b in np.array_split(rng.permutation(n), max(1, math.ceil(n / cfg.batch_size))):
-            bi = torch.from_numpy(b).to(device)
-            loss = torch.nn.functional.mse_loss(model(x[bi], a[bi], gen), r[bi])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    return model.eval()
+    n_batches = max(1, math.ceil(n / cfg.batch_size))
+
+    def batches(run: Run):  # noqa: ANN202
+        for b in np.array_split(order.permutation(n), n_batches):
+            bi = torch.from_numpy(b)
+            yield x[bi].to(run.device), a[bi].to(run.device), r[bi].to(run.device)
+
+    def loss(module: nn.Module, batch: tuple[torch.Tensor, ...], run: Run):  # noqa: ANN202
+        h, act, rew = batch
+        with run.autocast():
+            q = module(h, act, run.dropout)
+        return nn.functional.mse_loss(q.float(), rew), {}
+
+    # AdamW decaying every parameter (biases too), as this model has always been trained
+    fit(model, batches, loss, epochs=cfg.epochs, lr=cfg.lr, seed=seed,
+        groups=[param_group(model.parameters(), weight_decay=cfg.weight_decay)],
+        device=cfg.device, progress=False, desc="ope-q")
+    return model
 
 
 @torch.no_grad()

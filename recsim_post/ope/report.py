@@ -1,45 +1,25 @@
 """OPE report: IPS, SNIPS, DM, DR and Switch-DR of any policy, next to the exact truth of the same estimand.
 
-For the position-0 impression rows of the logs (x_i = (u_i, t_i, h_i) with h_i the user's public
-click history strictly before round t_i, a_i the item shown on top), every estimator of ope.py is
-run twice per target policy pi:
+For the position-0 impression rows of the logs (``data.py``: x_i = (u_i, t_i, h_i) with h_i the
+user's public click history strictly before round t_i, a_i the item shown on top), every estimator
+of ``estimators.py`` is run twice per target policy pi:
 
 * ``pscore = "true"``: the sealed single-draw propensities pi_0(a_i | u_i, t_i);
-* ``pscore = "estimated"``: propensities estimated from the PUBLIC impressions alone, clipped from
-  below at ``floor`` (so no weight exceeds pi / floor; the clip biases IPS/DR downward where the
-  model under-estimates, and says so by being a knob). Two estimators of the logger:
+* ``pscore = "estimated"``: propensities estimated from the PUBLIC impressions alone
+  (``propensity.py``: a behaviour-cloning model of the logger, or item frequencies), clipped from
+  below at ``floor``.
 
-  - ``"bc"`` (default): a behaviour-cloning SequencePolicy (SASRec) trained by cross-entropy to
-    predict the position-0 item shown, given the user's click history at that time (the targets
-    are what the logger SHOWED, not what users clicked). p^(a | x) = softmax at the logged action.
-    What it sees: item ids of the last ``max_len`` clicks. What it cannot see: the logger's stale
-    per-user relevance estimate (it can only infer it from the clicks), the trend / shocks at round
-    t (the logger follows them; the history model has no clock), and the exact eps-mixing. So its
-    propensities are misspecified, and IPS/DR with them are biased; that bias is what the report
-    measures. Fitted on all logged rows (no cross-fitting).
-  - ``"frequency"``: p^(a) = the share of position-0 impressions that showed a (context-free).
+DM, DR and Switch-DR use one or more reward models q^ (``q_model``): item means (``qtable.py``,
+fitted on past rounds by default) and a personalised sequence model (``qmodel.py``, cross-fitted by
+user folds). The report's ``q_mse`` is the mean squared error of q^ at the logged actions against
+r_i, on the rows each q^ was NOT fitted on, so the two models compare fairly. The bootstrap
+intervals treat q^ and p^ as fixed (they do not refit them per resample), so they understate the
+uncertainty of the estimated-propensity rows.
 
-The reward model q^ used by DM, DR and Switch-DR (``q_model``; give several to report each):
-
-* ``"item"`` (default): an item mean of the chosen reward over the position-0 rows, shrunk to the
-  global mean with ``q_shrinkage`` pseudo-rows, q^(a) = (sum_{i: a_i = a} r_i + k * rbar) / (n_a + k);
-  it ignores the user. How it is fitted (``q_fit``): ``"past"`` (its default) -- rows of round t get
-  the item means of rounds < t only, so the DR correction is a martingale difference and DR stays
-  unbiased with exact propensities although the logger adapts to earlier rounds (trends feed on
-  exposure); ``"crossfit"`` -- two random halves, each scored with the other half's means; ``"all"``
-  -- in-sample (biases DR; for comparison only). Because the logger shows an item mostly to users
-  who like it, its mean where shown over-states its value to a random user: DM inherits that
-  selection bias (and Switch-DR, where it switches to DM).
-* ``"sequence"``: a personalised q^(h, a) -- a small SASRec over the click history with a bilinear
-  item head and a content term from the public item features -- cross-fitted by user folds
-  (``q_fit = "crossfit"``, its default; ``"all"`` in-sample for comparison); why user folds and not
-  past rounds, see ope_qmodel.py. Fitted on public histories, actions and item features and the
-  rows' reward r_i only.
-
-The report's ``q_mse`` is the mean squared error of q^ at the logged actions against r_i, on the
-rows each q^ was NOT fitted on (out of fold / past rounds), so the two models compare fairly.
-The bootstrap intervals treat q^ and p^ as fixed (they do not refit them per resample), so they
-understate the uncertainty of the estimated-propensity rows.
+The reward (``reward``): ``"true"`` (the sealed r*; its estimand has an exact value, ``exact.py``)
+or any feedback signal of ``recsim_post.signals.REWARDS`` (click, rating, watch: what a company
+logs). For a signal the estimand involves the choice model and the logger's slate continuation, so
+no exact value is computed (``truth`` is NaN) and the report compares estimators to each other.
 
 Deficient support (``logging.support < 1``): pi_0(a | x) = 0 for the items S^c the logger never
 shows (their logits are -inf). Logged rows only ever hold actions with pi_0 > 0, so no pscore is
@@ -65,16 +45,6 @@ Errors are also given on the normalised scale of the same estimand: ``scale`` = 
 (max_a r*(u_i, a, t_i) - mean_a r*(u_i, a, t_i)) (the oracle minus the uniform policy on the logged
 contexts) and ``error_norm`` = error / scale.
 
-Ground truth of the same estimand (``reward="true"``)::
-
-    V_exact(pi) = (1/n) sum_i sum_a pi(a | x_i) r*(u_i, a, t_i)
-
-computed exactly: r*(u, a, t) = theta_u . v_a + q_a - strength * S_u,genre(a)(t) changes over time
-only through satiation, and S(t) is rebuilt from the public clicks (S(0) = 0, S(t+1) = decay * S(t)
-+ clicks of genre g in round t). The rebuild is checked against the sealed satiation at T and the
-sealed r* of every logged row; a mismatch raises. For ``reward = "click" | "rating"`` the estimand
-involves the choice model and no exact value is computed (``truth`` is NaN).
-
 Target policies: any ``recsim_post.policy.Policy``; on a logged row it is scored with the user's
 history then and a Context holding her and the round (so a target may read the round, e.g. the
 logger itself).
@@ -88,327 +58,25 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
-from ..errors import ConfigError, LogError
-from ..logs.public import PAD, PublicLogs
-from ..models.policy import SequencePolicy, build_model
-from ..models.sasrec import SASRecConfig
-from ..policy import Context, Policy, softmax
+from ..errors import ConfigError
+from ..logs.public import PublicLogs
+from ..models.policy import SequencePolicy
+from ..policy import Policy, softmax
 from ..seeding import SeedTree
-from ..truth.ground_truth import BUDGET_BYTES, GroundTruth
+from ..signals import REWARDS
+from ..truth.ground_truth import GroundTruth
+from .data import LoggedContexts, chunk_rows, logged_contexts, policy_logits
 from .estimators import DM, DR, IPS, INTERVAL_METHODS, SNIPS, BanditData, SwitchDR, bandit_data_from_logs, intervals
+from .exact import ExactReward, exact_reward
+from .propensity import PropensityModelConfig, estimated_propensities
 from .qmodel import SequenceQConfig, SequenceQRows, item_features, sequence_q_rows
+from .qtable import TableQ, crossfit_q_table, past_q_table
 
 ESTIMATOR_ORDER = ("ips", "snips", "dm", "dr", "switch-dr")
 PSCORE_SOURCES = ("true", "estimated")
-CHUNK_ROWS = 4096
-"""Logged rows per chunk of (rows x items) work, fewer where a chunk would exceed the byte budget."""
-
-
-def chunk_rows(n_items: int, arrays: int) -> int:
-    """Rows per chunk: :data:`CHUNK_ROWS`, or fewer so that ``arrays`` float64 (rows x items) arrays
-    stay within the ground truth's byte budget (so memory is flat in the catalogue size)."""
-    return max(1, min(CHUNK_ROWS, BUDGET_BYTES // (8 * arrays * max(int(n_items), 1))))
-
-
-# --------------------------------------------------------------------------------------------
-# logged contexts
-
-
-@dataclass(frozen=True)
-class LoggedContexts:
-    """The position-0 rows, in log order: who, when, what was shown, and the public history then."""
-
-    user: np.ndarray  # (n,) int64
-    timestamp: np.ndarray  # (n,) int64, the round
-    action: np.ndarray  # (n,) int64, the item shown at position 0
-    slate_id: np.ndarray  # (n,) int64
-    hist: np.ndarray  # (n, max_len) int64, clicks strictly before the round, left-padded with PAD
-
-    def __len__(self) -> int:
-        return len(self.user)
-
-
-def click_histories_at(clicks: pd.DataFrame, users: np.ndarray, timestamps: np.ndarray, max_len: int) -> np.ndarray:
-    """For each (user, round): the user's last ``max_len`` clicked items with timestamp < round.
-
-    ``clicks`` needs user_id, timestamp, position, item_id. Vectorised: one sort, two searchsorted.
-    """
-    users = np.asarray(users, np.int64)
-    timestamps = np.asarray(timestamps, np.int64)
-    out = np.full((len(users), max_len), PAD, dtype=np.int64)
-    if len(clicks) == 0 or len(users) == 0:
-        return out
-    c = clicks.sort_values(["user_id", "timestamp", "position"], kind="stable")
-    cu = c["user_id"].to_numpy(np.int64)
-    ct = c["timestamp"].to_numpy(np.int64)
-    items = c["item_id"].to_numpy(np.int64)
-    span = int(max(ct.max(), timestamps.max())) + 2
-    keys = cu * span + ct  # non-decreasing
-    start = np.searchsorted(keys, users * span, side="left")
-    end = np.searchsorted(keys, users * span + timestamps, side="left")  # first click at >= round
-    idx = end[:, None] - max_len + np.arange(max_len)[None, :]
-    valid = idx >= start[:, None]
-    out[valid] = items[idx[valid]]
-    return out
-
-
-def logged_contexts(interactions: pd.DataFrame, max_len: int = 50, position: int = 0) -> LoggedContexts:
-    """The ``position`` rows of the public interactions and each row's click history at that time."""
-    top = interactions[interactions["position"].to_numpy() == position]
-    clicks = interactions[interactions["click"].to_numpy() == 1]
-    users = top["user_id"].to_numpy(np.int64)
-    ts = top["timestamp"].to_numpy(np.int64)
-    return LoggedContexts(
-        users, ts, top["item_id"].to_numpy(np.int64), top["slate_id"].to_numpy(np.int64),
-        click_histories_at(clicks, users, ts, max_len),
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# target policies
-
-
-def _logits(policy: Policy, ctx: LoggedContexts, sl: slice) -> np.ndarray:
-    """The policy on logged contexts ``sl``: each user's history then, and her round."""
-    return policy.logits(ctx.hist[sl], Context(ctx.user[sl], ctx.timestamp[sl]))
-
-
-def policy_probabilities(policy: Policy, ctx: LoggedContexts, chunk: int = CHUNK_ROWS) -> np.ndarray:
-    """pi(. | x_i) on every logged context: (n, n_items) float64, batched."""
-    return np.concatenate([softmax(_logits(policy, ctx, slice(lo, lo + chunk))) for lo in range(0, len(ctx), chunk)])
-
-
-# --------------------------------------------------------------------------------------------
-# estimated propensities
-
-
-@dataclass(frozen=True)
-class PropensityModelConfig:
-    """The behaviour-cloning model of the logger (small SASRec, a few epochs of Adam)."""
-
-    dim: int = 32
-    n_layers: int = 1
-    n_heads: int = 1
-    max_len: int = 50
-    dropout: float = 0.1
-    epochs: int = 5
-    batch_size: int = 256
-    lr: float = 3e-3
-    weight_decay: float = 0.0
-
-
-def fit_logger_model(
-    ctx: LoggedContexts, n_items: int, cfg: PropensityModelConfig = PropensityModelConfig(), seed: int = 0
-) -> SequencePolicy:
-    """A SequencePolicy trained to predict the shown position-0 item from the click history."""
-    tree = SeedTree(seed).child("ope-propensity")
-    mcfg = SASRecConfig(dim=cfg.dim, n_layers=cfg.n_layers, n_heads=cfg.n_heads, max_len=cfg.max_len, dropout=cfg.dropout)
-    init = torch.Generator().manual_seed(tree.integer("init"))
-    model = build_model(mcfg, n_items, init)
-    policy = SequencePolicy(model, n_items, cfg.max_len)
-    hist = torch.from_numpy(policy.pad(ctx.hist).copy())
-    target = torch.from_numpy(ctx.action.astype(np.int64))
-    gen = torch.Generator().manual_seed(tree.integer("dropout"))
-    rng = tree.generator("batches")
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    model.train()
-    for epoch in range(cfg.epochs):
-        total = 0.0
-        for b in np.array_split(rng.permutation(len(target)), max(1, math.ceil(len(target) / cfg.batch_size))):
-            bi = torch.from_numpy(b)
-            h = model.encode(hist[bi], gen)[:, -1]
-            loss = torch.nn.functional.cross_entropy(model.score(h), target[bi])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(b)
-        policy.history.append({"stage": "ope-propensity", "epoch": epoch, "loss": total / len(target)})
-    model.eval()
-    return policy
-
-
-def estimated_propensities(
-    ctx: LoggedContexts,
-    n_items: int,
-    method: str = "bc",
-    floor: float = 1e-4,
-    model_cfg: PropensityModelConfig = PropensityModelConfig(),
-    seed: int = 0,
-    model: SequencePolicy | None = None,
-) -> np.ndarray:
-    """p^(a_i | x_i) from the public logs, clipped to [floor, 1]: (n,).
-
-    ``"bc"``: the softmax of :func:`fit_logger_model` (or ``model``) at the logged action.
-    ``"frequency"``: the share of rows that showed a_i (ignores the context).
-    """
-    if not 0 < floor <= 1:
-        raise ValueError(f"floor must lie in (0, 1], got {floor!r}")
-    if method == "frequency":
-        p = np.bincount(ctx.action, minlength=n_items)[ctx.action] / len(ctx)
-    elif method == "bc":
-        model = model if model is not None else fit_logger_model(ctx, n_items, model_cfg, seed)
-        p = np.empty(len(ctx))
-        step = chunk_rows(n_items, 3)
-        for lo in range(0, len(ctx), step):
-            sl = slice(lo, lo + step)
-            probs = softmax(model.logits(ctx.hist[sl]))
-            p[sl] = probs[np.arange(len(probs)), ctx.action[sl]]
-    else:
-        raise ValueError(f"propensity method must be 'bc' or 'frequency', got {method!r}")
-    return np.clip(p, floor, 1.0)
-
-
-# --------------------------------------------------------------------------------------------
-# reward model and exact truth
-
-
-def item_mean_q(action: np.ndarray, reward: np.ndarray, n_items: int, shrinkage: float = 1.0) -> np.ndarray:
-    """q^(a) = (sum_{a_i = a} r_i + k * rbar) / (n_a + k): (n_items,)."""
-    rbar = float(reward.mean())
-    s = np.bincount(action, weights=reward, minlength=n_items)
-    n = np.bincount(action, minlength=n_items)
-    return (s + shrinkage * rbar) / (n + shrinkage)
-
-
-@dataclass(frozen=True)
-class TableQ:
-    """q^(x_i, .) = table[key[i]]: item means that depend on the row only through a small key (its
-    round for ``past``, its fold for ``crossfit``, nothing for ``all``). Rows come chunk by chunk
-    (:meth:`rows`): the (n, n_items) matrix is never built."""
-
-    table: np.ndarray  # (K, n_items)
-    key: np.ndarray  # (n,) int64 in [0, K)
-
-    def __len__(self) -> int:
-        return len(self.key)
-
-    def rows(self, sl: slice) -> np.ndarray:
-        """q^ of the rows ``sl`` for every item: (rows, n_items) float64."""
-        return self.table[self.key[sl]]
-
-
-def crossfit_q_table(
-    ctx: LoggedContexts, reward: np.ndarray, n_items: int, shrinkage: float, crossfit: bool, rng: np.random.Generator
-) -> TableQ:
-    """Item means, with cross-fitting each half scored by the other half's means (see :func:`crossfit_q`)."""
-    if not crossfit:
-        return TableQ(item_mean_q(ctx.action, reward, n_items, shrinkage)[None, :], np.zeros(len(ctx), np.int64))
-    fold = rng.integers(0, 2, size=len(ctx))
-    q = np.stack([item_mean_q(ctx.action[fold != k], reward[fold != k], n_items, shrinkage) for k in (0, 1)])
-    return TableQ(q, fold)
-
-
-def crossfit_q(
-    ctx: LoggedContexts, reward: np.ndarray, n_items: int, shrinkage: float, crossfit: bool, rng: np.random.Generator
-) -> np.ndarray:
-    """q^ on every row: (n, n_items); with cross-fitting each half gets the other half's item means."""
-    return crossfit_q_table(ctx, reward, n_items, shrinkage, crossfit, rng).rows(slice(None))
-
-
-def past_q_table(ctx: LoggedContexts, reward: np.ndarray, n_items: int, shrinkage: float) -> TableQ:
-    """:func:`past_q` as one row of item means per round (a :class:`TableQ` keyed by round)."""
-    ts = ctx.timestamp
-    rounds, inv = np.unique(ts, return_inverse=True)
-    R = len(rounds)
-    S = np.zeros((R, n_items))
-    N = np.zeros((R, n_items))
-    np.add.at(S, (inv, ctx.action), reward)
-    np.add.at(N, (inv, ctx.action), 1.0)
-    S_past = np.vstack([np.zeros((1, n_items)), np.cumsum(S, axis=0)[:-1]])
-    N_past = np.vstack([np.zeros((1, n_items)), np.cumsum(N, axis=0)[:-1]])
-    tot, cnt = S_past.sum(axis=1, keepdims=True), N_past.sum(axis=1, keepdims=True)
-    rbar = np.divide(tot, cnt, out=np.zeros_like(tot), where=cnt > 0)
-    return TableQ((S_past + shrinkage * rbar) / (N_past + shrinkage), inv.astype(np.int64))
-
-
-def past_q(ctx: LoggedContexts, reward: np.ndarray, n_items: int, shrinkage: float) -> np.ndarray:
-    """q^ on every row from the rows of EARLIER rounds only: (n, n_items).
-
-    q^_t(a) = (sum_{i: t_i < t, a_i = a} r_i + k * rbar_t) / (n_{<t}(a) + k), rbar_t the mean reward
-    before round t (0 in the first round). Because q^ for round t is fixed before round t's actions
-    are drawn, the DR correction is a martingale difference: DR stays unbiased with exact
-    propensities even though the logger adapts to earlier rounds (trends feed on exposure), which
-    cross-fitting on a random half (that includes later rounds) does not guarantee.
-    """
-    return past_q_table(ctx, reward, n_items, shrinkage).rows(slice(None))
-
-
-def satiation_at_rows(
-    ctx: LoggedContexts, clicks: pd.DataFrame, genre: np.ndarray, n_users: int, n_genres: int, decay: float, n_rounds: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-genre satiation of each row's user at the start of its round, (n, G), and the state at the end."""
-    S = np.zeros((n_users, n_genres))
-    out = np.empty((len(ctx), n_genres))
-    cu = clicks["user_id"].to_numpy(np.int64)
-    ct = clicks["timestamp"].to_numpy(np.int64)
-    cg = genre[clicks["item_id"].to_numpy(np.int64)]
-    order_rows = np.argsort(ctx.timestamp, kind="stable")
-    row_bounds = np.searchsorted(ctx.timestamp[order_rows], np.arange(n_rounds + 1))
-    corder = np.argsort(ct, kind="stable")
-    click_bounds = np.searchsorted(ct[corder], np.arange(n_rounds + 1))
-    for t in range(n_rounds):
-        rows = order_rows[row_bounds[t] : row_bounds[t + 1]]
-        out[rows] = S[ctx.user[rows]]
-        c = corder[click_bounds[t] : click_bounds[t + 1]]
-        S *= decay
-        np.add.at(S, (cu[c], cg[c]), 1.0)
-    return out, S
-
-
-@dataclass(frozen=True)
-class ExactReward:
-    """r*(u_i, a, t_i) for the logged rows, rebuilt exactly (see the module docstring)."""
-
-    truth: GroundTruth
-    ctx: LoggedContexts
-    sat_rows: np.ndarray  # (n, G)
-
-    def rows(self, sl: slice) -> np.ndarray:
-        """r*(u_i, a, t_i) = theta_u(t_i) . v_a + q_a - strength * S_u,genre(a)(t_i) for rows ``sl``, all a.
-
-        theta_u(t_i) is the preference at the start of round t_i (sealed history; constant without drift).
-        """
-        tr, s = self.truth, self.truth.scenario.satiation.strength
-        theta = tr.user_theta(self.ctx.user[sl], self.ctx.timestamp[sl])
-        base = theta @ tr.vectors.T + tr.quality[None, :]
-        return base - s * self.sat_rows[sl][:, tr.genre]
-
-    def at(self, sl: slice, items: np.ndarray) -> np.ndarray:
-        """r*(u_i, items[i], t_i) for the rows ``sl``: (rows,), one item per row (no catalogue-wide rows)."""
-        tr, s = self.truth, self.truth.scenario.satiation.strength
-        theta = tr.user_theta(self.ctx.user[sl], self.ctx.timestamp[sl])
-        rows = np.arange(len(theta))
-        return (np.einsum("bd,bd->b", theta, tr.vectors[items]) + tr.quality[items]) - s * self.sat_rows[sl][rows, tr.genre[items]]
-
-
-def exact_reward(truth: GroundTruth, logs: PublicLogs, ctx: LoggedContexts, sealed_r: np.ndarray, tol: float = 1e-6) -> ExactReward:
-    """Rebuild r* at every logged (u, t) and check it against the sealed satiation and rewards.
-
-    Satiation S(t) is rebuilt from the public clicks; with preference drift (dynamics.drift_rate > 0)
-    theta_u(t) comes from the sealed theta history (GroundTruth.user_theta), whose last state must be
-    the sealed theta at T. A log without that history (older versions) raises LogError.
-    """
-    sc = truth.scenario
-    n_rounds = sc.simulation.n_rounds
-    if sc.dynamics.drift_rate > 0 and not np.array_equal(truth.theta_at(n_rounds), truth.theta):
-        raise LogError("the sealed theta history does not end at the sealed preferences at T")
-    clicks = logs.interactions[logs.interactions["click"].to_numpy() == 1]
-    sat_rows, S_T = satiation_at_rows(
-        ctx, clicks, truth.genre, truth.n_users, truth.satiation.shape[1], sc.satiation.decay, n_rounds
-    )
-    if sc.satiation.strength != 0 and not np.allclose(S_T, truth.satiation, atol=tol):
-        raise LogError("satiation rebuilt from the public clicks does not match the sealed satiation at T")
-    ex = ExactReward(truth, ctx, sat_rows)
-    worst = 0.0
-    for lo in range(0, len(ctx), CHUNK_ROWS):
-        sl = slice(lo, lo + CHUNK_ROWS)
-        worst = max(worst, float(np.abs(ex.at(sl, ctx.action[sl]) - sealed_r[sl]).max()))
-    if worst > 1e-4:
-        raise LogError(f"exact r* rebuilt for the logged rows differs from the sealed r* by up to {worst:.3g}")
-    return ex
-
+OPE_REWARDS = ("true", *REWARDS)
+"""What an OPE report may estimate: the true reward r* (with its exact value) or a logged signal."""
 
 # --------------------------------------------------------------------------------------------
 # the report
@@ -494,7 +162,7 @@ def _stream_rows(
         if r is not None:
             scale_tot += float((r.max(axis=1) - r.mean(axis=1)).sum())
         for name, policy in policies.items():
-            pi = softmax(_logits(policy, ctx, sl))
+            pi = softmax(policy_logits(policy, ctx, sl))
             t = terms[name]
             t.pi_on_action[sl] = pi[rows, act]
             for m, q in qs.items():
@@ -550,6 +218,8 @@ def ope_report(
     per row, never the (n x n_items) matrices.
     """
     q_models = _q_models(q_model, q_fit)
+    if reward not in OPE_REWARDS:
+        raise ConfigError(f"reward = {reward!r} is not allowed: must be one of {', '.join(OPE_REWARDS)}")
     if interval not in INTERVAL_METHODS:
         raise ConfigError(f"interval = {interval!r} is not allowed: must be one of {', '.join(map(repr, INTERVAL_METHODS))}")
     if truth.impressions is None:
@@ -713,8 +383,6 @@ def format_report(report: pd.DataFrame) -> str:
 
 
 __all__ = [
-    "LoggedContexts", "PropensityModelConfig", "TableQ", "chunk_rows", "click_histories_at",
-    "crossfit_q", "crossfit_q_table", "estimated_propensities", "exact_reward", "past_q", "past_q_table", "fit_logger_model", "format_report", "format_summary",
-    "item_mean_q", "logged_contexts", "ope_report", "ope_report_from_simulation", "policy_probabilities",
-    "summarise", "Q_MODELS", "estimator_label",
+    "ESTIMATOR_ORDER", "OPE_REWARDS", "PSCORE_SOURCES", "Q_FITS", "Q_MODELS", "estimator_label", "format_report",
+    "format_summary", "ope_report", "ope_report_from_simulation", "summarise",
 ]

@@ -6,7 +6,7 @@ history x, for every item at once: ``member_scores(inputs)`` maps left-padded wi
 position. Methods use the member mean as R̂(x, y) and the member spread as its uncertainty.
 
 Learned from public logs only (it lives on the training side of the boundary); how well it tracks
-the *true* reward is for evaluation to find out (``evaluation/reward_report.py``).
+the *true* reward is for evaluation to find out (``metrics/reward_report.py``).
 
 The learned model, :class:`RewardEnsemble`, is a bootstrapped ensemble of E shallow heads on the
 frozen sequence backbone of π_ref. With h_t = encode(x)_t the backbone's state after position t and

@@ -11,7 +11,7 @@ The oracle puts all its mass on argmax_i r* (for V) or shows the k best items (f
 The sums stream: users go in chunks sized by a byte budget (:data:`BUDGET_BYTES`), r* is computed
 once per chunk and shared by the references and by every policy scored in the same pass
 (:func:`exact_sums`), and each policy's logits are reduced row by row by the kernels of
-evaluation/kernels.py. Memory is O(chunk x items) however many users and policies there are.
+truth/kernels.py. Memory is O(chunk x items) however many users and policies there are.
 :func:`reference_sums` keeps the plain dense implementation the tests compare against.
 
 Earlier rounds: with preference drift theta_u moves after every click; :meth:`GroundTruth.theta_at`
@@ -301,7 +301,7 @@ def _chunks(users: np.ndarray, size: int):
 
 
 def softmax_value(logits: np.ndarray, rewards: np.ndarray) -> np.ndarray:
-    """Per row: sum_i softmax(logits)_i * rewards_i (stable, float64; see evaluation/kernels.py)."""
+    """Per row: sum_i softmax(logits)_i * rewards_i (stable, float64; see truth/kernels.py)."""
     return softmax_dot(logits, rewards)
 
 
