@@ -227,8 +227,10 @@ class World:
         st.shock *= t.shock_decay
         if rng.random() < t.shock_rate:
             st.shock[rng.integers(n)] += t.shock_size
-        st.satiation *= self.cfg.satiation.decay
-        np.add.at(st.satiation, (clicked_users, self.catalog.genre[clicked_items]), 1.0)
+        kernels.satiation_step(
+            st.satiation, np.asarray(clicked_users, np.int64), np.asarray(self.catalog.genre[clicked_items], np.int64),
+            float(self.cfg.satiation.decay),
+        )
         dyn = self.cfg.dynamics
         if dyn.drift_rate > 0 and len(clicked_users):
             # theta_u <- (1 - eta) theta_u + eta v_i (a user clicks at most once per round)
