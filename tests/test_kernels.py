@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -149,3 +150,121 @@ def test_logger_logits_match_reference_bit_for_bit(B, n, d, seed, temperature):
     got = kernels.logger_logits(*args, np.empty((B, n), np.float32))
     np.testing.assert_array_equal(got, kernels.logger_logits_ref(*args))
     assert (got.max(axis=1) == 0).all() and (got >= -80).all()
+
+
+@st.composite
+def pair_problems(draw):
+    """Rows (theta, satiation) with one item each, over a catalogue of n items in G genres."""
+    B = draw(st.integers(0, 12))
+    n = draw(st.integers(1, 30))
+    d = draw(st.integers(1, 9))
+    G = draw(st.integers(1, 4))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    strength = draw(st.sampled_from([0.0, 0.2, 1.7]))
+    return (
+        rng.normal(size=(B, d)), rng.exponential(size=(B, G)) * (rng.random((B, G)) < 0.7), rng.normal(size=(n, d)),
+        rng.normal(size=n), rng.integers(0, G, n), strength, rng.integers(0, n, B),
+    )
+
+
+@SETTINGS
+@given(pair_problems())
+def test_true_reward_pairs_matches_reference_bit_for_bit(args):
+    got = kernels.true_reward_pairs(*args)
+    np.testing.assert_array_equal(got, kernels.true_reward_pairs_ref(*args))
+    theta, sat, v, q, g, s, items = args
+    if len(items):  # and the formula, by hand for one row
+        b = len(items) // 2
+        i = items[b]
+        assert abs(got[b] - (theta[b] @ v[i] + q[i] - s * sat[b, g[i]])) < 1e-12
+
+
+@SETTINGS
+@given(choice_problems())
+def test_true_reward_pairs_is_the_choice_kernels_rstar(args):
+    """r* of each shown item, one (row, item) pair at a time, is bit for bit what choose returns."""
+    slates, theta, _, sat, vecs, quality, _, genre, _, params = args[:10]
+    K = slates.shape[1]
+    _, rstar, _ = kernels.choose(*args)
+    pairs = kernels.true_reward_pairs(
+        np.repeat(theta, K, axis=0), np.repeat(sat, K, axis=0), vecs, quality, genre, params[4], slates.ravel()
+    )
+    np.testing.assert_array_equal(pairs.reshape(rstar.shape), rstar)
+
+
+def test_true_reward_pairs_rejects_bad_rows_and_items():
+    theta, sat, v, q, g = np.zeros((2, 3)), np.zeros((2, 1)), np.zeros((4, 3)), np.zeros(4), np.zeros(4, np.int64)
+    with pytest.raises(ValueError, match="items for"):
+        kernels.true_reward_pairs(theta, sat, v, q, g, 0.1, np.array([0]))
+    with pytest.raises(ValueError, match="items must be in"):
+        kernels.true_reward_pairs(theta, sat, v, q, g, 0.1, np.array([0, 4]))
+
+
+@st.composite
+def satiation_problems(draw):
+    """S (N, G) >= 0 and a round's clicks (users, genres), repeats of one (u, g) included."""
+    N = draw(st.integers(1, 12))
+    G = draw(st.integers(1, 4))
+    m = draw(st.integers(0, 3 * N))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    decay = draw(st.sampled_from([0.0, 0.7, 0.999])) if draw(st.booleans()) else float(rng.random())
+    S = rng.exponential(size=(N, G)) * (rng.random((N, G)) < 0.6)
+    return S, rng.integers(0, N, m), rng.integers(0, G, m), decay
+
+
+@SETTINGS
+@given(satiation_problems())
+def test_satiation_step_matches_reference_bit_for_bit(problem):
+    S, users, genres, decay = problem
+    got, ref = S.copy(), S.copy()
+    assert kernels.satiation_step(got, users, genres, decay) is None  # in place
+    kernels.satiation_step_ref(ref, users, genres, decay)
+    np.testing.assert_array_equal(got, ref)
+    # the law: decay everything, then one unit per click
+    counts = np.zeros_like(S)
+    np.add.at(counts, (users, genres), 1.0)
+    np.testing.assert_allclose(got, decay * S + counts, rtol=1e-12, atol=1e-12)
+
+
+@st.composite
+def replay_problems(draw):
+    """Clicks over T rounds (user, genre, round) in any order, and (user, round) requests, t = T included."""
+    N = draw(st.integers(1, 8))
+    G = draw(st.integers(1, 4))
+    T = draw(st.integers(0, 6))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    m = draw(st.integers(0, 30)) if T else 0
+    n = draw(st.integers(0, 20))
+    decay = float(draw(st.sampled_from([0.0, 0.5, 0.7])))
+    return (
+        N, G, decay, T, rng.integers(0, N, m), rng.integers(0, G, m), rng.integers(0, max(T, 1), m),
+        rng.integers(0, N, n), rng.integers(0, T + 1, n),
+    )
+
+
+@SETTINGS
+@given(replay_problems())
+def test_replay_satiation_matches_reference_and_the_world_step(args):
+    N, G, decay, T, cu, cg, ct, au, at = args
+    rows, S_T = kernels.replay_satiation(*args)
+    ref_rows, ref_S = kernels.replay_satiation_ref(*args)
+    np.testing.assert_array_equal(rows, ref_rows)
+    np.testing.assert_array_equal(S_T, ref_S)
+    # the world's own step, round by round (a round's clicks in the order given)
+    S = np.zeros((N, G))
+    for t in range(T + 1):
+        ask = at == t
+        np.testing.assert_array_equal(rows[ask], S[au[ask]])
+        if t < T:
+            kernels.satiation_step(S, cu[ct == t], cg[ct == t], decay)
+    np.testing.assert_array_equal(S_T, S)
+
+
+def test_replay_satiation_rejects_rounds_out_of_range():
+    one = np.array([0])
+    with pytest.raises(ValueError, match="click_rounds"):
+        kernels.replay_satiation(2, 2, 0.5, 3, one, one, np.array([3]), one, one)
+    with pytest.raises(ValueError, match="at_rounds"):
+        kernels.replay_satiation(2, 2, 0.5, 3, one, one, one, one, np.array([4]))
+    with pytest.raises(ValueError, match="click_genres"):
+        kernels.replay_satiation(2, 2, 0.5, 3, one, np.array([2]), one, one, one)

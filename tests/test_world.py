@@ -15,6 +15,7 @@ from recsim_post.logs.public import histories, read_public, split_leave_last_out
 from recsim_post.logs.simulate import simulate, write_logs
 from recsim_post.seeding import SeedTree
 from recsim_post.world.config import FeedbackConfig, LoggingConfig, TrendConfig
+from recsim_post.world import kernels
 from recsim_post.world.world import World
 
 from .conftest import tiny_scenario
@@ -106,6 +107,31 @@ def test_satiation_check_catches_a_reward_that_ignores_satiation(tiny, monkeypat
         monkeypatch.setattr(World, "true_reward", bug)
         with pytest.raises(AssertionError):
             check_satiation_costs_reward(World.create(tiny))
+
+
+def test_satiation_replayed_from_public_clicks_is_the_worlds(tiny):
+    """replay_satiation over the public clicks ends at the world's satiation, and true_reward_pairs at
+    the replayed satiation gives every logged row's sealed r*: both bit for bit (what the OPE's exact
+    truth rebuilds)."""
+    sim = simulate(tiny)
+    w, cfg = sim.world, sim.world.cfg
+    assert cfg.dynamics.drift_rate == 0 and cfg.satiation.strength > 0
+    rows = sim.public.interactions
+    clicks = rows[rows["click"].to_numpy() == 1]
+    users, rounds, items = (rows[c].to_numpy(np.int64) for c in ("user_id", "timestamp", "item_id"))
+    sat_rows, S_T = kernels.replay_satiation(
+        w.n_users, cfg.catalog.n_genres, cfg.satiation.decay, cfg.simulation.n_rounds,
+        clicks["user_id"].to_numpy(), w.catalog.genre[clicks["item_id"].to_numpy()], clicks["timestamp"].to_numpy(),
+        users, rounds,
+    )
+    assert S_T.any()
+    np.testing.assert_array_equal(S_T, w.state.satiation)
+    r = kernels.true_reward_pairs(
+        w.users.theta[users], sat_rows, w.catalog.vectors, w.catalog.quality, w.catalog.genre,
+        cfg.satiation.strength, items,
+    )
+    assert (sim.sealed_impressions["slate_id"].to_numpy() == rows["slate_id"].to_numpy()).all()
+    np.testing.assert_array_equal(r, sim.sealed_impressions["true_reward"].to_numpy())
 
 
 def test_simulation_is_reproducible_and_bounded(tiny):

@@ -413,8 +413,27 @@ def sample_slates_ref(
 
 
 # ---------------------------------------------------------------------------------------------
+# The true reward r*(u, i, t) = theta_u . v_i + q_i - strength * S_{u, genre(i)}(t): one finishing
+# term for every kernel, (dot + q) - strength * S, and its numpy twin for every reference. Keeping
+# that one float64 expression (no FMA: Numba does not contract without fastmath) is what makes the
+# kernels and the references agree bit for bit, and the logs stay as they were.
+# ---------------------------------------------------------------------------------------------
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _finish_r(acc: float, q: float, strength: float, sat: float) -> float:  # pragma: no cover - compiled
+    """r* from theta . v (``acc``), the item's quality, the satiation strength and S_{u, genre(i)}."""
+    return (acc + q) - strength * sat
+
+
+def finish_r_ref(dot: np.ndarray, quality: np.ndarray, strength: float, satiation: np.ndarray) -> np.ndarray:
+    """Plain-numpy :func:`_finish_r` (broadcasting): (dot + quality) - strength * satiation."""
+    return (dot + quality) - strength * satiation
+
+
+# ---------------------------------------------------------------------------------------------
 # Slate choice.
-#   r*_k   = theta_u . v_{i_k} + q_{i_k} - satiation_strength * S_{u, genre(i_k)}
+#   r*_k   = theta_u . v_{i_k} + q_{i_k} - satiation_strength * S_{u, genre(i_k)}   (see _finish_r)
 #   util_k = reward_weight * r*_k + trend_pull * s_u * trend_{i_k} + hype_pull * h_{i_k}
 #            - position_bias * log2(1 + k)
 #   mnl:     P(k) = exp(util_k) / (exp(u_0) + sum_j exp(util_j)),  P(no click) = exp(u_0) / (...)
@@ -462,7 +481,7 @@ def choose_rows(
             acc = 0.0
             for j in range(d):
                 acc = acc + theta[b, j] * item_vecs[i, j]
-            r = acc + quality[i] - sat_s * satiation[b, genre[i]]
+            r = _finish_r(acc, quality[i], sat_s, satiation[b, genre[i]])
             rstar[b, k] = r
             util[k] = (
                 reward_w * r
@@ -559,7 +578,7 @@ def choose_ref(
     for j in range(theta.shape[1]):  # sequential over d, as in the kernel, so sums agree exactly
         dot = dot + theta[:, None, j] * vecs[:, :, j]
     rows = np.arange(B)[:, None]
-    rstar = dot + quality[slates] - sat_s * satiation[rows, genre[slates]]
+    rstar = finish_r_ref(dot, quality[slates], sat_s, satiation[rows, genre[slates]])
     util = (
         reward_w * rstar
         + trend_pull * susceptibility[:, None] * trend[slates]
@@ -629,12 +648,12 @@ def run_row_blocks(fn: Callable[[int, int], None], n_rows: int, row_len: int) ->
 
 @numba.njit(cache=True, nogil=True)
 def finish_true_reward_rows(r, quality, genre, satiation, strength, lo, hi):  # pragma: no cover - compiled
-    """r[b, i] = (r[b, i] + quality[i]) - strength * satiation[b, genre[i]] for rows lo .. hi - 1, in
-    place (r holds theta . v); also called row by row by evaluation/kernels.py."""
+    """r[b, i] = (r[b, i] + quality[i]) - strength * satiation[b, genre[i]] (:func:`_finish_r`) for rows
+    lo .. hi - 1, in place (r holds theta . v); also called row by row by truth/kernels.py."""
     n = r.shape[1]
     for b in range(lo, hi):
         for i in range(n):
-            r[b, i] = (r[b, i] + quality[i]) - strength * satiation[b, genre[i]]
+            r[b, i] = _finish_r(r[b, i], quality[i], strength, satiation[b, genre[i]])
 
 
 def true_reward_product(
@@ -690,4 +709,180 @@ def true_reward_rows_ref(
     strength: float,
 ) -> np.ndarray:
     """Plain-numpy reference of :func:`true_reward_rows` (dense, one matmul)."""
-    return theta @ vectors.T + quality[None, :] - strength * satiation[:, genre]
+    return finish_r_ref(theta @ vectors.T, quality[None, :], strength, satiation[:, genre])
+
+
+# ---------------------------------------------------------------------------------------------
+# r*(u, i) for (row, item) pairs, one item per row (the OPE's logged actions): theta . v summed
+# as the choice kernel sums it, so the r* of a shown item comes out as the logs hold it.
+# ---------------------------------------------------------------------------------------------
+
+
+@numba.njit(cache=True, nogil=True)
+def true_reward_pairs_rows(theta, satiation, vectors, quality, genre, strength, items, lo, hi, out):  # pragma: no cover
+    """out[b] = r*(b, items[b]) for rows lo .. hi - 1, theta . v summed in the order j = 0 .. d - 1."""
+    d = theta.shape[1]
+    for b in range(lo, hi):
+        i = items[b]
+        acc = 0.0
+        for j in range(d):
+            acc = acc + theta[b, j] * vectors[i, j]
+        out[b] = _finish_r(acc, quality[i], strength, satiation[b, genre[i]])
+
+
+def true_reward_pairs(
+    theta_rows: np.ndarray,
+    satiation_rows: np.ndarray,
+    vectors: np.ndarray,
+    quality: np.ndarray,
+    genre: np.ndarray,
+    strength: float,
+    items: np.ndarray,
+) -> np.ndarray:
+    """r*(b, items[b]) for B rows, one item each: (B,) float64.
+
+    theta_rows (B, d) and satiation_rows (B, G) are the rows' users' (at the rows' rounds);
+    vectors (I, d), quality (I,), genre (I,) the catalogue's, indexed by ``items`` (B,). theta . v
+    is summed in the order j = 0 .. d - 1, as :func:`choose` sums it, so r* of a shown item is bit
+    for bit the choice kernel's (and :func:`true_reward_pairs_ref`'s); no (B, d) gather of vectors.
+    """
+    theta = np.ascontiguousarray(theta_rows, np.float64)
+    sat = np.ascontiguousarray(satiation_rows, np.float64)
+    items = np.ascontiguousarray(items, np.int64)
+    B = len(items)
+    if theta.shape[0] != B or sat.shape[0] != B:
+        raise ValueError(f"true_reward_pairs: {B} items for {theta.shape[0]} theta rows and {sat.shape[0]} satiation rows")
+    out = np.empty(B, np.float64)
+    if B == 0:
+        return out
+    if items.min() < 0 or items.max() >= len(quality):
+        raise ValueError(f"true_reward_pairs: items must be in [0, {len(quality)})")
+    v = np.ascontiguousarray(vectors, np.float64)
+    q = np.ascontiguousarray(quality, np.float64)
+    g = np.ascontiguousarray(genre, np.int64)
+    s = float(strength)
+    run_row_blocks(lambda lo, hi: true_reward_pairs_rows(theta, sat, v, q, g, s, items, lo, hi, out), B, theta.shape[1])
+    return out
+
+
+def true_reward_pairs_ref(
+    theta_rows: np.ndarray,
+    satiation_rows: np.ndarray,
+    vectors: np.ndarray,
+    quality: np.ndarray,
+    genre: np.ndarray,
+    strength: float,
+    items: np.ndarray,
+) -> np.ndarray:
+    """Plain-numpy reference of :func:`true_reward_pairs` (the same sums in the same order)."""
+    items = np.asarray(items, np.int64)
+    vecs = vectors[items]
+    dot = np.zeros(len(items))
+    for j in range(theta_rows.shape[1]):  # sequential over d, as in the kernel, so sums agree exactly
+        dot = dot + theta_rows[:, j] * vecs[:, j]
+    return finish_r_ref(dot, quality[items], strength, satiation_rows[np.arange(len(items)), genre[items]])
+
+
+# ---------------------------------------------------------------------------------------------
+# Satiation: S <- decay * S, then S[u, genre(i)] += 1 for each click (u, i) of the round, in order
+# (the order np.add.at adds in, so a user's repeated genre in one round adds up the same way).
+# ---------------------------------------------------------------------------------------------
+
+
+@numba.njit(cache=True, nogil=True)
+def satiation_step(S: np.ndarray, users: np.ndarray, genres: np.ndarray, decay: float) -> None:  # pragma: no cover
+    """One round of satiation in place: S (N, G) *= decay, then S[users[k], genres[k]] += 1 for k in order."""
+    for u in range(S.shape[0]):
+        for g in range(S.shape[1]):
+            S[u, g] = S[u, g] * decay
+    for k in range(users.shape[0]):
+        S[users[k], genres[k]] += 1.0
+
+
+def satiation_step_ref(S: np.ndarray, users: np.ndarray, genres: np.ndarray, decay: float) -> None:
+    """Plain-numpy reference of :func:`satiation_step` (in place)."""
+    S *= decay
+    np.add.at(S, (users, genres), 1.0)
+
+
+@numba.njit(cache=True, nogil=True)
+def _replay_satiation(S, click_users, click_genres, click_bounds, at_users, at_order, at_bounds, decay, out):  # pragma: no cover
+    n_rounds = len(click_bounds) - 1
+    for t in range(n_rounds + 1):
+        for m in range(at_bounds[t], at_bounds[t + 1]):
+            r = at_order[m]
+            for g in range(S.shape[1]):
+                out[r, g] = S[at_users[r], g]
+        if t < n_rounds:
+            c0, c1 = click_bounds[t], click_bounds[t + 1]
+            satiation_step(S, click_users[c0:c1], click_genres[c0:c1], decay)
+
+
+def _replay_inputs(n_users, n_genres, n_rounds, click_users, click_genres, click_rounds, at_users, at_rounds):
+    cu, cg, ct = (np.asarray(a, np.int64).ravel() for a in (click_users, click_genres, click_rounds))
+    au, at = (np.asarray(a, np.int64).ravel() for a in (at_users, at_rounds))
+    if not (len(cu) == len(cg) == len(ct)) or len(au) != len(at):
+        raise ValueError("replay_satiation: click_users/click_genres/click_rounds and at_users/at_rounds must match in length")
+    for name, a, hi in (("click_users", cu, n_users), ("click_genres", cg, n_genres), ("click_rounds", ct, n_rounds),
+                        ("at_users", au, n_users), ("at_rounds", at, n_rounds + 1)):
+        if len(a) and (a.min() < 0 or a.max() >= hi):
+            raise ValueError(f"replay_satiation: {name} must be in [0, {hi})")
+    return cu, cg, ct, au, at
+
+
+def replay_satiation(
+    n_users: int,
+    n_genres: int,
+    decay: float,
+    n_rounds: int,
+    click_users: np.ndarray,
+    click_genres: np.ndarray,
+    click_rounds: np.ndarray,
+    at_users: np.ndarray,
+    at_rounds: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Replay the world's satiation from its clicks: (S at the start of each requested (user, round),
+    (n, G); S at the end of round n_rounds - 1, (N, G)).
+
+    S(0) = 0 and round t ends with :func:`satiation_step` on the clicks of round t (click_users,
+    click_genres, click_rounds: one entry per click, genre of the clicked item; within a round in
+    the order given, as the world adds them), exactly as ``World.advance`` moves it: the same
+    floats, bit for bit. ``at_users``/``at_rounds`` (n,) ask for S[u] at the start of round t
+    (t = n_rounds gives the final state). Rounds outside [0, n_rounds) for clicks, [0, n_rounds]
+    for requests, raise ValueError. One compiled pass over the rounds; no Python loop per round.
+    """
+    cu, cg, ct, au, at = _replay_inputs(n_users, n_genres, n_rounds, click_users, click_genres, click_rounds,
+                                        at_users, at_rounds)
+    corder = np.argsort(ct, kind="stable")  # stable: a round's clicks keep their order
+    click_bounds = np.searchsorted(ct[corder], np.arange(n_rounds + 1)).astype(np.int64)
+    at_order = np.argsort(at, kind="stable").astype(np.int64)
+    at_bounds = np.searchsorted(at[at_order], np.arange(n_rounds + 2)).astype(np.int64)
+    S = np.zeros((int(n_users), int(n_genres)))
+    out = np.empty((len(au), int(n_genres)))
+    _replay_satiation(S, cu[corder], cg[corder], click_bounds, au, at_order, at_bounds, float(decay), out)
+    return out, S
+
+
+def replay_satiation_ref(
+    n_users: int,
+    n_genres: int,
+    decay: float,
+    n_rounds: int,
+    click_users: np.ndarray,
+    click_genres: np.ndarray,
+    click_rounds: np.ndarray,
+    at_users: np.ndarray,
+    at_rounds: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Plain-numpy reference of :func:`replay_satiation` (one numpy step per round)."""
+    cu, cg, ct, au, at = _replay_inputs(n_users, n_genres, n_rounds, click_users, click_genres, click_rounds,
+                                        at_users, at_rounds)
+    S = np.zeros((int(n_users), int(n_genres)))
+    out = np.empty((len(au), int(n_genres)))
+    for t in range(n_rounds + 1):
+        ask = at == t
+        out[ask] = S[au[ask]]
+        if t < n_rounds:
+            c = ct == t
+            satiation_step_ref(S, cu[c], cg[c], decay)
+    return out, S

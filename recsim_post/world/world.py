@@ -6,6 +6,12 @@ the logs it produces are split into a public part and a sealed part that only ev
 True reward (ground truth), for user u, item i at time t::
 
     r*(u, i, t) = theta_u . v_i + q_i - satiation.strength * S_u,genre(i)(t)
+    S(t + 1) = satiation.decay * S(t), then S_u,genre(i) += 1 for each click (u, i) of round t
+
+Each formula has one implementation, in :mod:`.kernels`: r* (``_finish_r``, used by the choice
+kernel, :func:`~.kernels.true_reward_rows` for (users x items) blocks and
+:func:`~.kernels.true_reward_pairs` for one item per row) and the satiation step
+(:func:`~.kernels.satiation_step`, replayed from logged clicks by :func:`~.kernels.replay_satiation`).
 
 What users *engage with* mixes r* with trend pull and hype (see :class:`~.config.ChoiceConfig`),
 and what the logs show is a noisy rating and watch fraction of it (see
@@ -227,8 +233,10 @@ class World:
         st.shock *= t.shock_decay
         if rng.random() < t.shock_rate:
             st.shock[rng.integers(n)] += t.shock_size
-        st.satiation *= self.cfg.satiation.decay
-        np.add.at(st.satiation, (clicked_users, self.catalog.genre[clicked_items]), 1.0)
+        kernels.satiation_step(
+            st.satiation, np.asarray(clicked_users, np.int64), np.asarray(self.catalog.genre[clicked_items], np.int64),
+            float(self.cfg.satiation.decay),
+        )
         dyn = self.cfg.dynamics
         if dyn.drift_rate > 0 and len(clicked_users):
             # theta_u <- (1 - eta) theta_u + eta v_i (a user clicks at most once per round)
