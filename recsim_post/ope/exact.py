@@ -19,29 +19,23 @@ import pandas as pd
 from ..errors import LogError
 from ..logs.public import PublicLogs
 from ..truth.ground_truth import GroundTruth
+from ..world.kernels import replay_satiation, true_reward_pairs, true_reward_rows
 from .data import CHUNK_ROWS, LoggedContexts
 
 
 def satiation_at_rows(
     ctx: LoggedContexts, clicks: pd.DataFrame, genre: np.ndarray, n_users: int, n_genres: int, decay: float, n_rounds: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-genre satiation of each row's user at the start of its round, (n, G), and the state at the end."""
-    S = np.zeros((n_users, n_genres))
-    out = np.empty((len(ctx), n_genres))
-    cu = clicks["user_id"].to_numpy(np.int64)
-    ct = clicks["timestamp"].to_numpy(np.int64)
-    cg = genre[clicks["item_id"].to_numpy(np.int64)]
-    order_rows = np.argsort(ctx.timestamp, kind="stable")
-    row_bounds = np.searchsorted(ctx.timestamp[order_rows], np.arange(n_rounds + 1))
-    corder = np.argsort(ct, kind="stable")
-    click_bounds = np.searchsorted(ct[corder], np.arange(n_rounds + 1))
-    for t in range(n_rounds):
-        rows = order_rows[row_bounds[t] : row_bounds[t + 1]]
-        out[rows] = S[ctx.user[rows]]
-        c = corder[click_bounds[t] : click_bounds[t + 1]]
-        S *= decay
-        np.add.at(S, (cu[c], cg[c]), 1.0)
-    return out, S
+    """Per-genre satiation of each row's user at the start of its round, (n, G), and the state at the
+    end: the world's own satiation update (world.kernels.replay_satiation) replayed on the public clicks."""
+    try:
+        return replay_satiation(
+            n_users, n_genres, decay, n_rounds,
+            clicks["user_id"].to_numpy(np.int64), genre[clicks["item_id"].to_numpy(np.int64)],
+            clicks["timestamp"].to_numpy(np.int64), ctx.user, ctx.timestamp,
+        )
+    except ValueError as err:
+        raise LogError(f"the logged clicks do not fit the sealed world: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -59,15 +53,13 @@ class ExactReward:
         """
         tr, s = self.truth, self.truth.scenario.satiation.strength
         theta = tr.user_theta(self.ctx.user[sl], self.ctx.timestamp[sl])
-        base = theta @ tr.vectors.T + tr.quality[None, :]
-        return base - s * self.sat_rows[sl][:, tr.genre]
+        return true_reward_rows(theta, self.sat_rows[sl], tr.vectors, tr.quality, tr.genre, s)
 
     def at(self, sl: slice, items: np.ndarray) -> np.ndarray:
         """r*(u_i, items[i], t_i) for the rows ``sl``: (rows,), one item per row (no catalogue-wide rows)."""
         tr, s = self.truth, self.truth.scenario.satiation.strength
         theta = tr.user_theta(self.ctx.user[sl], self.ctx.timestamp[sl])
-        rows = np.arange(len(theta))
-        return (np.einsum("bd,bd->b", theta, tr.vectors[items]) + tr.quality[items]) - s * self.sat_rows[sl][rows, tr.genre[items]]
+        return true_reward_pairs(theta, self.sat_rows[sl], tr.vectors, tr.quality, tr.genre, s, items)
 
 
 def exact_reward(truth: GroundTruth, logs: PublicLogs, ctx: LoggedContexts, sealed_r: np.ndarray, tol: float = 1e-6) -> ExactReward:
