@@ -32,8 +32,8 @@ class TokenizerConfig(Config):
     kmeans_max_iter: int = knob(300, "k-means iterations per restart at most", ge=1, le=10_000)
     threads: int = knob(0, "CPU threads for k-means and the RQ-VAE; 0 = auto: 1 below 50,000 items (small problems "
                            "run fastest on one thread, and never oversubscribe a shared machine), else all", ge=0, le=1024)
-    rqvae_epochs: int = knob(150, "RQ-VAE training epochs", ge=1, le=100_000)
-    rqvae_lr: float = knob(1e-3, "RQ-VAE Adam learning rate", gt=0, le=1)
+    rqvae_epochs: int = knob(300, "RQ-VAE training epochs", ge=1, le=100_000)
+    rqvae_lr: float = knob(3e-3, "RQ-VAE Adam learning rate", gt=0, le=1)
     rqvae_hidden: int = knob(64, "width of the RQ-VAE encoder's and decoder's hidden layers", ge=1, le=65_536)
     rqvae_latent_dim: int = knob(16, "dimension of the RQ-VAE latent the codebooks quantise", ge=1, le=4096)
     rqvae_beta: float = knob(0.25, "commitment weight beta: beta * ||r - sg(e)||^2 pulls the encoder "
