@@ -440,3 +440,12 @@ def test_ope_reads_a_log_folder_holding_semantic_ids(tokenized_logs_and_policy, 
     code, out, err = run(capsys, "ope", "--logs", str(logs), "--policy", str(policy), "--bootstrap", "2",
                          "--q-model", "item", "-q")
     assert code == 0 and "uniform" in out, err
+
+
+def test_cli_tokenize_without_sealed_folder_shows_no_nmi(logs_copy, capsys):
+    """Training-side logs (no sealed/): the codes are written, the NMI cell says why it is empty."""
+    shutil.rmtree(logs_copy / "sealed")
+    code, out, err = run(capsys, "tokenize", "--logs", str(logs_copy), "-q")
+    assert code == 0, err
+    assert "NMI level 1 vs genre  —  (no sealed/ folder: the true genres are not there)" in out
+    assert read_semantic_ids(logs_copy).n_items == 60
