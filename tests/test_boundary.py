@@ -12,7 +12,7 @@ import pytest
 import recsim_post
 
 PACKAGE = Path(recsim_post.__file__).parent
-TRAINING = ("models", "posttrain")
+TRAINING = ("models", "posttrain", "semantic")
 FORBIDDEN = (
     "recsim_post.world",
     "recsim_post.behavior",
@@ -54,7 +54,7 @@ def test_training_code_imports_nothing_that_holds_the_truth():
 
 def test_importing_training_code_loads_no_world_module():
     code = (
-        "import sys, recsim_post.posttrain, recsim_post.models, recsim_post.logs.public\n"
+        "import sys, recsim_post.posttrain, recsim_post.models, recsim_post.semantic, recsim_post.logs.public\n"
         f"bad = [m for m in sys.modules if m.startswith({FORBIDDEN!r}) and m != 'recsim_post.envs.registration' and m != 'recsim_post.envs']\n"
         "print(bad); sys.exit(1 if bad else 0)\n"
     )
