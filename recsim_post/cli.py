@@ -85,13 +85,15 @@ def _agents(names: Sequence[str]):  # noqa: ANN202
 
 
 def _story_agents(names: Sequence[str] | None):  # noqa: ANN202
-    """--agents, or every preset in the order of the method registry (BC first, RL last)."""
+    """--agents, or every item-level preset in the order of the method registry (BC first, RL
+    last); the token recipes (generate = "token") run when named."""
     from .presets import preset_names
 
     agents = _agents(names or preset_names("agents"))
     from .posttrain.recipe import METHODS
 
     if not names:
+        agents = [a for a in agents if a.generate == "item"]
         order = {name: i for i, name in enumerate(METHODS)}
         agents.sort(key=lambda a: (order[a.method.name], a.model.kind != "sasrec", a.name))
     return agents
@@ -290,12 +292,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .posttrain.recipe import post_train, pretrain
     from .seeding import SeedTree
 
+    seed = args.seed if args.seed is not None else int(logs.manifest.get("seed", 0))
+    tree = SeedTree(seed).child("training")
+    # the codes are read (and a stale or corrupt file refused) before any training or writing
+    ids = _semantic_ids(args.logs, logs, tree, say) if agent.generate == "token" else None
     with out as tmp:
-        seed = args.seed if args.seed is not None else int(logs.manifest.get("seed", 0))
-        tree = SeedTree(seed).child("training")
         train = split_leave_last_out(logs.clicks()).train
         say(f"pre-training pi_ref on {len(train):,} clicks")
-        ref = pretrain(train, logs.n_items, agent, tree, progress=_progress(args))
+        ref = pretrain(train, logs.n_items, agent, tree, progress=_progress(args), semantic_ids=ids)
         say(f"post-training with '{agent.method.name}'")
         policy = post_train(ref, train, logs.n_items, agent, tree, progress=_progress(args))
         policy.save(tmp)
@@ -303,12 +307,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _semantic_ids(folder: str, logs, tree, say):  # noqa: ANN001, ANN202 - PublicLogs, SeedTree -> SemanticIds
+    """The semantic IDs of a log folder for a token recipe: LOGS/semantic_ids.parquet, checked
+    against the logs' items (missing → tokenized in memory with the default tokenizer, said so;
+    stale or corrupt → a one-line LogError)."""
+    from .semantic import FILE_NAME, read_semantic_ids
+
+    if (Path(folder) / FILE_NAME).exists():
+        return read_semantic_ids(folder, logs.manifest)
+    from .semantic import default_tokenizer, tokenize_logs
+
+    cfg = default_tokenizer(tree)
+    say(f"no {FILE_NAME} in {folder}: tokenizing the items in memory (default tokenizer, seed {cfg.seed}); "
+        "'recsim-post tokenize' writes them once")
+    return tokenize_logs(logs, cfg).ids
+
+
+def _check_token_policy(policy, logs, path) -> None:  # noqa: ANN001 - a trained policy, PublicLogs, its file
+    """A token policy's semantic IDs must come from these logs' items (a one-line LogError if not)."""
+    ids = getattr(policy, "ids", None)
+    if ids is not None:
+        from .semantic import check_ids_match_logs
+
+        check_ids_match_logs(ids, logs, str(path))
+
+
 def _evaluation_inputs(folder: str, paths: Sequence[str]):  # noqa: ANN202
     """The public logs, the sealed truth and the saved policies (named by file stem) of a log
     folder, every policy checked against the logs' catalogue: what evaluate and rollout read."""
     from .truth.ground_truth import GroundTruth
     from .logs.public import read_public
-    from .models.policy import SequencePolicy
+    from .models.load import load_policy
 
     logs = read_public(folder)
     truth = GroundTruth.load(folder)  # a folder without sealed/ is reported before the policy files
@@ -317,7 +346,8 @@ def _evaluation_inputs(folder: str, paths: Sequence[str]):  # noqa: ANN202
         name = Path(path).stem
         if name in policies:  # rows are named by stem; two of one name would be indistinguishable
             raise ConfigError(f"two policy files are named '{name}' ({path} and another): rename one")
-        policies[name] = SequencePolicy.load(path)
+        policies[name] = load_policy(path, items_sha256=logs.manifest["sha256"]["items.parquet"])
+        _check_token_policy(policies[name], logs, path)
         if policies[name].n_items != logs.n_items:
             raise ConfigError(
                 f"policy '{name}' scores {policies[name].n_items} items but the logs have {logs.n_items}"
@@ -473,7 +503,7 @@ def cmd_ope(args: argparse.Namespace) -> int:
     from .ope.report import format_report, format_summary, ope_report, summarise
     from .policy import UniformPolicy
     from .logs.public import read_public
-    from .models.policy import SequencePolicy
+    from .models.load import load_policy
 
     study_only = [f for f, v in (("--seeds", args.seeds), ("--agents", args.agents), ("--out", args.out),
                                  ("--set", args.set)) if v is not None]
@@ -482,7 +512,8 @@ def cmd_ope(args: argparse.Namespace) -> int:
     logs = read_public(args.logs)
     policies = {"uniform": UniformPolicy(logs.n_items)}
     for path in args.policy or []:
-        policy = SequencePolicy.load(path)
+        policy = load_policy(path, items_sha256=logs.manifest["sha256"]["items.parquet"])
+        _check_token_policy(policy, logs, path)
         if policy.n_items != logs.n_items:
             raise ConfigError(f"policy '{Path(path).stem}' scores {policy.n_items} items but the logs have {logs.n_items}")
         policies[Path(path).stem] = policy

@@ -28,7 +28,7 @@ def recipe_for(method: str):
     """The method's preset recipe (the first agents/*.toml using it), shrunk to a tiny model."""
     for path in sorted(preset_dir("agents").glob("*.toml")):
         agent = load_agent(path)
-        if agent.method.name == method and agent.model.kind == "sasrec":
+        if agent.method.name == method and agent.model.kind == "sasrec" and agent.generate == "item":
             break
     else:
         raise AssertionError(f"no preset recipe uses method {method!r}")

@@ -17,10 +17,11 @@ from ..truth.ground_truth import GroundTruth
 from .report import ResultRow, results_frame
 from ..truth.rollout import ClosedLoop, ClosedLoopConfig
 from ..logs.simulate import Simulation, simulate
-from ..models.policy import SequencePolicy
+from ..models.load import TrainedPolicy
 from ..posttrain.recipe import AgentConfig, fit_reward, needs_reward_model, post_train, pretrain
 from ..posttrain.reward_model import RewardModel
 from ..seeding import SeedTree
+from ..semantic import SemanticIds, default_tokenizer, tokenize_logs
 from ..world.config import ScenarioConfig
 
 
@@ -29,15 +30,18 @@ class StoryResult:
     """The results table, the trained policies and the simulation they came from."""
 
     frame: pd.DataFrame
-    policies: dict[str, SequencePolicy]
+    policies: dict[str, TrainedPolicy]
     simulation: Simulation
     evaluator: Evaluator
     rows: list[ResultRow] = field(default_factory=list)
     reward_models: dict[str, RewardModel] = field(default_factory=dict)
+    semantic_ids: SemanticIds | None = None
+    """The catalogue's semantic IDs, when a token recipe ran (computed from the public item features)."""
 
 
 def _pretrain_key(agent: AgentConfig) -> str:
-    return repr((to_dict(agent.model), to_dict(agent.pretrain)))
+    head = to_dict(agent.token_head) if agent.generate == "token" else None
+    return repr((to_dict(agent.model), to_dict(agent.pretrain), agent.generate, head))
 
 
 def run_story(
@@ -68,14 +72,20 @@ def run_story(
     say(f"logged {len(logs.interactions):,} impressions, {len(evaluator.clicks):,} clicks; "
         f"training on {len(evaluator.train):,} clicks (leave-last-out)")
 
-    policies: dict[str, SequencePolicy] = {}
-    refs: dict[str, SequencePolicy] = {}
+    ids = None
+    if any(a.generate == "token" for a in agents):  # public item features -> semantic IDs, once per run
+        cfg = default_tokenizer(tree)
+        say(f"tokenizing {logs.n_items} items into semantic IDs ({cfg.method}, L = {cfg.levels}, seed {cfg.seed})")
+        ids = tokenize_logs(logs, cfg).ids
+    policies: dict[str, TrainedPolicy] = {}
+    refs: dict[str, TrainedPolicy] = {}
     reward_models: dict[str, RewardModel] = {}
     for agent in agents:
         key = _pretrain_key(agent)
         if key not in refs:
-            say(f"pre-training pi_ref by behaviour cloning ({agent.pretrain.epochs} epochs)")
-            refs[key] = pretrain(evaluator.train, logs.n_items, agent, tree, progress=progress)
+            level = "token-level " if agent.generate == "token" else ""
+            say(f"pre-training pi_ref by {level}behaviour cloning ({agent.pretrain.epochs} epochs)")
+            refs[key] = pretrain(evaluator.train, logs.n_items, agent, tree, progress=progress, semantic_ids=ids)
         rm = None
         if needs_reward_model(agent):
             rm_key = key + repr((to_dict(agent.reward_model), agent.reward))  # one ensemble per signal
@@ -96,4 +106,4 @@ def run_story(
     rows = evaluator.rows(policies)  # one pass over r* for the references and every policy
     if evaluator.closed_loop is not None:
         say(f"closed-loop rollouts took {evaluator.closed_loop.seconds:.1f} s")
-    return StoryResult(results_frame(rows, k=evaluator.k), policies, sim, evaluator, rows, reward_models)
+    return StoryResult(results_frame(rows, k=evaluator.k), policies, sim, evaluator, rows, reward_models, ids)

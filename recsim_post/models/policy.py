@@ -153,26 +153,14 @@ class SequencePolicy:
         """Read a policy written by :meth:`save`; a missing or corrupt file raises a one-line
         LogError naming the field that is wrong (see :func:`check_payload`)."""
         path = Path(path)
-        if not path.is_file():
-            raise LogError(f"policy file not found: {path}")
-        try:
-            with warnings.catch_warnings():  # torch warns about pickle protocols on stderr
-                warnings.simplefilter("ignore")
-                # weights_only: the file holds plain data and tensors, and loading must never run code.
-                payload = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            if "weights only" in str(err).lower():  # torch's advice here (weights_only=False) would run the file's code
-                raise LogError(
-                    f"{path} is not a recsim-post policy file: it holds Python objects other than plain data "
-                    "and tensors, and those are never loaded (loading them could run code)"
-                ) from None
-            raise LogError(f"{path} is not a recsim-post policy file: torch cannot read it (corrupt pickle)") from None
-        except Exception as err:  # torch raises many types for a bad file (EOF, unicode, zip)
-            raise LogError(
-                f"{path} is not a recsim-post policy file: torch cannot read it ({type(err).__name__})"
-            ) from None
-        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        payload = read_policy_file(path)
+        if payload.get("format") != FORMAT:
             raise LogError(f"{path} is not a recsim-post policy file (format {FORMAT!r} expected)")
+        return cls.from_payload(payload, path, device)
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any], path: Path, device: torch.device | str = "cpu") -> "SequencePolicy":
+        """The policy of a file's payload (read by :func:`read_policy_file`), every field checked."""
         cfg, n_items, max_len, logit_scale, history, state = check_payload(payload, path)
         try:
             model = build_model(cfg, n_items)
@@ -184,6 +172,32 @@ class SequencePolicy:
         policy.history = history
         policy.logit_scale = logit_scale
         return policy.to(device)
+
+
+def read_policy_file(path: Path) -> dict[str, Any]:
+    """The payload of a policy file (any format), read without running code; a missing or
+    unreadable file raises a one-line LogError."""
+    if not path.is_file():
+        raise LogError(f"policy file not found: {path}")
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr
+            warnings.simplefilter("ignore")
+            # weights_only: the file holds plain data and tensors, and loading must never run code.
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only" in str(err).lower():  # torch's advice here (weights_only=False) would run the file's code
+            raise LogError(
+                f"{path} is not a recsim-post policy file: it holds Python objects other than plain data "
+                "and tensors, and those are never loaded (loading them could run code)"
+            ) from None
+        raise LogError(f"{path} is not a recsim-post policy file: torch cannot read it (corrupt pickle)") from None
+    except Exception as err:  # torch raises many types for a bad file (EOF, unicode, zip)
+        raise LogError(
+            f"{path} is not a recsim-post policy file: torch cannot read it ({type(err).__name__})"
+        ) from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("format"), str):
+        raise LogError(f"{path} is not a recsim-post policy file (format {FORMAT!r} expected)")
+    return payload
 
 
 def check_payload(
@@ -233,4 +247,4 @@ def check_payload(
     return cfg, values["n_items"], values["max_len"], float(scale), history, state
 
 
-__all__ = ["SequencePolicy", "check_payload", "build_model", "model_config_from_dict", "ModelConfig", "MODEL_CONFIGS"]
+__all__ = ["SequencePolicy", "check_payload", "read_policy_file", "build_model", "model_config_from_dict", "ModelConfig", "MODEL_CONFIGS"]

@@ -45,7 +45,7 @@ from torch import nn
 
 from ..config import Config, knob
 from ..errors import ConfigError
-from ..models.policy import SequencePolicy
+from ..models.load import TrainedPolicy
 from ..seeding import SeedTree
 from .bc import token_nll
 from .data import Batch, PostTrainData
@@ -135,13 +135,25 @@ def asft_loss(
     ``max_w``, ``clip_frac`` (share of weights clipped at w_max), ``ess`` ((Σw)²/Σw²), ``ess_frac``,
     ``adv_mean``, ``adv_std``, ``value_mean`` (over rated targets), ``n`` (rated targets).
     """
+    return asft_nll_loss(token_nll(logits, targets), rewards, mask, value, beta, w_max, normalize)
+
+
+def asft_nll_loss(
+    nll: torch.Tensor,
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    value: torch.Tensor | float,
+    beta: float,
+    w_max: float = 20.0,
+    normalize: Literal["none", "batch"] = "none",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """:func:`asft_loss` from the targets' ``nll`` = −log π(y_t|x_t) ``(...)`` (any policy)."""
     if not beta > 0:
         raise ConfigError(f"beta = {beta!r} is out of range: must be > 0")
     if not w_max > 0:
         raise ConfigError(f"w_max = {w_max!r} is out of range: must be > 0")
     if normalize not in ("none", "batch"):
         raise ConfigError(f"normalize = {normalize!r} is not allowed: must be one of 'none', 'batch'")
-    nll = token_nll(logits, targets)
     r = rewards.float()
     valid = mask & torch.isfinite(r)
     n = valid.float().sum()
@@ -174,13 +186,13 @@ def asft_loss(
 
 
 def train(
-    policy_ref: SequencePolicy,
+    policy_ref: TrainedPolicy,
     data: PostTrainData,
     cfg: ASFTConfig,
     train_cfg: TrainConfig,
     seed: SeedTree,
     progress: bool = True,
-) -> SequencePolicy:
+) -> TrainedPolicy:
     """A copy of ``policy_ref`` fine-tuned by advantage-weighted SFT on the training clicks."""
     if cfg.baseline == "user-mean":
         user_means = UserMeanReward.fit(data.clicks, pseudo_count=cfg.shrinkage, reward=data.reward)
@@ -207,12 +219,17 @@ def train(
         batch.extra["value"] = baseline(batch)
         return batch
 
-    def loss_fn(logits, batch):  # noqa: ANN001, ANN202
-        return asft_loss(
-            logits, batch.targets, batch.rewards, batch.mask, batch.extra["value"], cfg.beta, cfg.w_max, cfg.normalize
+    def loss_fn(logp, batch):  # noqa: ANN001, ANN202 - logp(items) = log π(items | x_t), any policy
+        return asft_nll_loss(
+            -logp(batch.targets), batch.rewards, batch.mask, batch.extra["value"], cfg.beta, cfg.w_max, cfg.normalize
         )
 
-    return train_copy(policy_ref, data, loss_fn, train_cfg, seed, progress, cfg.name, prepare=prepare)
+    return train_copy(policy_ref, data, loss_fn, train_cfg, seed, progress, cfg.name, prepare=prepare, on="logp")
+
+
+TOKEN_LEVEL = True
+"""A-SFT reads only log π(y|x) (and, for the reward-model baseline, π_ref's exact item
+distribution): it trains token policies too (``asft-token``)."""
 
 
 __all__ = [
@@ -220,6 +237,8 @@ __all__ = [
     "Baseline",
     "CONFIG",
     "asft_loss",
+    "asft_nll_loss",
+    "TOKEN_LEVEL",
     "batch_mean_baseline",
     "needs_reward_model",
     "reward_model_baseline",

@@ -7,6 +7,9 @@ y_t = the click at t)::
 
 This is next-item cross-entropy: it fits whatever the logging policy and the users did together,
 trend-following and noise included. It also pre-trains π_ref for every other method.
+
+On a token policy (``sft-token``) the same objective reads log π(y|x) = Σ_l log π(c_l(y) | x, c_<l(y)),
+the sum of the item's semantic-ID token log-probabilities (teacher-forced, invalid prefixes masked).
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from ..config import Config, knob
-from ..models.policy import SequencePolicy
+from ..models.load import TrainedPolicy
+from ..models.token import is_token_model
 from ..seeding import SeedTree
 from .data import PostTrainData
 from .loop import TrainConfig, train_copy
@@ -48,6 +52,15 @@ def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
 
 
+def bc_nll_loss(nll: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mean of ``nll`` = −log π(y_t|x_t) ``(...)`` over the positions where ``mask`` is True.
+    Metrics: ``nll`` (= the loss) and ``n`` (positions counted)."""
+    m = mask.float()
+    n = m.sum()
+    loss = torch.where(mask, nll, torch.zeros_like(nll)).sum() / n.clamp(min=1.0)
+    return loss, {"nll": loss.detach(), "n": n}
+
+
 def bc_loss(
     logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -66,14 +79,20 @@ def bc_loss(
 
 
 def train(
-    policy_ref: SequencePolicy,
+    policy_ref: TrainedPolicy,
     data: PostTrainData,
     cfg: BCConfig,
     train_cfg: TrainConfig,
     seed: SeedTree,
     progress: bool = True,
-) -> SequencePolicy:
+) -> TrainedPolicy:
     """A copy of ``policy_ref`` trained by BC on the training clicks (``policy_ref`` itself is untouched)."""
+    if is_token_model(policy_ref.model):  # log π(y|x) from the token head: no softmax over the catalogue
+
+        def logp_loss(logp, batch):  # noqa: ANN001, ANN202
+            return bc_nll_loss(-logp(batch.targets), batch.mask)
+
+        return train_copy(policy_ref, data, logp_loss, train_cfg, seed, progress, cfg.name, on="logp")
 
     def loss_fn(logits, batch):  # noqa: ANN001, ANN202
         return bc_loss(logits, batch.targets, batch.mask)
@@ -81,4 +100,8 @@ def train(
     return train_copy(policy_ref, data, loss_fn, train_cfg, seed, progress, cfg.name)
 
 
-__all__ = ["BCConfig", "CONFIG", "bc_loss", "needs_reward_model", "token_nll", "train"]
+TOKEN_LEVEL = True
+"""BC reads only log π(y|x): it trains token policies too (``sft-token``)."""
+
+
+__all__ = ["BCConfig", "CONFIG", "TOKEN_LEVEL", "bc_loss", "bc_nll_loss", "needs_reward_model", "token_nll", "train"]

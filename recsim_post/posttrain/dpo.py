@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from ..config import knob
 from ..errors import ConfigError
-from ..models.policy import SequencePolicy
+from ..models.load import TrainedPolicy
 from ..seeding import SeedTree
 from .data import PostTrainData
 from .loop import TrainConfig
@@ -72,13 +72,13 @@ def dpo_loss(
 
 
 def train(
-    policy_ref: SequencePolicy,
+    policy_ref: TrainedPolicy,
     data: PostTrainData,
     cfg: DPOConfig,
     train_cfg: TrainConfig,
     seed: SeedTree,
     progress: bool = True,
-) -> SequencePolicy:
+) -> TrainedPolicy:
     """A copy of ``policy_ref`` fine-tuned by DPO on pairs mined with ``data.reward_model``."""
 
     def pair_loss(pc, pr, rc, rr, mask):  # noqa: ANN001, ANN202
@@ -87,4 +87,8 @@ def train(
     return preference_train(policy_ref, data, cfg, train_cfg, seed, progress, pair_loss)
 
 
-__all__ = ["CONFIG", "DPOConfig", "dpo_loss", "needs_reward_model", "train"]
+TOKEN_LEVEL = True
+"""Pairs need only log π(y|x): it trains token policies too."""
+
+
+__all__ = ["CONFIG", "TOKEN_LEVEL", "DPOConfig", "dpo_loss", "needs_reward_model", "train"]

@@ -61,7 +61,7 @@ from torch import nn
 from ..config import Config, knob
 from ..errors import ConfigError
 from ..models.device import autocast
-from ..models.policy import SequencePolicy
+from ..models.load import TrainedPolicy
 from ..seeding import SeedTree
 from ..signals import reward_range
 from .bc import token_nll
@@ -156,13 +156,26 @@ def exp_rsft_loss(
     for shifted and batch, exp(r/λ)/Z(x) for context), ``n`` (rated targets); context adds
     ``log_z`` (mean log Z(x) over rated targets).
     """
+    return exp_rsft_nll_loss(token_nll(logits, targets), rewards, mask, lam, r_max, normalize, log_z)
+
+
+def exp_rsft_nll_loss(
+    nll: torch.Tensor,
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    lam: float,
+    r_max: float = 5.0,
+    normalize: Normalize = "batch",
+    log_z: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """:func:`exp_rsft_loss` from the targets' ``nll`` = −log π(y_t|x_t) ``(...)`` (any policy:
+    a token policy's is the sum of its token NLLs)."""
     if not lam > 0:
         raise ConfigError(f"lam = {lam!r} is out of range: must be > 0")
     if normalize not in NORMALIZE:
         raise ConfigError(f"normalize = {normalize!r} is not allowed: must be one of {', '.join(map(repr, NORMALIZE))}")
     if normalize == "context" and log_z is None:
         raise ConfigError("normalize = 'context' needs log_z = log Z(x) (see context_log_normalizer)")
-    nll = token_nll(logits, targets)
     r = rewards.float()
     valid = mask & torch.isfinite(r)
     n = valid.float().sum()
@@ -222,13 +235,13 @@ def reference_and_reward(
 
 
 def train(
-    policy_ref: SequencePolicy,
+    policy_ref: TrainedPolicy,
     data: PostTrainData,
     cfg: ExpRSFTConfig,
     train_cfg: TrainConfig,
     seed: SeedTree,
     progress: bool = True,
-) -> SequencePolicy:
+) -> TrainedPolicy:
     """A copy of ``policy_ref`` fine-tuned by exponential reward-weighted SFT on the training clicks."""
     check_for_reward(cfg, data.reward)
     r_max = cfg.top(data.reward)
@@ -242,12 +255,17 @@ def train(
             batch.extra["log_z"] = context_log_normalizer(ref_logits, r_hat, cfg.lam, r_max)
             return batch
 
-    def loss_fn(logits, batch):  # noqa: ANN001, ANN202
-        return exp_rsft_loss(
-            logits, batch.targets, batch.rewards, batch.mask, cfg.lam, r_max, cfg.normalize, batch.extra.get("log_z")
+    def loss_fn(logp, batch):  # noqa: ANN001, ANN202 - logp(items) = log π(items | x_t), any policy
+        return exp_rsft_nll_loss(
+            -logp(batch.targets), batch.rewards, batch.mask, cfg.lam, r_max, cfg.normalize, batch.extra.get("log_z")
         )
 
-    return train_copy(policy_ref, data, loss_fn, train_cfg, seed, progress, cfg.name, prepare=prepare)
+    return train_copy(policy_ref, data, loss_fn, train_cfg, seed, progress, cfg.name, prepare=prepare, on="logp")
+
+
+TOKEN_LEVEL = True
+"""exp-RSFT reads only log π(y|x) (and, for 'context', π_ref's exact item distribution): it trains
+token policies too (``exp-rsft-token``)."""
 
 
 __all__ = [
@@ -258,6 +276,8 @@ __all__ = [
     "check_reward_model",
     "context_log_normalizer",
     "exp_rsft_loss",
+    "exp_rsft_nll_loss",
+    "TOKEN_LEVEL",
     "needs_reward_model",
     "reference_and_reward",
     "train",

@@ -24,7 +24,7 @@ import torch
 
 from ..config import knob
 from ..errors import ConfigError
-from ..models.policy import SequencePolicy
+from ..models.load import TrainedPolicy
 from ..seeding import SeedTree
 from .data import PostTrainData
 from .loop import TrainConfig
@@ -69,13 +69,13 @@ def ipo_loss(
 
 
 def train(
-    policy_ref: SequencePolicy,
+    policy_ref: TrainedPolicy,
     data: PostTrainData,
     cfg: IPOConfig,
     train_cfg: TrainConfig,
     seed: SeedTree,
     progress: bool = True,
-) -> SequencePolicy:
+) -> TrainedPolicy:
     """A copy of ``policy_ref`` fine-tuned by IPO on pairs mined with ``data.reward_model``."""
 
     def pair_loss(pc, pr, rc, rr, mask):  # noqa: ANN001, ANN202
@@ -84,4 +84,8 @@ def train(
     return preference_train(policy_ref, data, cfg, train_cfg, seed, progress, pair_loss)
 
 
-__all__ = ["CONFIG", "IPOConfig", "ipo_loss", "needs_reward_model", "train"]
+TOKEN_LEVEL = True
+"""Pairs need only log π(y|x): it trains token policies too."""
+
+
+__all__ = ["CONFIG", "TOKEN_LEVEL", "IPOConfig", "ipo_loss", "needs_reward_model", "train"]

@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import nn
@@ -38,7 +38,8 @@ from tqdm.auto import tqdm
 from ..config import Config, knob
 from ..errors import ConfigError, LogError
 from ..models.device import DevicePref, autocast, pick_device
-from ..models.policy import SequencePolicy
+from ..models.load import TrainedPolicy
+from ..models.token import Scorer, is_token_model, target_scorer
 from ..seeding import SeedTree
 from .data import Batch, PostTrainData, Windows
 
@@ -77,6 +78,12 @@ sample actions and record old log-probabilities there, in ``batch.extra``)."""
 
 LossFn = Callable[[torch.Tensor, Batch], tuple[torch.Tensor, Metrics]]
 """A method's loss on a policy's outputs: ``loss_fn(logits (B, L, n_items), batch) -> (loss, metrics)``."""
+
+LogpLossFn = Callable[[Scorer, Batch], tuple[torch.Tensor, Metrics]]
+"""A method's loss on log-probabilities: ``loss_fn(logp, batch) -> (loss, metrics)`` where
+``logp(items)`` is log π(items | x_t) after every position (items ``(B, L)`` or ``(B, L, K)``).
+The seam for methods that read only log π(y|x): an item policy gathers it from its softmax, a
+token policy sums its token log-probabilities (no softmax over the catalogue)."""
 
 
 @dataclass(frozen=True)
@@ -236,21 +243,28 @@ def window_batches(windows: Windows, batch_size: int) -> BatchSource[Batch]:
 
 
 def train_copy(
-    policy_ref: SequencePolicy,
+    policy_ref: TrainedPolicy,
     data: PostTrainData,
-    loss_fn: LossFn,
+    loss_fn: LossFn | LogpLossFn,
     cfg: TrainConfig,
     seed: SeedTree,
     progress: bool,
     stage: str,
     prepare: Prepare[Batch] | None = None,
     inner_steps: int = 1,
-) -> SequencePolicy:
+    on: Literal["logits", "logp"] = "logits",
+) -> TrainedPolicy:
     """The plumbing most methods share: copy π_ref, cut the clicks into windows and :func:`fit` the
-    copy's logits to ``loss_fn``, recording the per-epoch metrics in its history. ``policy_ref`` is
-    left untouched."""
+    copy to ``loss_fn``, recording the per-epoch metrics in its history. ``policy_ref`` is left
+    untouched.
+
+    ``on = "logits"``: ``loss_fn(logits (B, L, n_items), batch)`` (item policies only);
+    ``on = "logp"``: ``loss_fn(logp, batch)`` with the :data:`LogpLossFn` scorer, for any policy."""
     if data.n_items != policy_ref.n_items:
         raise ConfigError(f"n_items = {data.n_items} does not match the policy's catalogue of {policy_ref.n_items}")
+    if on == "logits" and is_token_model(policy_ref.model):
+        raise ConfigError(f"method {stage!r} trains on item logits over the whole catalogue and has no token-level "
+                          "version: use it with generate = 'item'")
     policy = policy_ref.clone()
     windows = data.windows(policy.max_len)
     if cfg.epochs and len(windows) == 0:
@@ -261,8 +275,11 @@ def train_copy(
             logits = model(batch.inputs, generator=run.dropout)
         return loss_fn(logits.float(), batch)
 
+    def logp_loss(model: nn.Module, batch: Batch, run: Run) -> tuple[torch.Tensor, Metrics]:
+        return loss_fn(target_scorer(model, batch.inputs, run.dropout), batch)
+
     history = fit(
-        policy.model, window_batches(windows, cfg.batch_size), logits_loss,
+        policy.model, window_batches(windows, cfg.batch_size), logits_loss if on == "logits" else logp_loss,
         epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, device=cfg.device,
         seed=seed, prepare=prepare, inner_steps=inner_steps, progress=progress, desc=stage,
     )
@@ -271,6 +288,6 @@ def train_copy(
 
 
 __all__ = [
-    "BatchSource", "LossClosure", "LossFn", "Prepare", "Run", "TrainConfig", "check_groups", "decay_groups",
+    "BatchSource", "LogpLossFn", "LossClosure", "LossFn", "Prepare", "Run", "TrainConfig", "check_groups", "decay_groups",
     "fit", "param_group", "train_copy", "window_batches",
 ]

@@ -25,7 +25,8 @@ Given a pair, both methods read the margin of log-ratios against the frozen refe
 
     h = [log π(y_w|x) − log π_ref(y_w|x)] − [log π(y_l|x) − log π_ref(y_l|x)]
 
-and differ only in the per-pair loss of h (see dpo.py and ipo.py). :func:`preference_train` is the
+and differ only in the per-pair loss of h (see dpo.py and ipo.py). On a token policy the
+candidates are sampled token by token and log π(y|x) is the sum of the item's token log-probabilities. :func:`preference_train` is the
 loop both use: it mines the pairs once per batch in the ``prepare`` hook (no gradients) and fits the
 method's pair loss.
 """
@@ -43,7 +44,8 @@ from torch import nn
 from ..config import Config, knob
 from ..errors import ConfigError
 from ..models.device import autocast
-from ..models.policy import SequencePolicy
+from ..models.load import TrainedPolicy
+from ..models.token import Scorer, is_token_model, sample_next, target_scorer
 from ..seeding import SeedTree
 from .data import Batch, PostTrainData, masked_mean
 from .loop import TrainConfig, train_copy
@@ -205,7 +207,7 @@ def preference_metrics(
 
 
 def make_prepare(
-    policy_ref: SequencePolicy, reward_model: RewardModel, cfg: Any, seed: SeedTree
+    policy_ref: TrainedPolicy, reward_model: RewardModel, cfg: Any, seed: SeedTree
 ) -> Callable[[nn.Module, Batch], Batch]:
     """The ``prepare`` hook: mine one pair per position and record π_ref's log-probs of it.
 
@@ -224,15 +226,25 @@ def make_prepare(
         if device not in generators:
             generators[device] = torch.Generator(device=device).manual_seed(seed.integer("pairs"))
         gen = generators[device]
-        with autocast(device):
-            ref_logp = F.log_softmax(ref(batch.inputs).float(), dim=-1)
-        if cfg.pairs == "offline":
-            candidates = offline_candidates(ref_logp, batch.targets, cfg.n_candidates, gen)
+        if is_token_model(ref):  # token level: sample token by token, score only the pair's two items
+            ref_of = target_scorer(ref, batch.inputs)
+            if cfg.pairs == "offline":
+                samples = sample_next(ref, batch.inputs, cfg.n_candidates, gen)
+                candidates = torch.cat([batch.targets.clamp(min=0).unsqueeze(-1), samples], dim=-1)
+            else:
+                model.eval()  # sample from π itself, not from a dropout-perturbed π
+                candidates = sample_next(model, batch.inputs, 2, gen)
         else:
-            model.eval()  # sample from π itself, not from a dropout-perturbed π
             with autocast(device):
-                policy_logp = F.log_softmax(model(batch.inputs).float(), dim=-1)
-            candidates = online_candidates(policy_logp, gen)
+                ref_logp = F.log_softmax(ref(batch.inputs).float(), dim=-1)
+            ref_of = lambda items: gather_logp(ref_logp, items)  # noqa: E731
+            if cfg.pairs == "offline":
+                candidates = offline_candidates(ref_logp, batch.targets, cfg.n_candidates, gen)
+            else:
+                model.eval()  # sample from π itself, not from a dropout-perturbed π
+                with autocast(device):
+                    policy_logp = F.log_softmax(model(batch.inputs).float(), dim=-1)
+                candidates = online_candidates(policy_logp, gen)
         pairs = mine_pairs(candidates, reward_model.member_scores(batch.inputs), batch.mask, cfg.z, cfg.rule)
         # The loop runs the update right after prepare, in the mode left here: eval mode is TRL's
         # disable_dropout (h is exactly 0 at π = π_ref and not noised by dropout masks).
@@ -242,8 +254,8 @@ def make_prepare(
             "chosen": pairs.chosen,
             "rejected": pairs.rejected,
             "pair_mask": pairs.keep,
-            "ref_chosen": gather_logp(ref_logp, pairs.chosen),
-            "ref_rejected": gather_logp(ref_logp, pairs.rejected),
+            "ref_chosen": ref_of(pairs.chosen),
+            "ref_rejected": ref_of(pairs.rejected),
             "pair_yield": pairs.keep.float().sum() / n_real.clamp(min=1.0),
             "rm_gap": masked_mean(pairs.gap, pairs.keep),
         }
@@ -253,14 +265,14 @@ def make_prepare(
 
 
 def preference_train(
-    policy_ref: SequencePolicy,
+    policy_ref: TrainedPolicy,
     data: PostTrainData,
     cfg: Any,
     train_cfg: TrainConfig,
     seed: SeedTree,
     progress: bool,
     pair_loss: PairLoss,
-) -> SequencePolicy:
+) -> TrainedPolicy:
     """A copy of ``policy_ref`` trained on mined pairs with ``pair_loss`` (DPO's or IPO's).
 
     ``cfg`` is the method's config (``name``, ``pairs``, ``n_candidates``, ``z``, ``rule``,
@@ -269,16 +281,14 @@ def preference_train(
     reward_model = check_reward_model(f"method {cfg.name!r} (it mines preference pairs)", data)
     prepare = make_prepare(policy_ref, reward_model, cfg, seed)
 
-    def loss_fn(logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logp = F.log_softmax(logits.float(), dim=-1)
-        x = batch.extra
+    def loss_fn(logp: Scorer, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x = batch.extra  # logp(items) = log π(items | x_t): gathered from the softmax, or summed over tokens
         loss, metrics = pair_loss(
-            gather_logp(logp, x["chosen"]), gather_logp(logp, x["rejected"]),
-            x["ref_chosen"], x["ref_rejected"], x["pair_mask"],
+            logp(x["chosen"]), logp(x["rejected"]), x["ref_chosen"], x["ref_rejected"], x["pair_mask"],
         )
         return loss, {**metrics, "pair_yield": x["pair_yield"], "rm_gap": x["rm_gap"]}
 
-    return train_copy(policy_ref, data, loss_fn, train_cfg, seed, progress, cfg.name, prepare=prepare)
+    return train_copy(policy_ref, data, loss_fn, train_cfg, seed, progress, cfg.name, prepare=prepare, on="logp")
 
 
 __all__ = [

@@ -8,9 +8,15 @@ A recipe file reads::
     [pretrain]   # TrainConfig of the BC pre-training that produces π_ref
     [method]     # name = "bc" | "exp-rsft", plus that method's knobs
     [finetune]   # TrainConfig of the post-training stage
+    generate = "token"   # optional: emit the item's semantic-ID tokens (TIGER-style), not an item id
+    [token_head] # TokenHeadConfig of the token head (generate = "token" only)
 
-Recipes that share [model] and [pretrain] share π_ref, so a comparison pre-trains once and
-fine-tunes each method from the same starting point with the same seed.
+Recipes that share [model], [pretrain] and what they generate share π_ref, so a comparison
+pre-trains once and fine-tunes each method from the same starting point with the same seed.
+
+A token recipe (``generate = "token"``) needs the catalogue's semantic IDs (``recsim_post.semantic``):
+its [model] is the backbone over the item history, and π_ref is token-level BC (``sft-token``).
+Only the methods that read log π(y|x) alone have a token-level version (a module flag ``TOKEN_LEVEL``).
 """
 
 from __future__ import annotations
@@ -19,15 +25,18 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Mapping, Union
+from typing import Any, Literal, Mapping, Union
 
 import pandas as pd
 import torch
 
 from ..config import Config, from_dict, knob, read_toml, show
 from ..errors import ConfigError
+from ..models.load import TrainedPolicy
 from ..models.policy import ModelConfig, SequencePolicy, build_model, model_config_from_dict
 from ..models.sasrec import SASRecConfig
+from ..models.token import TokenHeadConfig, TokenPolicy, is_token_model
+from ..semantic.ids import SemanticIds
 from ..seeding import SeedTree
 from ..signals import check_reward
 from . import asft, bc, cql, dpo, exp_rsft, grpo, ipo, linear_rsft, ppo
@@ -79,6 +88,10 @@ class AgentConfig(Config):
     )
     reward: str = knob("rating", "the feedback signal the method and its reward model learn from: click, rating "
                        "or watch (recsim_post.signals)")
+    generate: Literal["item", "token"] = knob(
+        "item", "what the policy emits: 'item' (a softmax over the catalogue) or 'token' (the item's semantic-ID "
+        "tokens level by level, TIGER-style, over the logs' semantic IDs)")
+    token_head: TokenHeadConfig = knob(TokenHeadConfig(), "the token-level head (generate = 'token' only)")
 
     def __post_init__(self) -> None:
         # The generic union coercion would report the first failed member's error; dispatching on
@@ -93,6 +106,10 @@ class AgentConfig(Config):
         if not self.name.strip():
             raise ConfigError("name = '' is not allowed: must be a non-empty string")
         check_reward(self.reward)
+        if self.generate == "token" and not getattr(METHODS[self.method.name], "TOKEN_LEVEL", False):
+            token = ", ".join(repr(n) for n, m in METHODS.items() if getattr(m, "TOKEN_LEVEL", False))
+            raise ConfigError(f"method.name = {self.method.name!r} has no token-level version (generate = 'token'): "
+                              f"must be one of {token}")
         check = getattr(METHODS[self.method.name], "check_for_reward", None)
         if check is not None:  # a method whose knobs depend on the reward's scale
             check(self.method, self.reward)
@@ -104,24 +121,34 @@ def load_agent(path: str | Path) -> AgentConfig:
 
 
 def pretrain(
-    train_clicks: pd.DataFrame, n_items: int, cfg: AgentConfig, seed: SeedTree, progress: bool = True
-) -> SequencePolicy:
-    """π_ref: a fresh model (initialised from ``seed``) trained by BC with ``cfg.pretrain``."""
+    train_clicks: pd.DataFrame, n_items: int, cfg: AgentConfig, seed: SeedTree, progress: bool = True,
+    semantic_ids: SemanticIds | None = None,
+) -> TrainedPolicy:
+    """π_ref: a fresh model (initialised from ``seed``) trained by BC with ``cfg.pretrain``; a token
+    recipe builds a :class:`TokenPolicy` over ``semantic_ids`` (required then)."""
     init = torch.Generator().manual_seed(seed.integer("init"))
-    policy = SequencePolicy(build_model(cfg.model, n_items, init), n_items, cfg.model.max_len)
+    if cfg.generate == "token":
+        if semantic_ids is None:
+            raise ConfigError(f"recipe '{cfg.name}' generates semantic-ID tokens but no semantic IDs were given "
+                              "(tokenize the logs first: recsim-post tokenize)")
+        if semantic_ids.n_items != n_items:
+            raise ConfigError(f"the semantic IDs list {semantic_ids.n_items} items but the catalogue has {n_items}")
+        policy: TrainedPolicy = TokenPolicy.build(cfg.model, cfg.token_head, semantic_ids, init)
+    else:
+        policy = SequencePolicy(build_model(cfg.model, n_items, init), n_items, cfg.model.max_len)
     data = PostTrainData(train_clicks, n_items, reward=cfg.reward)
     return bc.train(policy, data, BCConfig(), cfg.pretrain, seed.child("pretrain"), progress)
 
 
 def post_train(
-    policy_ref: SequencePolicy,
+    policy_ref: TrainedPolicy,
     train_clicks: pd.DataFrame,
     n_items: int,
     cfg: AgentConfig,
     seed: SeedTree,
     progress: bool = True,
     reward_model: RewardModel | None = None,
-) -> SequencePolicy:
+) -> TrainedPolicy:
     """A copy of π_ref fine-tuned by ``cfg.method`` with ``cfg.finetune`` (π_ref is untouched).
 
     Every method draws its batch order and dropout from the same ``seed.child("finetune")``, so
@@ -130,6 +157,8 @@ def post_train(
     """
     if dataclasses.asdict(policy_ref.config) != dataclasses.asdict(cfg.model):
         raise ConfigError(f"recipe '{cfg.name}': its [model] section does not match the pre-trained policy's")
+    if ("token" if is_token_model(policy_ref.model) else "item") != cfg.generate:
+        raise ConfigError(f"recipe '{cfg.name}' has generate = {cfg.generate!r}, but the pre-trained policy does not")
     method = METHODS[cfg.method.name]
     if needs_reward_model(cfg) and reward_model is None:
         reward_model = fit_reward(policy_ref, train_clicks, n_items, cfg, seed, progress)
@@ -138,7 +167,7 @@ def post_train(
 
 
 def fit_reward(
-    policy_ref: SequencePolicy,
+    policy_ref: TrainedPolicy,
     train_clicks: pd.DataFrame,
     n_items: int,
     cfg: AgentConfig,

@@ -11,13 +11,13 @@ from .report import (
     TokenizerReport, codebook_usage, collision_rate, perplexity, reconstruction_error, tokenizer_report,
 )
 from .tokenizer import (
-    TokenizerFit, disambiguate, item_features, policy_item_embeddings, residual_kmeans, standardize, tokenize,
+    TokenizerFit, check_ids_match_logs, default_tokenizer, disambiguate, item_features, policy_item_embeddings, residual_kmeans, standardize, tokenize,
     tokenize_logs,
 )
 
 __all__ = [
     "FILE_NAME", "SemanticIds", "TokenizerConfig", "TokenizerFit", "TokenizerReport", "auto_codebook_size",
-    "codebook_usage", "collision_rate", "disambiguate", "features_sha256", "item_features", "perplexity",
+    "codebook_usage", "check_ids_match_logs", "collision_rate", "default_tokenizer", "disambiguate", "features_sha256", "item_features", "perplexity",
     "policy_item_embeddings", "read_semantic_ids", "reconstruction_error", "residual_kmeans",
     "resolve_codebook_size", "standardize", "tokenize", "tokenize_logs", "tokenizer_report",
 ]

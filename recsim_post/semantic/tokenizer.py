@@ -178,7 +178,8 @@ def tokenize_logs(logs: Any, cfg: TokenizerConfig | None = None, embeddings: np.
     item features, or from ``embeddings`` (n_items, d) given instead (e.g. π_ref's item embedding
     matrix, :func:`policy_item_embeddings`). The IDs carry the hash of the logs' items.parquet."""
     cfg = cfg or TokenizerConfig()
-    sha = str(logs.manifest["sha256"]["items.parquet"])
+    # logs simulated in memory have no file hashes yet: "" (the feature hash still fingerprints them)
+    sha = str(logs.manifest.get("sha256", {}).get("items.parquet", ""))
     if embeddings is not None:
         emb = np.asarray(embeddings)
         if emb.ndim != 2 or len(emb) != logs.n_items:
@@ -186,6 +187,32 @@ def tokenize_logs(logs: Any, cfg: TokenizerConfig | None = None, embeddings: np.
         return tokenize(emb, cfg, items_sha256=sha, source="embeddings")
     n_genres = logs.manifest.get("scenario", {}).get("catalog", {}).get("n_genres")
     return tokenize(item_features(logs.items, cfg, n_genres), cfg, items_sha256=sha, source="features")
+
+
+def check_ids_match_logs(ids: SemanticIds, logs: Any, what: str) -> None:
+    """A one-line LogError when ``ids`` (computed from item features) do not come from the items
+    of ``logs``: their feature fingerprint must match the logs' features under the same config."""
+    from ..errors import LogError
+
+    if ids.n_items != logs.n_items:
+        raise LogError(f"{what} has semantic IDs of {ids.n_items} items but the logs have {logs.n_items}")
+    if ids.source != "features":
+        return
+    n_genres = logs.manifest.get("scenario", {}).get("catalog", {}).get("n_genres")
+    try:
+        feats = item_features(logs.items, ids.config, n_genres)
+    except ConfigError:
+        feats = None
+    if feats is None or features_sha256(feats) != ids.features_sha256:
+        raise LogError(f"{what} was trained on semantic IDs of other items (their features differ from these "
+                       "logs' items.parquet): it does not belong to these logs")
+
+
+def default_tokenizer(tree: SeedTree) -> TokenizerConfig:
+    """The tokenizer a run uses when its logs carry no semantic IDs (a token recipe in ``demo``,
+    ``compare``, ``sweep``, or ``train`` without ``semantic_ids.parquet``): the default config,
+    seeded from the run's seed tree (scikit-learn takes seeds below 2^32)."""
+    return TokenizerConfig(seed=tree.integer("semantic-ids") % 2**32)
 
 
 def policy_item_embeddings(policy: Any) -> np.ndarray:
@@ -196,6 +223,6 @@ def policy_item_embeddings(policy: Any) -> np.ndarray:
 
 
 __all__ = [
-    "TokenizerFit", "disambiguate", "item_features", "policy_item_embeddings", "residual_kmeans", "standardize",
+    "TokenizerFit", "check_ids_match_logs", "default_tokenizer", "disambiguate", "item_features", "policy_item_embeddings", "residual_kmeans", "standardize",
     "tokenize", "tokenize_logs",
 ]
