@@ -288,14 +288,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     logs = read_public(args.logs)
     (agent,) = _agents([args.agent])
     out_path = args.out if args.out else str(Path(args.logs) / "policies" / f"{agent.name}.pt")
-    out = OutputFile(out_path, overwrite=args.overwrite, say=say)  # refuses before training
-    from .posttrain.recipe import post_train, pretrain
     from .seeding import SeedTree
 
     seed = args.seed if args.seed is not None else int(logs.manifest.get("seed", 0))
     tree = SeedTree(seed).child("training")
-    # the codes are read (and a stale or corrupt file refused) before any training or writing
+    # the codes are read (a stale or corrupt file refused) or computed before the output is claimed
     ids = _semantic_ids(args.logs, logs, tree, say) if agent.generate == "token" else None
+    out = OutputFile(out_path, overwrite=args.overwrite, say=say)  # refuses before training
+    from .posttrain.recipe import post_train, pretrain
+
     with out as tmp:
         train = split_leave_last_out(logs.clicks()).train
         say(f"pre-training pi_ref on {len(train):,} clicks")
