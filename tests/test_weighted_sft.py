@@ -212,13 +212,13 @@ def test_exp_rsft_context_training_uses_frozen_pi_ref_and_the_reward_model(monke
     clicks = clicks_frame(np.repeat([0, 1], 4), [0, 1, 2, 3, 5, 4, 3, 2], [5, 5, 5, 1, 1, 1, 2, 1])
     ref = SequencePolicy(build_model(MODEL, 6, torch.Generator().manual_seed(0)), 6)
     table = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0, 1.0])
-    seen, real = [], exp_rsft.exp_rsft_loss
+    seen, real = [], exp_rsft.exp_rsft_nll_loss
 
-    def spy(logits, targets, rewards, mask, lam, r_max, normalize, log_z):  # noqa: ANN001, ANN202
+    def spy(nll, rewards, mask, lam, r_max, normalize, log_z):  # noqa: ANN001, ANN202
         seen.append((log_z.clone(), mask.clone()))
-        return real(logits, targets, rewards, mask, lam, r_max, normalize, log_z)
+        return real(nll, rewards, mask, lam, r_max, normalize, log_z)
 
-    monkeypatch.setattr(exp_rsft, "exp_rsft_loss", spy)
+    monkeypatch.setattr(exp_rsft, "exp_rsft_nll_loss", spy)
     data = PostTrainData(clicks, 6, TableRewardModel(table, n_members=2))
     train_cfg = TrainConfig(epochs=2, batch_size=8, lr=0.1, device="cpu")  # big steps: π moves away from π_ref
     exp_rsft.train(ref, data, ExpRSFTConfig(lam=2.0, normalize="context"), train_cfg, SeedTree(0), progress=False)
@@ -307,13 +307,13 @@ def test_asft_user_mean_baseline_is_what_training_uses(monkeypatch):
     """The train() plumbing hands the loss V̂ = the mean rating of the window's user."""
     clicks = clicks_frame(np.repeat([0, 1], 4), [0, 1, 2, 3, 0, 1, 2, 3], [5, 5, 5, 1, 1, 1, 2, 1])
     ref = SequencePolicy(build_model(MODEL, 6, torch.Generator().manual_seed(0)), 6)
-    seen, real = [], asft.asft_loss
+    seen, real = [], asft.asft_nll_loss
 
-    def spy(logits, targets, rewards, mask, value, *args):  # noqa: ANN001, ANN202
+    def spy(nll, rewards, mask, value, *args):  # noqa: ANN001, ANN202
         seen.append((rewards.clone(), value.expand_as(rewards).clone()))
-        return real(logits, targets, rewards, mask, value, *args)
+        return real(nll, rewards, mask, value, *args)
 
-    monkeypatch.setattr(asft, "asft_loss", spy)
+    monkeypatch.setattr(asft, "asft_nll_loss", spy)
     train_cfg = TrainConfig(epochs=1, batch_size=8, device="cpu")
     asft.train(ref, PostTrainData(clicks, 6), ASFTConfig(), train_cfg, SeedTree(0), progress=False)
     ((rewards, value),) = seen
