@@ -17,7 +17,8 @@ A policy scores the whole catalogue for a batch of requests::
 
 Implementations: :class:`UniformPolicy` and :class:`PopularityPolicy` (public data only, here); a
 trained ``models.SequencePolicy``; the logging policy and the oracle, which read the truth, in
-``truth/references.py``; the token-level policy over semantic IDs is one more.
+``truth/references.py``; the token-level ``models.TokenPolicy`` over semantic IDs, whose logits
+are its exact item log-probabilities enumerated over the prefix trie.
 """
 
 from __future__ import annotations

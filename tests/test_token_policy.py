@@ -367,3 +367,20 @@ def test_a_token_policy_of_other_items_is_refused_by_evaluate(tmp_path, capsys):
     stale.save(tmp_path / "s.pt")
     code, _, err = run(capsys, "evaluate", "--logs", str(logs), "--policy", str(tmp_path / "s.pt"))
     assert code == 2 and "other items" in err and len(err.strip().splitlines()) == 1
+
+
+def test_step_states_feed_the_token_softmax():
+    """What a GFlowNet head reads: the per-step states give the per-step log-probs, which sum to log π(y|x)."""
+    ids = random_ids(30, seed=10)
+    model = policy_on(ids, seed=10).model
+    h = torch.randn(4, 16, generator=torch.Generator().manual_seed(0))
+    items = torch.tensor([0, 7, 13, 29])
+    states = model.step_states(h, items)
+    assert states.shape == (4, model.depth, 16)
+    steps = model.target_log_probs(h, items, per_step=True)
+    for d in range(model.depth):
+        logits = model.out[d](states[:, d]).float()
+        valid = model.trie.mask(d, model.trie.node_of[d][items.numpy()])
+        logp = torch.log_softmax(logits.masked_fill(~torch.from_numpy(valid), -torch.inf), -1)
+        torch.testing.assert_close(logp.gather(1, model.codes[items, d : d + 1]).squeeze(1), steps[:, d])
+    torch.testing.assert_close(steps.sum(-1).double(), model.item_log_probs(h)[torch.arange(4), items], atol=1e-5, rtol=0)

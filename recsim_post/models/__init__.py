@@ -1,4 +1,5 @@
-"""Sequence policies over item ids. Never imports the world, the logger or the sealed logs."""
+"""Sequence policies over item ids (SASRec, HSTU) and over semantic-ID tokens (``token.py``).
+Never imports the world, the logger or the sealed logs."""
 
 from .device import autocast, pick_device
 from .hstu import HSTU, HSTUConfig, pointwise_attention_weights

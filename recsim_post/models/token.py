@@ -211,10 +211,28 @@ class TokenModel(nn.Module):
 
     # -- the head
 
+    def _level_state(self, d: int, h: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        """The hidden state before token d: gelu(A_d h + Σ_{j<d} E_j[c_j]), ``h`` ``(..., dim)``
+        broadcast against the prefix embedding sums ``prefix`` ``(..., H)`` -> ``(..., H)``."""
+        return F.gelu(self.proj[d](h) + prefix)
+
     def _level_logits(self, d: int, h: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
-        """Logits over level d's tokens: ``h`` ``(..., dim)`` broadcast against the prefix embedding
-        sums ``prefix`` ``(..., H)`` -> ``(..., V_d)`` float32."""
-        return self.out[d](F.gelu(self.proj[d](h) + prefix)).float()
+        """Logits over level d's tokens (see :meth:`_level_state`) -> ``(..., V_d)`` float32."""
+        return self.out[d](self._level_state(d, h, prefix)).float()
+
+    def step_states(self, h: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """The head's hidden state before each of the D tokens of ``items`` ``(...)`` after states
+        ``h`` ``(..., dim)``: ``(..., D, H)``. A head on it (a state flow log F(s) per prefix, for
+        detailed balance) sees exactly what the token softmax sees."""
+        codes = self.codes[items]
+        h = h.float()
+        prefix = torch.zeros((), device=h.device)
+        states = []
+        for d in range(self.depth):
+            states.append(self._level_state(d, h, prefix).expand(*items.shape, -1))
+            if d < self.depth - 1:
+                prefix = prefix + self.tok_emb[d](codes[..., d])
+        return torch.stack(states, dim=-2)
 
     def _node_prefix_sums(self, d: int) -> torch.Tensor:
         """Σ_{j<d} E_j[c_j] for every depth-d node: ``(N_d, H)``."""
