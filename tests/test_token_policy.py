@@ -384,3 +384,21 @@ def test_step_states_feed_the_token_softmax():
         logp = torch.log_softmax(logits.masked_fill(~torch.from_numpy(valid), -torch.inf), -1)
         torch.testing.assert_close(logp.gather(1, model.codes[items, d : d + 1]).squeeze(1), steps[:, d])
     torch.testing.assert_close(steps.sum(-1).double(), model.item_log_probs(h)[torch.arange(4), items], atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_reference_distribution_methods_read_the_token_pi_ref_exactly(token_world):
+    """exp-RSFT 'context' and A-SFT's reward-model baseline read π_ref's whole distribution: on a
+    token π_ref that is its enumerated one (the model's forward), and both train."""
+    from recsim_post.posttrain.asft import ASFTConfig
+    from recsim_post.posttrain.exp_rsft import ExpRSFTConfig
+
+    bandit, ref, rm = token_world
+    for name, method in (("exp-rsft-token", ExpRSFTConfig(normalize="context")),
+                         ("asft-token", ASFTConfig(baseline="reward-model"))):
+        agent = dataclasses.replace(token_agent(name, epochs=1), method=method)
+        out = post_train(ref, bandit.clicks, N_ITEMS, agent, SeedTree(0), progress=False, reward_model=rm)
+        assert out.history and all(np.isfinite(r["loss"]) for r in out.history)
+    with torch.no_grad():
+        full = ref.model(torch.from_numpy(bandit.histories[:3]))
+    np.testing.assert_allclose(torch.logsumexp(full.double(), -1).numpy(), 0.0, atol=1e-5)
