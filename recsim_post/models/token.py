@@ -163,6 +163,16 @@ class TokenModel(nn.Module):
             self.register_buffer(f"token_{d}", torch.from_numpy(t.token[d]), persistent=False)
             self.register_buffer(f"node_of_{d}", torch.from_numpy(t.node_of[d]), persistent=False)
             self.register_buffer(f"prefix_{d}", torch.from_numpy(t.prefix[d]), persistent=False)
+            # the prefixes with >= 2 valid continuations (the only ones the enumeration runs the head
+            # on), each one's row among them, and which children hang below one of them
+            fan = (t.child[d] >= 0).sum(axis=1)
+            branch = np.flatnonzero(fan >= 2)
+            slot = np.full(len(fan), -1, np.int64)
+            slot[branch] = np.arange(len(branch))
+            self.register_buffer(f"branch_{d}", torch.from_numpy(branch), persistent=False)
+            self.register_buffer(f"slot_{d}", torch.from_numpy(slot), persistent=False)
+            self.register_buffer(f"branched_{d}", torch.from_numpy(np.flatnonzero(fan[t.parent[d]] >= 2)),
+                                 persistent=False)
         self.register_buffer("node_of_items", torch.from_numpy(t.node_of[D]), persistent=False)
         self.register_buffer("leaf_item", torch.from_numpy(t.leaf_item), persistent=False)
         self.reset_head(generator)
@@ -269,19 +279,29 @@ class TokenModel(nn.Module):
     def item_log_probs(self, h: torch.Tensor) -> torch.Tensor:
         """Exact log π(i | x) of every item, ``(B, n_items)`` float64 in item-id order, for states
         ``h`` ``(B, dim)``: level by level over the trie, each node's log-probability is its
-        parent's plus the masked log-softmax of its token (chunked over rows to a byte budget)."""
+        parent's plus the masked log-softmax of its token (chunked over rows to a byte budget).
+
+        Only the prefixes with two or more valid continuations are run through the head: a lone
+        child has probability exactly 1 (most disambiguation tokens are 0 and alone), so the
+        deepest, widest levels cost little."""
         h = h.float()
-        sums = [self._node_prefix_sums(d) for d in range(self.depth)]
-        masks = [self._buf("child", d) >= 0 for d in range(self.depth)]
+        branches = [self._buf("branch", d) for d in range(self.depth)]
+        prefixes = [self._node_prefix_sums(d)[branches[d]] for d in range(self.depth)]
+        valids = [self._buf("child", d)[branches[d]] >= 0 for d in range(self.depth)]
         out, step = [], self._chunk(len(h))
         for lo in range(0, len(h), step):
             hc = h[lo : lo + step]
             logp = torch.zeros(len(hc), 1, dtype=torch.float64, device=h.device)  # the root
             for d in range(self.depth):
-                logits = self._level_logits(d, hc[:, None, :], sums[d][None])  # (b, N_d, V_d)
-                lsm = torch.log_softmax(logits.double().masked_fill(~masks[d], -torch.inf), dim=-1)
-                parent, token = self._buf("parent", d), self._buf("token", d)
-                logp = logp[:, parent] + lsm[:, parent, token]  # (b, N_{d+1})
+                parent, token, slot = self._buf("parent", d), self._buf("token", d), self._buf("slot", d)
+                step_logp = torch.zeros(len(hc), len(parent), dtype=torch.float64, device=h.device)
+                if len(branches[d]):
+                    logits = self._level_logits(d, hc[:, None, :], prefixes[d][None])  # (b, M_d, V_d)
+                    valid = valids[d]
+                    lsm = torch.log_softmax(logits.double().masked_fill(~valid, -torch.inf), dim=-1)
+                    has = self._buf("branched", d)  # children whose parent branches
+                    step_logp[:, has] = lsm[:, slot[parent[has]], token[has]]
+                logp = logp[:, parent] + step_logp  # (b, N_{d+1})
             out.append(logp[:, self.node_of_items])
         return torch.cat(out) if out else torch.zeros(0, self.n_items, dtype=torch.float64, device=h.device)
 
