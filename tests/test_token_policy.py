@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ import torch
 from recsim_post import cli
 from recsim_post.config import dumps_toml, to_dict
 from recsim_post.errors import ConfigError, LogError
-from recsim_post.models import SASRecConfig, SequencePolicy, TokenHeadConfig, TokenPolicy, load_policy
+from recsim_post.models import SASRecConfig, SequencePolicy, TokenHeadConfig, TokenPolicy, build_model, load_policy
 from recsim_post.models.hstu import HSTUConfig
 from recsim_post.models.token import PrefixTrie, target_scorer
 from recsim_post.policy import check_policy
@@ -233,6 +232,7 @@ def test_token_recipes_exist_and_others_are_refused():
         dataclasses.replace(load_agent(resolve("agents", "cql")), generate="token")
 
 
+@pytest.mark.slow
 def test_sft_token_trains_loss_falls_and_is_deterministic():
     bandit = draw_bandit(40, 12)
     ids = semantic_ids(np.column_stack([np.arange(N_ITEMS) % 4, np.arange(N_ITEMS) // 4]), (4, 5))
@@ -250,8 +250,7 @@ def test_sft_token_trains_loss_falls_and_is_deterministic():
 
 
 def test_the_logp_seam_of_an_item_model_is_its_log_softmax():
-    policy = SequencePolicy(__import__("recsim_post.models", fromlist=["build_model"]).build_model(
-        SASRecConfig(dim=16, n_layers=1, n_heads=1, max_len=8, dropout=0.0), 10), 10)
+    policy = SequencePolicy(build_model(SASRecConfig(dim=16, n_layers=1, n_heads=1, max_len=8, dropout=0.0), 10), 10)
     inputs = torch.from_numpy(histories(10))
     logp = target_scorer(policy.model.eval(), inputs)
     full = torch.log_softmax(policy.model(inputs), dim=-1)
