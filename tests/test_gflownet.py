@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from recsim_post.errors import ConfigError
@@ -126,6 +128,41 @@ def test_db_loss_by_hand():
     assert float(per3[1, 0]) == pytest.approx(1.96, abs=1e-12)
     # the head's output is not written to (autograd sees the unchanged tensor)
     assert log_flow[0, 2] == 99.0
+
+
+def test_padding_carries_no_gradient_even_at_minus_infinity():
+    log_pf = torch.tensor([[-0.5, -0.2], [-0.3, -math.inf]], dtype=F64, requires_grad=True)
+    log_flow = torch.zeros(2, 3, dtype=F64, requires_grad=True)
+    mask = torch.tensor([[True, True], [True, False]])
+    log_r, log_z = torch.zeros(2, dtype=F64), torch.zeros(2, dtype=F64, requires_grad=True)
+    (tb_loss(log_pf, mask, log_r, log_z)[0] + db_loss(log_pf, mask, log_r, log_flow)[0]).backward()
+    assert torch.isfinite(log_pf.grad).all() and float(log_pf.grad[1, 1]) == 0.0
+    # the terminal (and later) flows are replaced by the reward: no gradient reaches them
+    assert log_flow.grad[0, 2] == 0 and (log_flow.grad[1, 1:] == 0).all() and log_flow.grad[0, 0] != 0
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 5), st.integers(0, 2**31 - 1), st.floats(0.1, 5.0))
+def test_db_residuals_telescope_to_the_tb_residual(b, steps, seed, beta):
+    """Σ_l δ_DB(l) = log F(s_0) + Σ_l log P_F − β log R = δ_TB with log Z := log F(s_0)."""
+    g = torch.Generator().manual_seed(seed)
+    log_pf = -torch.rand(b, steps, generator=g, dtype=F64) * 3
+    n = torch.randint(1, steps + 1, (b,), generator=g)
+    mask = torch.arange(steps)[None, :] < n[:, None]
+    log_r = torch.randn(b, generator=g, dtype=F64)
+    log_flow = torch.randn(b, steps + 1, generator=g, dtype=F64)
+    per_db, _ = db_loss(log_pf, mask, log_r, log_flow, beta=beta, reduction="none")
+    assert (per_db >= 0).all() and (per_db[~mask] == 0).all()
+    for i in range(b):  # row by row: the mean signed DB residual times the row's edges is δ_TB
+        rows = slice(i, i + 1)
+        _, m_db = db_loss(log_pf[rows], mask[rows], log_r[rows], log_flow[rows], beta=beta)
+        _, m_tb = tb_loss(log_pf[rows], mask[rows], log_r[rows], log_flow[rows, 0], beta=beta)
+        assert float(m_db["db_residual"]) * int(n[i]) == pytest.approx(float(m_tb["tb_residual"]), abs=1e-9)
+    # and one edge per row: DB is TB
+    one = torch.zeros_like(mask)
+    one[:, 0] = True
+    assert torch.allclose(db_loss(log_pf, one, log_r, log_flow, beta=beta, reduction="none")[0][:, 0],
+                          tb_loss(log_pf, one, log_r, log_flow[:, 0], beta=beta, reduction="none")[0])
 
 
 def test_losses_refuse_bad_input():

@@ -208,8 +208,8 @@ def sample_items(
     if weights[SAMPLERS.index("on_policy")] > 0 and on_policy is None:
         raise ConfigError("the on-policy sampler (sample_on_policy > 0) needs the policy's sampler (on_policy)")
     source = rng.choice(len(SAMPLERS), size=(b, n_aug), p=weights / weights.sum()).astype(np.int8)
-    # One uniform draw for every slot, used by the random sampler and as the shown fallback, so
-    # each sampler's stream does not depend on how many slots the others got.
+    # One uniform item for every slot, used by the random sampler and as the shown sampler's
+    # fallback (one vectorised draw instead of one per sampler).
     uniform = rng.integers(0, n_items, size=(b, n_aug))
     items = np.where(source == SAMPLERS.index("clicked"), contexts.clicked[:, None], uniform).astype(np.int64)
 
