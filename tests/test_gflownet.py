@@ -323,7 +323,7 @@ def test_slate_index_reads_slates_in_position_order():
 def test_samplers_are_deterministic_per_seed_and_shown_negatives_are_shown_and_not_clicked():
     ctx, n_items = contexts(), 9
     logits = np.random.default_rng(0).normal(size=(3, n_items))
-    cfg = GFlowGRConfig(n_augment=64)
+    cfg = GFlowGRConfig(n_augment=64, sample_on_policy=0.0)
     a = sample_items(ctx, cfg, n_items, np.random.default_rng(5), ref_logits=logits)
     b = sample_items(ctx, cfg, n_items, np.random.default_rng(5), ref_logits=logits)
     c = sample_items(ctx, cfg, n_items, np.random.default_rng(6), ref_logits=logits)
@@ -353,9 +353,9 @@ def test_only_the_chosen_sampler_and_on_policy_plug_in():
                        on_policy=sample)
     assert calls == [([0, 1, 2], 3)] and got.items.tolist() == [[0, 1, 2], [10, 11, 12], [20, 21, 22]]
     with pytest.raises(ConfigError, match="on_policy"):
-        sample_items(ctx, GFlowGRConfig(sample_on_policy=1.0), 30, np.random.default_rng(0), ref_logits=np.zeros((3, 30)))
+        sample_items(ctx, GFlowGRConfig(), 30, np.random.default_rng(0), ref_logits=np.zeros((3, 30)))
     with pytest.raises(ConfigError, match="ref_logits"):
-        sample_items(ctx, GFlowGRConfig(), 30, np.random.default_rng(0))
+        sample_items(ctx, GFlowGRConfig(sample_on_policy=0.0), 30, np.random.default_rng(0))
 
 
 def test_curriculum_moves_from_easy_to_hard():
@@ -364,7 +364,8 @@ def test_curriculum_moves_from_easy_to_hard():
     logits = rng.normal(size=(b, n_items))
     clicked = rng.integers(0, n_items, b)
     ctx = ClickContexts(clicked, np.full((b, 1), -1), np.full(b, np.nan))
-    cfg = GFlowGRConfig(n_augment=8, sample_clicked=0, sample_shown=0, sample_random=0, curriculum_band=0.1)
+    cfg = GFlowGRConfig(n_augment=8, sample_clicked=0, sample_shown=0, sample_random=0, sample_on_policy=0,
+                        curriculum_band=0.1)
     # the rank of each item among the others (0 = π_ref's most likely), y⁺ left out
     order = np.argsort(-logits, axis=1, kind="stable")
     others = order[order != clicked[:, None]].reshape(b, n_items - 1)

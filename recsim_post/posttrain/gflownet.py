@@ -7,7 +7,7 @@ every item has exactly one trajectory. A forward policy P_F(c_l | x, c_<l) with 
 masked then gives the item probability π(y|x) = Π_l P_F(c_l | x, c_<l).
 
 Trajectory balance (Malkin et al. 2022, "Trajectory balance: Improved credit assignment in
-GFlowNets", eq. 14, with P_B = 1 and a context-conditioned partition function as in conditional
+GFlowNets", §2.3, with P_B = 1 and a context-conditioned partition function as in conditional
 GFlowNets)::
 
     δ_TB(x, y) = log Z(x) + Σ_{l=1..L'} log P_F(c_l | x, c_<l) − β log R(x, y)
@@ -68,10 +68,10 @@ class GFlowGRConfig(Config):
     sample_shown: float = knob(1.0, "mixture weight of items shown in the click's slate and not clicked "
                                      "(falls back to a random item when the slate has none)", ge=0.0, le=1e6)
     sample_random: float = knob(1.0, "mixture weight of items drawn uniformly from the catalogue", ge=0.0, le=1e6)
-    sample_curriculum: float = knob(1.0, "mixture weight of π_ref-ranked negatives, from easy (low rank) to hard "
-                                          "(high rank) over training", ge=0.0, le=1e6)
-    sample_on_policy: float = knob(0.0, "mixture weight of samples from the current policy (needs its sampler)",
-                                   ge=0.0, le=1e6)
+    sample_curriculum: float = knob(1.0, "mixture weight of π_ref-ranked negatives, from easy (π_ref's least likely "
+                                          "items) to hard (its most likely, the click left out) over training", ge=0.0, le=1e6)
+    sample_on_policy: float = knob(1.0, "mixture weight of samples from the current policy (its constrained "
+                                        "sampler, handed in by the method)", ge=0.0, le=1e6)
     curriculum_band: float = knob(0.1, "width of the curriculum's rank window, as a share of the catalogue",
                                   gt=0.0, le=1.0)
     w_outcome: float = knob(1.0, "weight of the logged-outcome term in log R", ge=-100.0, le=100.0)
