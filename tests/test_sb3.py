@@ -29,6 +29,9 @@ def test_sb3_ppo_trains_on_the_single_request_env():
         sb3_check_env(env.unwrapped, warn=True)
     env = Monitor(env)
     model = sb3.PPO("MlpPolicy", env, n_steps=256, batch_size=64, n_epochs=2, seed=0, device="cpu", verbose=0)
+    from stable_baselines3.common.logger import Logger
+
+    model.set_logger(Logger(folder=None, output_formats=[]))  # SB3's default makes a folder in /tmp per run
     model.learn(total_timesteps=2048)
     lengths, returns = env.get_episode_lengths(), env.get_episode_rewards()
     # every episode SB3 saw served every request of the 3 rounds (80 users, activity 0.8: ~190 of

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
@@ -29,6 +29,7 @@ import pandas as pd
 
 from ..config import show
 from ..errors import LogError
+from ..signals import SIGNALS
 
 Side = Literal["public", "sealed"]
 
@@ -236,7 +237,7 @@ def _signal(frame: pd.DataFrame, column: str, low: float, high: float, clicked: 
     """An observed signal of a click: in [low, high] or NaN, and NaN on every row without a click."""
     x = _floats(frame, column, where)
     nan = np.isnan(x)
-    _require(where, column, x, nan | ((x >= low) & (x <= high)), f"must lie in [{low}, {high}] (or be NaN)")
+    _require(where, column, x, nan | ((x >= low) & (x <= high)), f"must lie in [{low:g}, {high:g}] (or be NaN)")
     _require(where, column, x, clicked | nan, "must be NaN on a row without a click")
     return x
 
@@ -276,13 +277,16 @@ def _blocks(frame: pd.DataFrame, prefix: str) -> list[str]:
 
 
 def check_public_tables(
-    interactions: pd.DataFrame, items: pd.DataFrame, manifest: Mapping[str, Any], folder: Path, watch_logged: bool = True
+    interactions: pd.DataFrame, items: pd.DataFrame, manifest: Mapping[str, Any], folder: Path,
+    signals: Sequence[str] | None = None,
 ) -> None:
     """Values of the public tables: row counts as in the manifest; user, item, round and slate
     position ids within the world; click 0/1; ratings of clicks in [1, 5] (NaN only when the
     scenario drops ratings, ``feedback.missing_rate`` > 0), watch fractions in [0, 1], and neither
     on rows without a click; a public ``pscore`` in (0, 1]; one items row per item, genres in range,
-    finite features. ``watch_logged = False`` (logs written before the watch signal) skips watch."""
+    finite features. ``signals``: the feedback signals the logs hold (None: every one of
+    ``signals.SIGNALS``); each is checked against its range (logs written before a signal existed
+    lack its column)."""
     where_m = folder / "manifest.json"
     n_items, n_users = manifest["n_items"], manifest["n_users"]
     n_rounds = scenario_int(manifest, "simulation.n_rounds", where_m)
@@ -307,8 +311,9 @@ def check_public_tables(
     if missing_rate == 0:
         _require(where, "rating", rating, ~clicked | ~np.isnan(rating),
                  "a click must have a rating (the scenario's feedback.missing_rate is 0)")
-    if watch_logged:
-        _signal(interactions, "watch", 0, 1, clicked, where)
+    for name in SIGNALS if signals is None else signals:
+        if name != "rating":
+            _signal(interactions, name, SIGNALS[name].low, SIGNALS[name].high, clicked, where)
     if "pscore" in interactions.columns:
         _propensities(interactions, "pscore", where)
 

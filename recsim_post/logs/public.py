@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import LogError
+from ..signals import SIGNALS
 from .check import check_log_folder, check_public_tables
 
 INTERACTION_SCHEMA = pa.schema(
@@ -47,10 +48,11 @@ INTERACTION_SCHEMA = pa.schema(
         ("position", pa.int16()),
         ("item_id", pa.int32()),
         ("click", pa.int8()),
-        ("rating", pa.float32()),
-        ("watch", pa.float32()),
+        *((name, pa.float32()) for name in SIGNALS),
     ]
 )
+"""The public interactions: ids, the click, then one float32 column per feedback signal
+(``recsim_post.signals.SIGNALS``, NaN where there was no click)."""
 
 PAD = -1
 """Padding value in history arrays (histories are left-padded)."""
@@ -209,11 +211,12 @@ def read_public(folder: str | Path) -> PublicLogs:
     manifest = check_log_folder(folder, "public")
     interactions = read_parquet(folder / "interactions.parquet")
     items = read_parquet(folder / "items.parquet")
-    watch_logged = "watch" in interactions.columns
-    if not watch_logged:  # logs written before the watch signal existed
-        interactions["watch"] = np.float32(np.nan)
+    logged = tuple(name for name in SIGNALS if name in interactions.columns)
+    for name in SIGNALS:
+        if name not in logged and name != "rating":  # logs written before the signal existed
+            interactions[name] = np.float32(np.nan)
     missing = set(INTERACTION_SCHEMA.names) - set(interactions.columns)
     if missing:
         raise LogError(f"{folder / 'interactions.parquet'} lacks columns: {', '.join(sorted(missing))}")
-    check_public_tables(interactions, items, manifest, folder, watch_logged)
+    check_public_tables(interactions, items, manifest, folder, logged)
     return PublicLogs(interactions, items, manifest)

@@ -14,13 +14,16 @@ Every random draw comes from torch Generators seeded from the SeedTree (no globa
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import skip_init
+
+from ..posttrain.loop import Run, fit, param_group
+from ..seeding import SeedTree
 
 
 class RQVAE(nn.Module):
@@ -84,30 +87,31 @@ class RQVAEResult:
 
 def train_rqvae(
     x: np.ndarray, levels: int, k: int, *, hidden: int, latent: int, beta: float, epochs: int, lr: float,
-    batch_size: int, init_seed: int, order_seed: int, kmeans: Callable[[np.ndarray], list[np.ndarray]],
+    batch_size: int, seed: SeedTree, kmeans: Callable[[np.ndarray], list[np.ndarray]],
 ) -> RQVAEResult:
-    """Train an RQ-VAE on features ``x`` (n, d); ``kmeans(latents)`` returns the L initial codebooks."""
+    """Train an RQ-VAE on features ``x`` (n, d) by the one training loop (Adam, no decay);
+    ``kmeans(latents)`` returns the L initial codebooks. Streams of ``seed``: ``init`` the weights,
+    ``order`` the batch order. ``losses`` holds the mean loss over each epoch's steps."""
     xt = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
-    model = RQVAE(x.shape[1], hidden, latent, levels, k, beta, torch.Generator().manual_seed(init_seed))
+    model = RQVAE(x.shape[1], hidden, latent, levels, k, beta, torch.Generator().manual_seed(seed.integer("init")))
     with torch.no_grad():
         model.codebooks.copy_(torch.as_tensor(np.stack(kmeans(model.encoder(xt).numpy().astype(np.float64))),
                                               dtype=torch.float32))
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    order = torch.Generator().manual_seed(order_seed)
-    n, losses = len(xt), []
-    for _ in range(epochs):
-        model.train()
-        perm, total = torch.randperm(n, generator=order), 0.0
-        for start in range(0, n, batch_size):
-            batch = xt[perm[start : start + batch_size]]
-            loss, _, _ = model(batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(batch)
-        losses.append(total / n)
+    n = len(xt)
+
+    def batches(run: Run) -> Iterator[torch.Tensor]:
+        perm = torch.randperm(n, generator=run.order)
+        return (xt[perm[start : start + batch_size]] for start in range(0, n, batch_size))
+
+    def loss(module: nn.Module, batch: torch.Tensor, run: Run) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        total, rec, _ = module(batch)
+        return total, {"reconstruction": rec.detach()}
+
+    # On the CPU: a catalogue-sized MLP, and its codes go straight to numpy.
+    history = fit(model, batches, loss, epochs=epochs, lr=lr, seed=seed, groups=[param_group(model.parameters())],
+                  device="cpu", optimizer=torch.optim.Adam, progress=False, desc="rq-vae", order_stream="order")
     codes, rec = model.encode_items(xt)
-    return RQVAEResult(codes, rec, tuple(losses), model)
+    return RQVAEResult(codes, rec, tuple(row["loss"] for row in history), model)
 
 
 __all__ = ["RQVAE", "RQVAEResult", "train_rqvae"]

@@ -162,7 +162,7 @@ def _fit(x: np.ndarray, cfg: TokenizerConfig, k: int, tree: SeedTree) -> tuple[n
         result = train_rqvae(
             x, cfg.levels, k, hidden=cfg.rqvae_hidden, latent=cfg.rqvae_latent_dim, beta=cfg.rqvae_beta,
             epochs=cfg.rqvae_epochs, lr=cfg.rqvae_lr, batch_size=cfg.rqvae_batch_size,
-            init_seed=sub.integer("init"), order_seed=sub.integer("order"),
+            seed=sub,
             kmeans=lambda z: residual_kmeans(z, cfg.levels, k, sub.child("codebook-init"), cfg.kmeans_n_init,
                                              cfg.kmeans_max_iter)[1],
         )
