@@ -9,6 +9,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from recsim_post import cli
 from recsim_post.config import dumps_toml, to_dict
@@ -401,3 +403,20 @@ def test_reference_distribution_methods_read_the_token_pi_ref_exactly(token_worl
     with torch.no_grad():
         full = ref.model(torch.from_numpy(bandit.histories[:3]))
     np.testing.assert_allclose(torch.logsumexp(full.double(), -1).numpy(), 0.0, atol=1e-5)
+
+
+@settings(max_examples=10, deadline=None)
+@given(n=st.integers(2, 30), levels=st.integers(1, 3), k=st.integers(2, 4), seed=st.integers(0, 2**16))
+def test_any_trie_enumerates_a_distribution_that_the_token_path_agrees_with(n, levels, k, seed):
+    ids = random_ids(n, levels=levels, k=k, seed=seed)
+    trie = PrefixTrie(ids.codes, ids.codebook_sizes)
+    np.testing.assert_array_equal(trie.walk(ids.codes), np.arange(n))
+    model = policy_on(ids, seed=seed % 97).model
+    h = torch.randn(3, 16, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        logp = model.item_log_probs(h)
+        token = model.target_log_probs(h[:, None, :], torch.arange(n)[None].expand(3, n))
+    np.testing.assert_allclose(torch.logsumexp(logp, -1).numpy(), 0.0, atol=1e-12)
+    np.testing.assert_allclose(token.numpy(), logp.numpy(), atol=1e-5)
+    items, _ = model.beam_search(h, k=min(3, n), beam=n)
+    np.testing.assert_array_equal(items[:, 0].numpy(), logp.argmax(-1).numpy())
