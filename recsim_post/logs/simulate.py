@@ -315,7 +315,8 @@ class _HashedFile(io.FileIO):
 
 class TableWriter:
     """One Parquet table (zstd, no pandas metadata) written row group by row group as its rows
-    arrive: memory holds at most one batch and one row group, whatever the table's length."""
+    arrive: memory holds the batch being written and less than one row group of earlier rows,
+    whatever the table's length."""
 
     def __init__(self, path: Path, schema: pa.Schema) -> None:
         self.path, self.schema = path, schema
@@ -326,32 +327,42 @@ class TableWriter:
         self.rows = 0
 
     def write(self, cols: Mapping[str, np.ndarray]) -> None:
-        """Append rows (a column dict in the schema's order, any number of rows)."""
+        """Append rows (a column dict holding the schema's columns, any number of rows)."""
         # from_pandas: NaN becomes null, as pa.Table.from_pandas wrote these tables before
         arrays = [pa.array(cols[f.name], type=f.type, from_pandas=True) for f in self.schema]
-        table = pa.Table.from_arrays(arrays, schema=self.schema)
-        self._pending.append(table)
-        self._buffered += len(table)
-        self.rows += len(table)
-        if self._buffered >= ROW_GROUP_ROWS:
-            self._drain(final=False)
+        self._pending.append(pa.Table.from_arrays(arrays, schema=self.schema))
+        self._buffered += len(arrays[0])
+        self.rows += len(arrays[0])
+        if self._buffered < ROW_GROUP_ROWS:
+            return
+        while self._buffered >= ROW_GROUP_ROWS:
+            self._writer.write_table(self._take(ROW_GROUP_ROWS), row_group_size=ROW_GROUP_ROWS)
+        if self._buffered:  # the rest waits for the next rows as a copy: this batch's memory is freed now
+            self._pending = [self._take(self._buffered)]
+            self._buffered = len(self._pending[0])
 
-    def _drain(self, final: bool) -> None:
-        """Write every full row group held (and, when ``final``, the rest)."""
-        # one contiguous table, then slices of it: the bytes cannot depend on how rows arrived
-        table = pa.concat_tables(self._pending).combine_chunks()
-        done = 0
-        while len(table) - done >= ROW_GROUP_ROWS or (final and done < len(table)):
-            n = min(ROW_GROUP_ROWS, len(table) - done)
-            self._writer.write_table(table.slice(done, n), row_group_size=n)
-            done += n
-        rest = table.slice(done)
-        self._pending, self._buffered = ([rest] if len(rest) else []), len(rest)
+    def _take(self, n: int) -> pa.Table:
+        """The first ``n`` pending rows as one table of contiguous arrays (a copy), no longer pending.
+        Every row group is written from such a copy, so the bytes cannot depend on how the rows
+        arrived (one batch, or rounds that end mid-group)."""
+        pieces, need = [], n
+        while need:
+            head = self._pending[0]
+            if len(head) <= need:
+                pieces.append(self._pending.pop(0))
+                need -= len(head)
+            else:
+                pieces.append(head.slice(0, need))
+                self._pending[0] = head.slice(need)
+                need = 0
+        self._buffered -= n
+        columns = [pa.concat_arrays([c for p in pieces for c in p.column(i).chunks]) for i in range(len(self.schema))]
+        return pa.Table.from_arrays(columns, schema=self.schema)
 
     def close(self) -> str:
         """Finish the file; its SHA-256."""
-        if self._pending:
-            self._drain(final=True)
+        if self._buffered:
+            self._writer.write_table(self._take(self._buffered), row_group_size=ROW_GROUP_ROWS)
         elif self.rows == 0:  # as pq.write_table writes an empty table: one empty row group
             self._writer.write_table(self.schema.empty_table())
         self._writer.close()
