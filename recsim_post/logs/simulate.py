@@ -249,28 +249,31 @@ def _sealed_items(sim: Simulation) -> pd.DataFrame:
 
 def sealed_items(w: World, lg: TrendLogger) -> pd.DataFrame:
     """The sealed items table: latents, quality, hype, the logger's estimate, the trend state at T."""
+    return pd.DataFrame(sealed_item_columns(w, lg))
+
+
+def sealed_item_columns(w: World, lg: TrendLogger) -> Columns:
+    """:func:`sealed_items` as columns (views of the world's arrays where they can be)."""
     c = w.catalog
-    df = pd.DataFrame(
-        {
-            "item_id": np.arange(w.n_items, dtype=np.int32),
-            "genre": c.genre.astype(np.int32),
-            "quality": c.quality,
-            "hype": c.hype,
-            "quality_hat": lg.quality_hat,
-            "popularity": w.state.popularity,
-            "shock": w.state.shock,
-            "trend": w.trend(),
-        }
-    )
+    cols: Columns = {
+        "item_id": np.arange(w.n_items, dtype=np.int32),
+        "genre": c.genre.astype(np.int32),
+        "quality": c.quality,
+        "hype": c.hype,
+        "quality_hat": lg.quality_hat,
+        "popularity": w.state.popularity,
+        "shock": w.state.shock,
+        "trend": w.trend(),
+    }
     for j in range(c.vectors.shape[1]):
-        df[f"v{j}"] = c.vectors[:, j]
+        cols[f"v{j}"] = c.vectors[:, j]
     if lg.support_idx is not None:  # the logger's state at T, for GroundTruth.load
         supported = np.zeros(w.n_items, dtype=bool)
         supported[lg.support_idx] = True
-        df["logger_supported"] = supported
+        cols["logger_supported"] = supported
     if lg.boost is not None:
-        df["logger_boost"] = lg.boost
-    return df
+        cols["logger_boost"] = lg.boost
+    return cols
 
 
 def _sealed_users(sim: Simulation) -> pd.DataFrame:
@@ -279,7 +282,12 @@ def _sealed_users(sim: Simulation) -> pd.DataFrame:
 
 def sealed_users(w: World, lg: TrendLogger) -> pd.DataFrame:
     """The sealed users table: preferences, susceptibility, activity, the logger's estimate, satiation at T."""
-    cols: dict[str, np.ndarray] = {
+    return pd.DataFrame(sealed_user_columns(w, lg))
+
+
+def sealed_user_columns(w: World, lg: TrendLogger) -> Columns:
+    """:func:`sealed_users` as columns (views of the world's arrays)."""
+    cols: Columns = {
         "user_id": np.arange(w.n_users, dtype=np.int32),
         "susceptibility": w.users.susceptibility,
         "activity": w.users.activity,
@@ -290,7 +298,7 @@ def sealed_users(w: World, lg: TrendLogger) -> pd.DataFrame:
         cols[f"theta_hat{j}"] = lg.theta_hat[:, j]
     for g in range(w.state.satiation.shape[1]):
         cols[f"satiation{g}"] = w.state.satiation[:, g]
-    return pd.DataFrame(cols)
+    return cols
 
 
 ROW_GROUP_ROWS = 1 << 20
@@ -345,6 +353,9 @@ class TableWriter:
         """The first ``n`` pending rows as one table of contiguous arrays (a copy), no longer pending.
         Every row group is written from such a copy, so the bytes cannot depend on how the rows
         arrived (one batch, or rounds that end mid-group)."""
+        if len(self._pending[0]) == n:  # one whole batch (made by pa.array: contiguous already)
+            self._buffered -= n
+            return self._pending.pop(0)
         pieces, need = [], n
         while need:
             head = self._pending[0]
@@ -376,12 +387,17 @@ class TableWriter:
         self._file.close()
 
 
-def _write_parquet(df: pd.DataFrame, path: Path, schema: pa.Schema | None = None) -> str:
-    """Write a whole frame (row groups as :class:`TableWriter` cuts them); its SHA-256."""
-    schema = schema if schema is not None else pa.Schema.from_pandas(df, preserve_index=False).remove_metadata()
+def _write_parquet(df: pd.DataFrame | Columns, path: Path, schema: pa.Schema | None = None) -> str:
+    """Write a whole table, a frame or columns (row groups as :class:`TableWriter` cuts them, fed
+    a row group at a time: no second copy of a large table); its SHA-256."""
+    cols = {str(name): np.asarray(df[name]) for name in df}
+    if schema is None:
+        schema = pa.schema([(name, pa.from_numpy_dtype(v.dtype)) for name, v in cols.items()])
+    n = len(next(iter(cols.values()))) if cols else 0
     writer = TableWriter(path, schema)
     try:
-        writer.write({name: df[name].to_numpy() for name in schema.names})
+        for lo in range(0, n, ROW_GROUP_ROWS):
+            writer.write({name: v[lo:lo + ROW_GROUP_ROWS] for name, v in cols.items()})
         return writer.close()
     except BaseException:
         writer.abort()
@@ -453,8 +469,9 @@ def stream_log_files(cfg: ScenarioConfig, folder: str | Path, progress: bool = F
         raise
     items = run.items()
     hashes["items.parquet"] = _write_parquet(items, folder / "items.parquet")
-    hashes["sealed/items.parquet"] = _write_parquet(sealed_items(run.world, run.logger), folder / "sealed" / "items.parquet")
-    hashes["sealed/users.parquet"] = _write_parquet(sealed_users(run.world, run.logger), folder / "sealed" / "users.parquet")
+    sealed = folder / "sealed"
+    hashes["sealed/items.parquet"] = _write_parquet(sealed_item_columns(run.world, run.logger), sealed / "items.parquet")
+    hashes["sealed/users.parquet"] = _write_parquet(sealed_user_columns(run.world, run.logger), sealed / "users.parquet")
     logger_rounds = run.logger_rounds()
     if logger_rounds is not None:
         hashes["sealed/logger_rounds.parquet"] = _write_parquet(logger_rounds, folder / "sealed" / "logger_rounds.parquet")
