@@ -478,6 +478,27 @@ def _size_text(n: float) -> str:
     return f"{n / 10**6:,.0f} MB"
 
 
+LARGE_IMPRESSIONS = 10**7
+"""A world whose logs can exceed this many impressions is large (:func:`is_large`)."""
+
+LARGE_PAIRS = 10**10
+"""A world with more (user, item) pairs than this is large: exact ground truth over it takes minutes."""
+
+
+def potential_impressions(cfg: ScenarioConfig) -> int:
+    """Impressions the logs hold if every user asks with her mean activity: users x activity x rounds x slate."""
+    u = cfg.users
+    return int(u.n_users * min(1.0, u.activity) * cfg.simulation.n_rounds * cfg.logging.slate_size)
+
+
+def is_large(cfg: ScenarioConfig) -> bool:
+    """Whether ``cfg`` is a world for a run of minutes, not for a test of seconds: more than
+    ``LARGE_IMPRESSIONS`` potential impressions or ``LARGE_PAIRS`` (user, item) pairs. The
+    per-preset tests (golden logs, env parity, the envs) skip large presets
+    (``presets.preset_names("envs", large=False)``)."""
+    return potential_impressions(cfg) > LARGE_IMPRESSIONS or cfg.users.n_users * cfg.catalog.n_items > LARGE_PAIRS
+
+
 def check_memory(cfg: ScenarioConfig, num_envs: int = 0, history_len: int = 10, available: int | None = None,
                  streamed: bool = False) -> None:
     """Raise ConfigError when :func:`memory_estimate` exceeds the memory available (read from the
