@@ -48,7 +48,7 @@ from ..config import to_dict
 from ..outputs import OutputFolder
 from ..seeding import SeedTree
 from ..world.config import ScenarioConfig, check_memory
-from ..world.engine import RoundRecord, Streams, step_round
+from ..world.engine import Responses, RoundRecord, Streams, step_round
 from ..world.world import World
 from .public import INTERACTION_SCHEMA, PublicLogs
 
@@ -104,9 +104,11 @@ class LogRun:
         # a copy: the rows may be kept (simulate) while theta moves on
         return theta_rows(0, np.arange(self.world.n_users), self.world.users.theta.copy())
 
-    def rounds(self, progress: bool = False) -> Iterator[tuple[Columns, Columns | None]]:
-        """Run every round; yield each one's impression rows (:func:`impression_rows`) and, with
-        drift, the theta rows of the users it moved (those who clicked), as soon as it finishes."""
+    def rounds(self, progress: bool = False, chunk_users: int | None = None) -> Iterator[tuple[Columns, Columns | None]]:
+        """Run every round; yield its impression rows (:func:`impression_rows`) as soon as it
+        finishes and, with drift, the theta rows of the users it moved (those who clicked).
+        ``chunk_users``: a round's rows come in pieces of that many users (the theta rows with its
+        last piece), so a streamed run never holds a whole round's rows; None: one piece a round."""
         n_rounds = self.cfg.simulation.n_rounds
         next_slate = 0
         for t in tqdm(range(n_rounds), desc="simulate", disable=not progress, unit="round"):
@@ -114,9 +116,15 @@ class LogRun:
             theta = None
             if self.drift:  # the round moved theta of exactly the users who clicked (at most one click each)
                 theta = theta_rows(t + 1, rec.clicked_users, self.world.users.theta[rec.clicked_users])
-            rows = impression_rows(rec, next_slate, logger_id=self.server.active[-1] if self.switching else None)
-            next_slate += len(rec.users)
-            yield rows, theta
+            logger_id = self.server.active[-1] if self.switching else None
+            n = len(rec.users)
+            step = chunk_users or max(n, 1)
+            starts = range(0, n, step) or range(1)  # an empty round still yields its (empty) rows
+            for lo in starts:
+                hi = min(lo + step, n)
+                part = rec if hi - lo == n else _user_rows(rec, lo, hi)
+                yield impression_rows(part, next_slate + lo, logger_id), theta if lo == starts[-1] else None
+            next_slate += n
         self.server.finish(n_rounds)
 
     def split(self, cols: Columns) -> tuple[Columns, Columns]:
@@ -213,6 +221,14 @@ def simulate(cfg: ScenarioConfig, progress: bool = False) -> Simulation:
     manifest = run.manifest(len(interactions), len(items), int(interactions["click"].sum()))
     return Simulation(PublicLogs(interactions, items, manifest), sealed, run.world, run.logger, run.logger_rounds(),
                       theta_updates)
+
+
+def _user_rows(rec: RoundRecord, lo: int, hi: int) -> RoundRecord:
+    """Users ``lo:hi`` of a round (views, no copies)."""
+    r, rows = rec.responses, slice(lo, hi)
+    responses = Responses(r.choice[rows], r.rstar[rows], {k: v[rows] for k, v in r.signals.items()})
+    return RoundRecord(rec.t, rec.users[rows], rec.slates[rows], responses,
+                       {k: np.asarray(v)[rows] for k, v in rec.extras.items()})
 
 
 def impression_rows(rec: RoundRecord, first_slate: int, logger_id: int | None = None) -> dict[str, np.ndarray]:
@@ -330,7 +346,7 @@ class TableWriter:
         self.path, self.schema = path, schema
         self._file = _HashedFile(path)
         self._writer = pq.ParquetWriter(self._file, schema, compression="zstd")
-        self._pending: list[pa.Table] = []
+        self._pending: list[tuple[pa.Table, bool]] = []  # (rows, whole: a batch as made, not a slice)
         self._buffered = 0
         self.rows = 0
 
@@ -338,7 +354,7 @@ class TableWriter:
         """Append rows (a column dict holding the schema's columns, any number of rows)."""
         # from_pandas: NaN becomes null, as pa.Table.from_pandas wrote these tables before
         arrays = [pa.array(cols[f.name], type=f.type, from_pandas=True) for f in self.schema]
-        self._pending.append(pa.Table.from_arrays(arrays, schema=self.schema))
+        self._pending.append((pa.Table.from_arrays(arrays, schema=self.schema), True))
         self._buffered += len(arrays[0])
         self.rows += len(arrays[0])
         if self._buffered < ROW_GROUP_ROWS:
@@ -346,25 +362,27 @@ class TableWriter:
         while self._buffered >= ROW_GROUP_ROWS:
             self._writer.write_table(self._take(ROW_GROUP_ROWS), row_group_size=ROW_GROUP_ROWS)
         if self._buffered:  # the rest waits for the next rows as a copy: this batch's memory is freed now
-            self._pending = [self._take(self._buffered)]
-            self._buffered = len(self._pending[0])
+            rest = self._take(self._buffered)
+            self._pending, self._buffered = [(rest, True)], len(rest)
 
     def _take(self, n: int) -> pa.Table:
         """The first ``n`` pending rows as one table of contiguous arrays (a copy), no longer pending.
         Every row group is written from such a copy, so the bytes cannot depend on how the rows
         arrived (one batch, or rounds that end mid-group)."""
-        if len(self._pending[0]) == n:  # one whole batch (made by pa.array: contiguous already)
+        head, whole = self._pending[0]
+        if whole and len(head) == n:  # one batch as pa.array made it: contiguous already, no copy
+            self._pending.pop(0)
             self._buffered -= n
-            return self._pending.pop(0)
+            return head
         pieces, need = [], n
         while need:
-            head = self._pending[0]
+            head, _ = self._pending[0]
             if len(head) <= need:
-                pieces.append(self._pending.pop(0))
+                pieces.append(self._pending.pop(0)[0])
                 need -= len(head)
             else:
                 pieces.append(head.slice(0, need))
-                self._pending[0] = head.slice(need)
+                self._pending[0] = (head.slice(need), False)
                 need = 0
         self._buffered -= n
         columns = [pa.concat_arrays([c for p in pieces for c in p.column(i).chunks]) for i in range(len(self.schema))]
@@ -455,7 +473,9 @@ def stream_log_files(cfg: ScenarioConfig, folder: str | Path, progress: bool = F
         start = run.theta_start()
         if start is not None:
             writers["sealed/theta_updates.parquet"].write(start)
-        for rows, theta in run.rounds(progress):
+        # pieces of about one row group: memory holds one piece's rows, not a whole round's
+        chunk = max(1, ROW_GROUP_ROWS // cfg.logging.slate_size)
+        for rows, theta in run.rounds(progress, chunk_users=chunk):
             public, sealed = run.split(rows)
             writers["interactions.parquet"].write(public)
             writers["sealed/impressions.parquet"].write(sealed)
