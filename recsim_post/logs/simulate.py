@@ -20,7 +20,9 @@ A log folder::
                                  theta moved in round t - 1 (those who clicked), so theta_u(t) is
                                  the user's last row with round <= t (exact float64 values)
 
-Same scenario and seed give byte-identical files. :func:`write_logs` writes the folder through
+Same scenario and seed give byte-identical files. :func:`write_logs` (an in-memory
+:class:`Simulation`) and :func:`stream_logs` (``recsim-post simulate``: each round's rows written to
+Parquet row groups as they are made, memory flat in the rounds) write the same bytes, through
 ``recsim_post.outputs``: built under a hidden temporary name and swapped in atomically, so a failure
 or a kill never leaves a half-written or half-deleted folder behind.
 """
