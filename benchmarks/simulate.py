@@ -249,37 +249,63 @@ def main(argv: list[str] | None = None) -> None:
     print(out.stdout.rstrip())
 
     preset = "quickstart" if args.quick else "large-catalog"
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--_loggen", preset],
-                         check=True, capture_output=True, text=True)
-    g = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"\nlog generation, preset '{preset}' ({g['n_items']:,} items, {g['n_users']:,} users, "
-          f"{g['n_rounds']} rounds): {g['rows']:,} impressions in {g['seconds']:.1f} s = "
-          f"{g['rows'] / g['seconds']:,.0f} impressions/s ({g['slates'] / g['seconds']:,.0f} user-steps/s), "
-          f"write to Parquet {g['write_seconds']:.1f} s, peak RSS {g['peak_rss_mb']:.0f} MB")
+    for mode in ("memory", "streamed"):
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--_loggen", f"{preset}:{mode}"],
+                             check=True, capture_output=True, text=True)
+        g = json.loads(out.stdout.strip().splitlines()[-1])
+        how = ("simulate() then write_logs" if mode == "memory"
+               else "stream_logs, as recsim-post simulate: each round written as it finishes")
+        print(f"\nlog generation, preset '{preset}' ({g['n_items']:,} items, {g['n_users']:,} users, "
+              f"{g['n_rounds']} rounds), {how}: {g['rows']:,} impressions in {g['seconds']:.1f} s = "
+              f"{g['rows'] / g['seconds']:,.0f} impressions/s ({g['slates'] / g['seconds']:,.0f} user-steps/s), "
+              f"write to Parquet {g['write_seconds']:.1f} s, peak RSS {g['peak_rss_mb']:.0f} MB")
 
 
-def log_generation(preset: str) -> dict:
-    """Simulate a preset's whole logging run and write it (in a child process: its own peak RSS)."""
+def log_generation(spec: str) -> dict:
+    """Simulate a preset's whole logging run and write it (in a child process: its own peak RSS).
+    ``spec`` is ``PRESET:memory`` (every row in memory, then written; the write is timed apart) or
+    ``PRESET:streamed`` (rounds written as they finish; the write is inside the simulation's time)."""
     import tempfile
 
-    from recsim_post.logs.simulate import simulate, write_logs
+    from recsim_post.logs.simulate import simulate, stream_logs, write_logs
     from recsim_post.presets import resolve
     from recsim_post.world.config import load_scenario
 
+    preset, mode = spec.split(":")
     cfg = load_scenario(resolve("envs", preset))
-    start = time.perf_counter()
-    sim = simulate(cfg)
-    seconds = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        write_logs(sim, os.path.join(tmp, "logs"))
-        write_seconds = time.perf_counter() - start
-    inter = sim.public.interactions
+        if mode == "streamed":
+            manifest = stream_logs(cfg, os.path.join(tmp, "logs"))
+            seconds, write_seconds = time.perf_counter() - start, 0.0
+            rows = manifest["rows"]["interactions"]
+            peak = peak_rss_mb()  # before reading a column back
+            inter = pd_read(os.path.join(tmp, "logs", "interactions.parquet"), ["slate_id"])
+        else:
+            sim = simulate(cfg)
+            seconds = time.perf_counter() - start
+            start = time.perf_counter()
+            write_logs(sim, os.path.join(tmp, "logs"))
+            write_seconds = time.perf_counter() - start
+            inter = sim.public.interactions
+            rows = len(inter)
+            peak = peak_rss_mb()
     return dict(
         n_items=cfg.catalog.n_items, n_users=cfg.users.n_users, n_rounds=cfg.simulation.n_rounds,
-        rows=len(inter), slates=int(inter["slate_id"].nunique()), seconds=seconds,
-        write_seconds=write_seconds, peak_rss_mb=rss_now_mb(),
+        rows=rows, slates=int(inter["slate_id"].nunique()), seconds=seconds,
+        write_seconds=write_seconds, peak_rss_mb=peak,
     )
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set so far (ru_maxrss)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def pd_read(path: str, columns: list[str]):  # noqa: ANN201 - a DataFrame
+    import pandas as pd
+
+    return pd.read_parquet(path, columns=columns)
 
 
 if __name__ == "__main__":

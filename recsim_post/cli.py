@@ -49,9 +49,11 @@ def _progress(args: argparse.Namespace) -> bool:
     return not args.quiet and sys.stderr.isatty()
 
 
-def _scenario(name_or_path: str, seed: int | None, sets: Sequence[str] | None = None):  # noqa: ANN202
+def _scenario(name_or_path: str, seed: int | None, sets: Sequence[str] | None = None,
+              streamed: bool = False):  # noqa: ANN202
     """The scenario of a preset name or TOML path, with --set overrides (recorded in its name, so
-    the header, the manifest and every table say which world this is) and --seed."""
+    the header, the manifest and every table say which world this is) and --seed. ``streamed``:
+    the run writes its logs round by round (simulate), so its rows need not fit in memory."""
     import dataclasses
 
     from .config import override
@@ -65,7 +67,7 @@ def _scenario(name_or_path: str, seed: int | None, sets: Sequence[str] | None = 
         cfg = override(cfg, sets)
         cfg = dataclasses.replace(cfg, name=f"{cfg.name}[{','.join(s.strip() for s in sets)}]")
     cfg = dataclasses.replace(cfg, seed=seed) if seed is not None else cfg
-    check_memory(cfg)  # a world that cannot fit is refused before anything else is loaded
+    check_memory(cfg, streamed=streamed)  # a world that cannot fit is refused before anything else is loaded
     return cfg
 
 
@@ -263,15 +265,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     """Roll the scenario's logging policy and write a log folder."""
     from .outputs import OutputFolder
 
-    scenario = _scenario(args.scenario, args.seed, args.set)
+    scenario = _scenario(args.scenario, args.seed, args.set, streamed=True)
     out = OutputFolder(args.out, "simulate", overwrite=args.overwrite, replace_own=False,
                        say=_say(args.quiet))  # refuses before the simulation runs
-    from .logs.simulate import simulate, write_log_files
+    from .logs.simulate import stream_log_files
 
-    with out as tmp:
-        sim = simulate(scenario, progress=_progress(args))
-        write_log_files(sim, tmp)
-    m = sim.public.manifest
+    with out as tmp:  # each round goes to disk as it finishes: memory is flat in the rounds
+        m = stream_log_files(scenario, tmp, progress=_progress(args))
     print(f"wrote {args.out}: {m['rows']['interactions']:,} impressions, {m['clicks']:,} clicks, "
           f"{m['n_users']:,} users, {m['n_items']:,} items (scenario '{scenario.name}', seed {scenario.seed})")
     return 0

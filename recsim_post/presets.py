@@ -26,9 +26,16 @@ def preset_dir(kind: Kind) -> Path:
     raise ConfigError(f"no '{kind}' preset folder found next to the package")  # broken install
 
 
-def preset_names(kind: Kind) -> list[str]:
-    """Preset names of ``kind``, sorted."""
-    return sorted(p.stem for p in preset_dir(kind).glob("*.toml"))
+def preset_names(kind: Kind, large: bool = True) -> list[str]:
+    """Preset names of ``kind``, sorted. ``large=False`` leaves out the scenarios that take
+    minutes to simulate (``world.config.is_large``: million-users, web-scale), as the per-preset
+    tests do."""
+    names = sorted(p.stem for p in preset_dir(kind).glob("*.toml"))
+    if kind == "envs" and not large:
+        from .world.config import is_large, load_scenario  # not at import: registration stays light
+
+        names = [n for n in names if not is_large(load_scenario(preset_dir(kind) / f"{n}.toml"))]
+    return names
 
 
 def preset_description(path: Path) -> str:

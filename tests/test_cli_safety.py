@@ -60,6 +60,7 @@ def no_work(monkeypatch):
     import recsim_post.experiments.story as story
 
     monkeypatch.setattr(sim_mod, "simulate", boom)
+    monkeypatch.setattr(sim_mod, "LogRun", boom)  # simulate on the command line streams through it
     monkeypatch.setattr(story, "run_story", boom)
     monkeypatch.setattr(recipe, "pretrain", boom)
 

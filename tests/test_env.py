@@ -19,7 +19,7 @@ from recsim_post.presets import preset_names
 from .conftest import tiny_scenario
 
 
-@pytest.mark.parametrize("preset", preset_names("envs"))
+@pytest.mark.parametrize("preset", preset_names("envs", large=False))
 def test_every_preset_is_registered_and_passes_check_env(preset):
     env = gym.make(env_id(preset))
     with warnings.catch_warnings():

@@ -127,7 +127,7 @@ def test_envs_reproduce_the_logs_of_a_tiny_world(env_logs):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", preset_names("envs"))
+@pytest.mark.parametrize("name", preset_names("envs", large=False))
 @pytest.mark.parametrize("env_logs", [single_env_logs, vector_env_logs], ids=["single", "vector"])
 def test_envs_reproduce_every_presets_logs(env_logs, name):
     cfg = load_scenario(resolve("envs", name))

@@ -48,7 +48,7 @@ def column_hashes(name: str) -> dict[str, dict[str, str]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", preset_names("envs"))
+@pytest.mark.parametrize("name", preset_names("envs", large=False))
 def test_preset_logs_are_unchanged(name):
     golden = json.loads(GOLDEN.read_text())
     assert name in golden, f"no golden hashes for preset {name}: regenerate {GOLDEN.name}"
@@ -61,7 +61,7 @@ def test_preset_logs_are_unchanged(name):
 
 
 if __name__ == "__main__":  # regenerate: python -m tests.test_golden_logs
-    names = sys.argv[1:] or preset_names("envs")
+    names = sys.argv[1:] or preset_names("envs", large=False)
     data = json.loads(GOLDEN.read_text()) if GOLDEN.is_file() else {}
     for n in names:
         data[n] = column_hashes(n)

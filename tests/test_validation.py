@@ -214,12 +214,33 @@ def test_memory_estimate_refuses_a_huge_world_with_its_size_and_what_is_availabl
 def test_every_preset_fits_a_24_gb_machine_with_room_to_spare():
     from recsim_post.world.config import check_memory, memory_estimate
 
-    for name in preset_names("envs"):
+    for name in preset_names("envs", large=False):
         cfg = load_scenario(resolve("envs", name))
         check_memory(cfg, available=24 * GB)  # raises if not
         assert memory_estimate(cfg) < 2 * GB, name
     large = load_scenario(resolve("envs", "large-catalog"))
     check_memory(large, num_envs=4096, available=24 * GB)  # a world of 4,096 users over 100,000 items
+
+
+def test_large_presets_are_streamed_and_sized_for_their_machines():
+    """million-users fits an 8 GB machine only because simulate streams its logs (in memory its
+    8 x 10^7 rows would not); web-scale wants a machine with room and is refused on a laptop."""
+    from recsim_post.world.config import check_memory, is_large, memory_estimate
+
+    assert set(preset_names("envs")) - set(preset_names("envs", large=False)) == {"million-users", "web-scale"}
+    million = load_scenario(resolve("envs", "million-users"))
+    web = load_scenario(resolve("envs", "web-scale"))
+    assert is_large(million) and is_large(web)
+    check_memory(million, available=8 * GB, streamed=True)
+    with pytest.raises(ConfigError, match="for the simulation"):
+        check_memory(million, available=8 * GB)  # every row kept in memory
+    assert memory_estimate(million, streamed=True) < memory_estimate(million) / 4
+    check_memory(web, available=64 * GB, streamed=True)
+    with pytest.raises(ConfigError, match=r"catalog.n_items = 1000000, users.n_users = 1000000"):
+        check_memory(web, available=8 * GB, streamed=True)
+    # streaming only shrinks the rows' term: a world without many rows is estimated the same
+    small = load_scenario(resolve("envs", "quickstart"))
+    assert memory_estimate(small, streamed=True) <= memory_estimate(small)
 
 
 def test_memory_available_is_read_from_the_machine(monkeypatch):

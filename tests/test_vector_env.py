@@ -198,3 +198,30 @@ def test_random_rollout_stays_in_spaces(k):
         obs, r, term, trunc, info = env.step(a)
         assert env.observation_space.contains(obs)
         assert r.dtype == np.float64 and term.dtype == trunc.dtype == np.bool_
+
+
+def test_no_per_env_catalogue_sized_state():
+    """A step of 512 users over 20,000 items allocates O(users x slate + items), far below one
+    (users x items) float64 array (82 MB); the env holds no array that large either."""
+    import tracemalloc
+
+    from recsim_post.world.config import CatalogConfig
+
+    N, n_items, k = 512, 20_000, 5
+    cfg = tiny_scenario(catalog=CatalogConfig(n_items=n_items, n_genres=4, latent_dim=8))
+    env = RecSimVectorEnv(num_envs=N, scenario=cfg, slate_size=k)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    actions = [np.stack([rng.choice(n_items, k, replace=False) for _ in range(N)]) for _ in range(3)]
+    env.step(actions[0])  # warm-up: first-call allocations (JIT caches)
+    tracemalloc.start()
+    try:
+        for a in actions[1:]:
+            env.step(a)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < N * n_items * 8 / 20, peak
+    held = [v for obj in (env, env.session, env.world.state, env.world.users, env.world.catalog)
+            for v in vars(obj).values() if isinstance(v, np.ndarray)]
+    assert held and max(v.size for v in held) < N * n_items / 10

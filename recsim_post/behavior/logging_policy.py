@@ -18,7 +18,6 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-import numba
 import numpy as np
 
 from ..seeding import SeedTree
@@ -144,13 +143,13 @@ class TrendLogger:
                 )
                 np.exp(out[lo:hi], out=out[lo:hi])
 
-        kernels.run_on_threads(work, min(numba.get_num_threads(), len(starts)))
+        kernels.run_on_threads(work, min(kernels.kernel_threads(), len(starts)))
         return out
 
     def _block(self, B: int) -> int:
         """Users per block of work: see SAMPLE_BLOCK_BYTES; at least one block per thread."""
         n = self.vectors_t.shape[1]
-        return max(1, min(max(64, SAMPLE_BLOCK_BYTES // (4 * n)), -(-B // numba.get_num_threads())))
+        return max(1, min(max(64, SAMPLE_BLOCK_BYTES // (4 * n)), -(-B // kernels.kernel_threads())))
 
     def probabilities(self, users: np.ndarray, trend: np.ndarray) -> np.ndarray:
         """Exact pi_0(i | u) for users (B,): (B, I) float64, rows sum to one, 0 outside the support."""
@@ -169,7 +168,7 @@ class TrendLogger:
         """Slates (B, K) with PL propensities and single-draw probabilities (see kernels).
 
         The Numba path works through the users in blocks (see :data:`SAMPLE_BLOCK_BYTES`) on
-        ``numba.get_num_threads()`` threads; every row is computed on its own, so the result does
+        ``kernels.kernel_threads()`` threads; every row is computed on its own, so the result does
         not depend on the block size or the number of threads.
         """
         eps = self.epsilon
@@ -205,7 +204,7 @@ class TrendLogger:
                     w, eps, uniforms[lo:hi], ramp, cdf, 0, hi - lo, slates[lo:hi], prop[lo:hi], p_item[lo:hi]
                 )
 
-        kernels.run_on_threads(work, min(numba.get_num_threads(), len(starts)))
+        kernels.run_on_threads(work, min(kernels.kernel_threads(), len(starts)))
         return self._to_items(slates), prop, p_item
 
 

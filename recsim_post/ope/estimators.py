@@ -59,13 +59,12 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Literal, Sequence
 
-import numba
 import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError, LogError
 from ..signals import REWARDS
-from ..world.kernels import run_on_threads
+from ..world.kernels import kernel_threads, run_on_threads
 from ..truth.kernels import poisson_accumulate
 
 PI_SUM_TOL = 1e-6
@@ -304,7 +303,7 @@ def poisson_bootstrap_sums(x: np.ndarray, n_bootstrap: int, rng: np.random.Gener
             np.random.default_rng(children[j]).random(out=u)
             poisson_accumulate(u, x[lo : lo + rows], partial[j])
 
-    run_on_threads(work, min(numba.get_num_threads(), len(starts)))
+    run_on_threads(work, min(kernel_threads(), len(starts)))
     return partial.sum(axis=0).T
 
 

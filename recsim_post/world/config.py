@@ -392,7 +392,12 @@ WORKING_BYTES = 100 * 10**6
 GB = 10**9
 
 
-def memory_estimate(cfg: ScenarioConfig, num_envs: int = 0, history_len: int = 10) -> int:
+STREAM_BUFFER_ROWS = 2 << 20
+"""Rows a streamed run holds beside its current round: the Parquet writers' pending rows (up to a
+row group, ``logs.simulate.ROW_GROUP_ROWS``, and the slice being written)."""
+
+
+def memory_estimate(cfg: ScenarioConfig, num_envs: int = 0, history_len: int = 10, streamed: bool = False) -> int:
     """Bytes a run of ``cfg`` needs at its peak, an estimate on the safe side (about 1.5-2x the
     peak RSS measured on worlds dominated by items, users or log rows).
 
@@ -401,7 +406,8 @@ def memory_estimate(cfg: ScenarioConfig, num_envs: int = 0, history_len: int = 1
     and every potential impression (n_users * min(1, activity) * n_rounds * slate_size rows) at
     LOG_ROW_BYTES each. ``num_envs >= 1``: a Gymnasium env serving the world (``num_envs`` users,
     the population of ``cfg`` in the vector env) -- the world, and per user a click history and the
-    round's responses. Streaming the logs to disk will shrink the rows' term.
+    round's responses. ``streamed``: the logs go to disk round by round (``simulate`` on the
+    command line), so only one round's rows and the writers' buffers are held, not every row.
     """
     c, u = cfg.catalog, cfg.users
     d, g, f = c.latent_dim, c.n_genres, c.n_features
@@ -423,10 +429,12 @@ def memory_estimate(cfg: ScenarioConfig, num_envs: int = 0, history_len: int = 1
     per_item += 2 * (8 * d + 8 * 8)
     # the logger's estimate of theta (and its noise); the sealed users table as a frame and as Arrow
     per_user += 8 * d * 2 + 2 * 8 * (2 * d + g + 3)
-    rows = u.n_users * cfg.simulation.n_rounds * cfg.logging.slate_size
-    rows = int(rows * min(1.0, u.activity))
+    per_round = int(u.n_users * cfg.logging.slate_size * min(1.0, u.activity))
+    rows = per_round * cfg.simulation.n_rounds
+    if streamed:  # one round's rows (its parts and their public / sealed split) and the writers' buffers
+        rows = min(rows, per_round + STREAM_BUFFER_ROWS)
     total = WORKING_BYTES + c.n_items * per_item + u.n_users * per_user + rows * LOG_ROW_BYTES
-    if cfg.dynamics.drift_rate > 0:  # theta of every click, kept per round, then as a table
+    if cfg.dynamics.drift_rate > 0 and not streamed:  # theta of every click, kept per round, then as a table
         total += u.n_users * cfg.simulation.n_rounds * 8 * (3 * d + 4)
     return total
 
@@ -470,10 +478,32 @@ def _size_text(n: float) -> str:
     return f"{n / 10**6:,.0f} MB"
 
 
-def check_memory(cfg: ScenarioConfig, num_envs: int = 0, history_len: int = 10, available: int | None = None) -> None:
+LARGE_IMPRESSIONS = 10**7
+"""A world whose logs can exceed this many impressions is large (:func:`is_large`)."""
+
+LARGE_PAIRS = 10**10
+"""A world with more (user, item) pairs than this is large: exact ground truth over it takes minutes."""
+
+
+def potential_impressions(cfg: ScenarioConfig) -> int:
+    """Impressions the logs hold if every user asks with her mean activity: users x activity x rounds x slate."""
+    u = cfg.users
+    return int(u.n_users * min(1.0, u.activity) * cfg.simulation.n_rounds * cfg.logging.slate_size)
+
+
+def is_large(cfg: ScenarioConfig) -> bool:
+    """Whether ``cfg`` is a world for a run of minutes, not for a test of seconds: more than
+    ``LARGE_IMPRESSIONS`` potential impressions or ``LARGE_PAIRS`` (user, item) pairs. The
+    per-preset tests (golden logs, env parity, the envs) skip large presets
+    (``presets.preset_names("envs", large=False)``)."""
+    return potential_impressions(cfg) > LARGE_IMPRESSIONS or cfg.users.n_users * cfg.catalog.n_items > LARGE_PAIRS
+
+
+def check_memory(cfg: ScenarioConfig, num_envs: int = 0, history_len: int = 10, available: int | None = None,
+                 streamed: bool = False) -> None:
     """Raise ConfigError when :func:`memory_estimate` exceeds the memory available (read from the
     machine unless ``available`` is given, in bytes; nothing is checked where it cannot be read)."""
-    need = memory_estimate(cfg, num_envs, history_len)
+    need = memory_estimate(cfg, num_envs, history_len, streamed=streamed)
     have = available_memory() if available is None else available
     if have is None or need <= have:
         return

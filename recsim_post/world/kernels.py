@@ -11,7 +11,9 @@ temporaries: the logger's logits (a float32 dot product in a fixed order, see
 replacement (K uniforms per user, no Gumbel noise over the whole catalogue), the slate choice and
 the feedback. Each kernel has a serial ``*_rows`` form that releases the GIL; the simulator runs
 those on a few Python threads (:func:`run_on_threads`), the ``parallel=True`` forms are for
-callers that want one call per batch. ``benchmarks/simulate.py`` measures the whole user-step.
+callers that want one call per batch (they start Numba's threading layer, which with OpenMP resets
+torch's thread count; the simulator never calls them, see :func:`kernel_threads`).
+``benchmarks/simulate.py`` measures the whole user-step.
 """
 
 from __future__ import annotations
@@ -33,6 +35,22 @@ import numpy as np
 # ---------------------------------------------------------------------------------------------
 
 _POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, pool)
+
+
+def kernel_threads() -> int:
+    """Threads the row kernels run on: Numba's thread count (``NUMBA_NUM_THREADS``, default the
+    cores; or what ``numba.set_num_threads`` chose), read without starting Numba's threading layer.
+
+    ``numba.get_num_threads()`` starts that layer, and its OpenMP form sets the OpenMP thread count
+    of the calling thread to Numba's, which is torch's too: the next torch op would run on every
+    core, silently undoing ``OMP_NUM_THREADS=1`` or ``torch.set_num_threads(1)``. The row kernels
+    run on Python threads (:func:`run_on_threads`), so they never need that layer.
+    """
+    from numba.np.ufunc import parallel
+
+    if parallel._is_initialized:  # started by someone (set_num_threads, a parallel kernel): it knows best
+        return numba.get_num_threads()
+    return int(numba.config.NUMBA_NUM_THREADS)
 
 
 def run_on_threads(work: Callable[[], None], n: int) -> None:
@@ -544,7 +562,7 @@ def choose(
     theta (B, d), susceptibility (B,), satiation (B, n_genres) are the rows of the users in the batch.
     Returns (choice (B,) int32: slate position or -1 for no click, true_reward (B, K) float64 of
     every shown item, choice_prob (B,) of what happened). Runs :func:`choose_rows` on
-    ``numba.get_num_threads()`` threads (see :func:`run_on_threads`).
+    :func:`kernel_threads` threads (see :func:`run_on_threads`).
     """
     B, K = slates.shape
     choice = np.empty(B, dtype=np.int32)
@@ -561,7 +579,7 @@ def choose(
             hi = min(lo + CHOICE_BLOCK_USERS, B)
             choose_rows(*args, lo, hi, choice, rstar, cprob)
 
-    run_on_threads(work, min(numba.get_num_threads(), len(starts)))
+    run_on_threads(work, min(kernel_threads(), len(starts)))
     return choice, rstar, cprob
 
 
@@ -623,7 +641,7 @@ ROW_BLOCK_ELEMENTS = 1 << 20
 
 def run_row_blocks(fn: Callable[[int, int], None], n_rows: int, row_len: int) -> None:
     """Run ``fn(lo, hi)`` over blocks of about :data:`ROW_BLOCK_ELEMENTS` elements on
-    ``numba.get_num_threads()`` threads (see :func:`run_on_threads`); ``fn`` must release the GIL
+    :func:`kernel_threads` threads (see :func:`run_on_threads`); ``fn`` must release the GIL
     to run in parallel and must write only its own rows."""
     if n_rows == 0:
         return
@@ -635,7 +653,7 @@ def run_row_blocks(fn: Callable[[int, int], None], n_rows: int, row_len: int) ->
         while (i := next(claim)) < len(starts):
             fn(starts[i], min(starts[i] + per, n_rows))
 
-    run_on_threads(work, min(numba.get_num_threads(), len(starts)))
+    run_on_threads(work, min(kernel_threads(), len(starts)))
 
 
 # ---------------------------------------------------------------------------------------------
