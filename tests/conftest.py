@@ -86,3 +86,16 @@ def clicks_frame(users, items, ratings=None, timestamps=None) -> pd.DataFrame:  
             "rating": np.asarray(ratings if ratings is not None else np.ones(n), np.float32),
         }
     )
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:  # noqa: ANN001
+    """The CLI as the console script runs it: (exit status, stdout, stderr); argparse's own errors
+    (SystemExit) count as an exit status too."""
+    from recsim_post import cli
+
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -16,7 +16,7 @@ from recsim_post.config import dumps_toml, to_dict
 from recsim_post.posttrain.recipe import load_agent
 from recsim_post.presets import preset_description, preset_dir, resolve
 
-from .conftest import tiny_scenario
+from .conftest import run_cli, tiny_scenario
 
 
 @pytest.fixture
@@ -38,15 +38,7 @@ def agent_file(tmp_path: Path) -> Path:
     return path
 
 
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    """The CLI as the console script runs it: (exit status, stdout, stderr); argparse's own errors
-    (SystemExit) count as an exit status too."""
-    try:
-        code = cli.main(list(argv))
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_cli
 
 
 def printed_table(text: str) -> dict[str, dict[str, str]]:

@@ -19,21 +19,14 @@ from recsim_post import cli
 from recsim_post.config import dumps_toml, to_dict
 from recsim_post.outputs import MARKER, OutputFolder
 
-from .conftest import tiny_scenario
+from .conftest import run_cli, tiny_scenario
 from .test_safe_outputs import tree
 from .test_story import small_agent
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    """(exit status, stdout, stderr) of the CLI; argparse's own exits count as statuses."""
-    try:
-        code = cli.main(list(argv))
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_cli
 
 
 def refused(capsys, root: Path, *argv: str, needle: str) -> str:

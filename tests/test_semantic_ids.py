@@ -14,7 +14,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recsim_post import cli
 from recsim_post.config import from_dict
 from recsim_post.errors import ConfigError, LogError
 from recsim_post.logs.public import read_public
@@ -24,7 +23,7 @@ from recsim_post.semantic import (
     item_features, perplexity, read_semantic_ids, resolve_codebook_size, tokenize, tokenize_logs, tokenizer_report,
 )
 
-from .conftest import tiny_scenario
+from .conftest import run_cli, tiny_scenario
 
 
 def blobs(n_clusters: int = 4, per: int = 8, d: int = 3, spread: float = 0.01, seed: int = 0):  # noqa: ANN201
@@ -326,13 +325,7 @@ def test_true_genres_are_the_sealed_ones(tiny_logs):
     assert semantic_truth_report(codes, tiny_logs) == {"nmi_genre_level1": pytest.approx(1.0)}
 
 
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = cli.main(list(argv))
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_cli
 
 
 def _hidden_leftovers(folder: Path) -> list[str]:

@@ -12,7 +12,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recsim_post import cli
 from recsim_post.config import dumps_toml, to_dict
 from recsim_post.errors import ConfigError, LogError
 from recsim_post.models import SASRecConfig, SequencePolicy, TokenHeadConfig, TokenPolicy, build_model, load_policy
@@ -26,7 +25,7 @@ from recsim_post.semantic import SemanticIds, TokenizerConfig
 from recsim_post.semantic.tokenizer import disambiguate
 
 from .bandit import N_ITEMS, draw_bandit, good_mass, table_reward_model
-from .conftest import tiny_scenario
+from .conftest import run_cli, tiny_scenario
 
 
 def semantic_ids(prefixes: np.ndarray, sizes: tuple[int, ...]) -> SemanticIds:
@@ -317,13 +316,7 @@ def test_token_recipes_score_through_the_ground_truth_deterministically():
 # ---------------------------------------------------------------- the command line
 
 
-def run(capsys, *argv: str) -> tuple[int, str, str]:  # noqa: ANN001
-    try:
-        code = cli.main(list(argv))
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_cli
 
 
 @pytest.mark.slow
