@@ -709,7 +709,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     print(f"collision rate        {report.collision_rate:.3f}  ({report.max_collisions} items at most share "
           f"their {cfg.levels} codes)")
     print(f"reconstruction error  {report.reconstruction_mse:.3f}  (relative {report.relative_error:.3f})")
-    print(f"NMI level 1 vs genre  " + (f"{nmi:.3f}" if nmi is not None else f"—  ({nmi_note})"))
+    print("NMI level 1 vs genre  " + (f"{nmi:.3f}" if nmi is not None else f"—  ({nmi_note})"))
     print("\n" + textwrap.fill(TOKENIZE_LEGEND, width=100))
     print(f"\nwrote {target} in {seconds:.1f} s")
     return 0
