@@ -302,7 +302,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         say(f"pre-training pi_ref on {len(train):,} clicks")
         ref = pretrain(train, logs.n_items, agent, tree, progress=_progress(args), semantic_ids=ids)
         say(f"post-training with '{agent.method.name}'")
-        policy = post_train(ref, train, logs.n_items, agent, tree, progress=_progress(args))
+        policy = post_train(ref, train, logs.n_items, agent, tree, progress=_progress(args),
+                            interactions=logs.interactions)
         policy.save(tmp)
     print(f"wrote {out_path}")
     return 0

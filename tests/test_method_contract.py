@@ -50,7 +50,11 @@ def world():
     return bandit.clicks, ref, table_reward_model(5, 0.1, seed=0), bandit.histories
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+ITEM_METHODS = sorted(m for m in METHODS if not getattr(METHODS[m], "TOKEN_ONLY", False))
+"""The methods with an item-level version (GFlowGR's contract runs in tests/test_token_policy.py)."""
+
+
+@pytest.mark.parametrize("method", ITEM_METHODS)
 def test_method_contract(method, world):
     clicks, ref, rm, histories = world
     module = METHODS[method]
@@ -88,12 +92,14 @@ OBJECTIVES: dict[str, tuple[str, ...]] = {
     "cql": ("L_CQL", "α (logsumexp_a Q(x_t, a) − Q(x_t, y_t))", "½ (Q(x_t, y_t) − r_t)²"),
     "ppo": ("min(ρ A, clip(ρ, 1 − ε, 1 + ε) A)", "β_KL · E_x[ KL(π_θ(·|x) ‖ π_ref(·|x)) ]", "ρ = π_θ(y|x) / π_old(y|x)"),
     "grpo": ("min(ρ_i Â_i, clip(ρ_i, 1 − ε, 1 + ε) Â_i)", "β · D_KL", "ρ_i = π_θ(y_i|x) / π_old(y_i|x)"),
+    "gflowgr": ("L = L_SFT + λ · L_GFN", "log Z(x) + Σ_l log P_F(c_l(y) | x, c_<l) − β log R(x, y)",
+                "log F(s_{l−1}) + log P_F(c_l | x, c_<l) − log F(s_l)", "log F(s_{L'}) := β log R(x, y)"),
 }
 """Per method, the terms of its loss that its module docstring must state (in a literal block that
 defines L): the loss itself, its weights or margins, and the symbols of its knobs."""
 
 KNOB_SYMBOLS = {"beta": "β", "lam": "λ", "tau": "τ", "alpha": "α", "w_max": "w_max", "r_max": "r_max",
-                "clip_eps": "ε", "kl_coef": "β"}
+                "clip_eps": "ε", "kl_coef": "β", "gfn_weight": "λ", "reward_exponent": "β"}
 """The symbol a config knob has in the formulas: a method with the knob must write it in its loss."""
 
 _DEFINES_LOSS = re.compile(r'^\s*(?:normalize = "[\w-]+":\s*)?L(?:_[A-Z]+)?\s*=', re.M)

@@ -25,6 +25,9 @@ SMALL: dict[str, dict[str, object]] = {
         N_USERS=120, N_ITEMS=60, N_ROUNDS=8, PRETRAIN_EPOCHS=2, FINETUNE_EPOCHS=1, SEED=0
     ),
     "02-off-policy-evaluation.ipynb": dict(N_USERS=150, N_ITEMS=80, N_ROUNDS=10, EPOCHS=1, BOOTSTRAP=20, SEED=0),
+    "03-semantic-ids-and-gflowgr.ipynb": dict(
+        N_USERS=80, N_ITEMS=60, N_ROUNDS=8, PRETRAIN_EPOCHS=1, FINETUNE_EPOCHS=1, TOY_STEPS=150, SEED=0
+    ),
 }
 """Small parameters per notebook: enough to run every cell, not to tell a convincing story."""
 
@@ -35,6 +38,10 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "02-off-policy-evaluation.ipynb": [
         "switch-dr", "with true propensities", "with estimated ones", "exact off-support term",
+    ],
+    "03-semantic-ids-and-gflowgr.ipynb": [
+        "collision_rate", "nmi_genre_level1", "lone child", "KL(R/ΣR ‖ π)", "gflowgr-tb", "gflowgr-db",
+        "sft-token", "true_value_norm", "tb_abs_residual", "share_on_policy", "normalised ground truth",
     ],
 }
 """Strings that must appear in a notebook's outputs (the results table, the computed discussion)."""

@@ -225,8 +225,8 @@ TOKEN_METHODS = sorted(name for name, m in METHODS.items() if getattr(m, "TOKEN_
 
 
 def test_token_recipes_exist_and_others_are_refused():
-    assert TOKEN_METHODS == ["asft", "bc", "dpo", "exp-rsft", "ipo"]
-    for name in ("sft-token", "exp-rsft-token", "asft-token", "dpo-token", "ipo-token"):
+    assert TOKEN_METHODS == ["asft", "bc", "dpo", "exp-rsft", "gflowgr", "ipo"]
+    for name in ("sft-token", "exp-rsft-token", "asft-token", "dpo-token", "ipo-token", "gflowgr-tb", "gflowgr-db"):
         agent = load_agent(resolve("agents", name))
         assert agent.generate == "token" and agent.method.name in TOKEN_METHODS
     with pytest.raises(ConfigError, match="'cql' has no token-level version"):
@@ -271,16 +271,25 @@ def token_world():
     return bandit, ref, table_reward_model(5, 0.1, seed=0)
 
 
-RECIPES = {"bc": "sft-token", "exp-rsft": "exp-rsft-token", "asft": "asft-token", "dpo": "dpo-token", "ipo": "ipo-token"}
+RECIPES = {"bc": "sft-token", "exp-rsft": "exp-rsft-token", "asft": "asft-token", "dpo": "dpo-token", "ipo": "ipo-token",
+           "gflowgr": "gflowgr-tb"}
+CONTRACT = [*(RECIPES[m] for m in TOKEN_METHODS), "gflowgr-db"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", TOKEN_METHODS)
-def test_token_method_contract(method, token_world):
+@pytest.mark.parametrize("recipe", CONTRACT)
+def test_token_method_contract(recipe, token_world):
     """tests/test_method_contract.py's contract on the token policy: π_ref untouched, the copy
-    trained, deterministic, and mass moves to the good items (BC, the control, stays put)."""
+    trained, deterministic, and mass moves to the good items (BC, the control, stays put).
+
+    GFlowGR is the exception, and that is a finding, not a tuning target: its composite reward is
+    built around the click (clicked +2, its rating only ±0.5 on top, every other item ≈ 0), and
+    on the bandit the clicks are uniform, so the reward it matches barely separates good from bad
+    items and, at this budget, the mass stays where π_ref put it (as for BC). What is true of it:
+    it trains, deterministically, and its flow-balance residual falls (tests/test_gflowgr.py)."""
     bandit, ref, rm = token_world
-    agent = token_agent(RECIPES[method], epochs=6)
+    agent = token_agent(recipe, epochs=6)
+    method = agent.method.name
     before = {k: v.clone() for k, v in ref.model.state_dict().items()}
     rm_arg = rm if METHODS[method].needs_reward_model(agent.method) else None
     a = post_train(ref, bandit.clicks, N_ITEMS, agent, SeedTree(3), progress=False, reward_model=rm_arg)
@@ -290,8 +299,8 @@ def test_token_method_contract(method, token_world):
     np.testing.assert_array_equal(a.logits(bandit.histories[:5]), b.logits(bandit.histories[:5]))
     m_ref, m_new = good_mass(ref, bandit.histories), good_mass(a, bandit.histories)
     assert 0.3 < m_ref < 0.7, f"π_ref should be near-indifferent, got {m_ref:.3f}"
-    if method == "bc":
-        assert abs(m_new - m_ref) < 0.1, f"sft-token moved mass {m_ref:.3f} -> {m_new:.3f} without rewards"
+    if method in ("bc", "gflowgr"):
+        assert abs(m_new - m_ref) < 0.1, f"{recipe} moved mass {m_ref:.3f} -> {m_new:.3f}"
     else:
         assert m_new > m_ref + 0.05, f"{method}-token: mass on good items {m_ref:.3f} -> {m_new:.3f}"
     assert a.history and all(np.isfinite(r["loss"]) for r in a.history)

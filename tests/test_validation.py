@@ -127,7 +127,7 @@ def test_recipe_knobs_are_checked_the_same_way(data, message):
 
 
 # the symbol a recipe's description uses -> the [method] knobs it may stand for
-SYMBOLS = {"α": ("alpha",), "T": ("temperature",), "λ": ("lam",), "β": ("beta", "kl_coef"), "τ": ("tau",),
+SYMBOLS = {"α": ("alpha",), "T": ("temperature",), "λ": ("lam", "gfn_weight"), "β": ("beta", "kl_coef", "reward_exponent"), "τ": ("tau",),
            "ε": ("clip_eps",), "G": ("group_size",)}
 
 

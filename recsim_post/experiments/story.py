@@ -95,7 +95,8 @@ def run_story(
             rm = reward_models[rm_key]
         say(f"post-training '{agent.name}' ({agent.method.name}, {agent.finetune.epochs} epochs)")
         policies[agent.name] = post_train(
-            refs[key], evaluator.train, logs.n_items, agent, tree, progress=progress, reward_model=rm
+            refs[key], evaluator.train, logs.n_items, agent, tree, progress=progress, reward_model=rm,
+            interactions=logs.interactions,
         )
     # Every row is scored by the first reward model (when any method used one), so its beliefs
     # about all policies -- the logger and the oracle included -- sit on one scale.

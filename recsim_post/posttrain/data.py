@@ -36,18 +36,25 @@ class Batch:
     """bool, True where the position holds a real target."""
     users: torch.Tensor
     """int64 ``(B,)`` the user each window belongs to (for per-user baselines)."""
+    slate_ids: torch.Tensor | None = None
+    """int64 ``(B, L)`` the logged slate each target was clicked from (PAD where padded); None
+    when the clicks carry no ``slate_id`` column."""
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
     """What a method's ``prepare`` step adds once per batch (sampled actions, old log-probs, ...)."""
 
     def to(self, device: torch.device | str) -> "Batch":
-        return Batch(*(t.to(device, non_blocking=True) for t in (self.inputs, self.targets, self.rewards, self.mask, self.users)))
+        slates = None if self.slate_ids is None else self.slate_ids.to(device, non_blocking=True)
+        return Batch(*(t.to(device, non_blocking=True) for t in (self.inputs, self.targets, self.rewards, self.mask, self.users)),
+                     slate_ids=slates)
 
     def trim(self) -> "Batch":
         """Drop the leading columns that are padding in every row (the model's outputs at real
         positions do not depend on them, and short histories then cost less)."""
         used = self.mask.any(dim=0).nonzero()
         start = int(used[0]) if len(used) else self.mask.shape[1] - 1
-        return Batch(self.inputs[:, start:], self.targets[:, start:], self.rewards[:, start:], self.mask[:, start:], self.users)
+        slates = None if self.slate_ids is None else self.slate_ids[:, start:]
+        return Batch(self.inputs[:, start:], self.targets[:, start:], self.rewards[:, start:], self.mask[:, start:],
+                     self.users, slate_ids=slates)
 
 
 @dataclass(frozen=True, eq=False)
@@ -59,6 +66,9 @@ class Windows:
     rewards: np.ndarray
     mask: np.ndarray
     users: np.ndarray
+    slate_ids: np.ndarray | None = None
+    """``(N, max_len)`` int64 the slate each target was clicked from (PAD where padded), or None
+    when the clicks frame has no ``slate_id`` column."""
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -86,6 +96,7 @@ class Windows:
                 torch.from_numpy(self.rewards[idx]),
                 torch.from_numpy(self.mask[idx]),
                 torch.from_numpy(self.users[idx]),
+                slate_ids=None if self.slate_ids is None else torch.from_numpy(self.slate_ids[idx]),
             )
 
 
@@ -143,7 +154,11 @@ def make_windows(clicks: pd.DataFrame, max_len: int, n_items: int | None = None,
     out_rewards[row, col] = ratings[t]
     out_mask[row, col] = True
     out_users[row] = users[t]
-    return Windows(out_inputs, out_targets, out_rewards, out_mask, out_users)
+    out_slates = None
+    if "slate_id" in clicks.columns:  # where each target was clicked from (GFlowGR's shown items)
+        out_slates = np.full((total, max_len), PAD, dtype=np.int64)
+        out_slates[row, col] = clicks["slate_id"].to_numpy(np.int64)[t]
+    return Windows(out_inputs, out_targets, out_rewards, out_mask, out_users, out_slates)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -165,6 +180,9 @@ class PostTrainData:
     """A :class:`~recsim_post.posttrain.reward_model.RewardModel`, or None."""
     reward: str = "rating"
     """The feedback signal learned from (``recsim_post.signals.REWARDS``)."""
+    interactions: pd.DataFrame | None = None
+    """The public impressions (slate_id, position, item_id, click), for methods that read what was
+    shown beside a click (GFlowGR's shown-not-clicked items); None when the caller has only clicks."""
 
     def windows(self, max_len: int) -> Windows:
         return make_windows(self.clicks, max_len, self.n_items, self.reward)

@@ -83,6 +83,11 @@ class GFlowGRConfig(Config):
     outcome_shown: float = knob(-1.0, "outcome term of an item shown in the slate and not clicked",
                                 ge=-100.0, le=100.0)
     outcome_unshown: float = knob(0.0, "outcome term of an item not in the click's slate", ge=-100.0, le=100.0)
+    contexts_per_window: int = knob(8, "logged clicks per training window that get the GFN term (drawn at random "
+                                       "among its targets; 0 = all): bounds the cost of π_ref's enumeration and of "
+                                       "the N trajectories", ge=0, le=100_000)
+    head_lr: float = knob(1e-2, "learning rate of the log Z(x) head (TB) or the state-flow head log F(s) (DB): "
+                                "faster than the policy's, as usual for TB's partition function", gt=0.0, le=1.0)
     signal_weight: float = knob(0.5, "added to the clicked item's outcome per unit of its signal, scaled to [-1, 1] "
                                       "over the signal's range (a 5-star rating +1, 1 star -1; missing 0)",
                                 ge=-100.0, le=100.0)

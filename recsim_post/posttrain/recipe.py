@@ -39,14 +39,14 @@ from ..models.token import TokenHeadConfig, TokenPolicy, is_token_model
 from ..semantic.ids import SemanticIds
 from ..seeding import SeedTree
 from ..signals import check_reward
-from . import asft, bc, cql, dpo, exp_rsft, grpo, ipo, linear_rsft, ppo
+from . import asft, bc, cql, dpo, exp_rsft, gflowgr, grpo, ipo, linear_rsft, ppo
 from .bc import BCConfig
 from .data import PostTrainData
 from .loop import TrainConfig
 from .reward_model import RewardModel, RewardModelConfig, fit_reward_model
 
 METHODS: dict[str, ModuleType] = {
-    m.CONFIG().name: m for m in (bc, linear_rsft, exp_rsft, asft, dpo, ipo, cql, ppo, grpo)
+    m.CONFIG().name: m for m in (bc, linear_rsft, exp_rsft, asft, dpo, ipo, cql, ppo, grpo, gflowgr)
 }
 """Post-training methods by name; each module has ``CONFIG`` (its config class), ``train`` and
 ``needs_reward_model(cfg)``."""
@@ -110,6 +110,9 @@ class AgentConfig(Config):
             token = ", ".join(repr(n) for n, m in METHODS.items() if getattr(m, "TOKEN_LEVEL", False))
             raise ConfigError(f"method.name = {self.method.name!r} has no token-level version (generate = 'token'): "
                               f"must be one of {token}")
+        if self.generate == "item" and getattr(METHODS[self.method.name], "TOKEN_ONLY", False):
+            raise ConfigError(f"method.name = {self.method.name!r} works on semantic-ID tokens only: set generate = "
+                              "'token' (and a [token_head])")
         check = getattr(METHODS[self.method.name], "check_for_reward", None)
         if check is not None:  # a method whose knobs depend on the reward's scale
             check(self.method, self.reward)
@@ -148,12 +151,15 @@ def post_train(
     seed: SeedTree,
     progress: bool = True,
     reward_model: RewardModel | None = None,
+    interactions: pd.DataFrame | None = None,
 ) -> TrainedPolicy:
     """A copy of π_ref fine-tuned by ``cfg.method`` with ``cfg.finetune`` (π_ref is untouched).
 
     Every method draws its batch order and dropout from the same ``seed.child("finetune")``, so
     methods compared from one π_ref see the same batches (common random numbers). A method that
     needs a reward model gets ``reward_model``, or one fitted here with ``cfg.reward_model``.
+    ``interactions`` are the public impressions the clicks come from (GFlowGR reads the slates
+    shown beside each click there; other methods ignore them).
     """
     if dataclasses.asdict(policy_ref.config) != dataclasses.asdict(cfg.model):
         raise ConfigError(f"recipe '{cfg.name}': its [model] section does not match the pre-trained policy's")
@@ -162,7 +168,7 @@ def post_train(
     method = METHODS[cfg.method.name]
     if needs_reward_model(cfg) and reward_model is None:
         reward_model = fit_reward(policy_ref, train_clicks, n_items, cfg, seed, progress)
-    data = PostTrainData(train_clicks, n_items, reward_model, reward=cfg.reward)
+    data = PostTrainData(train_clicks, n_items, reward_model, reward=cfg.reward, interactions=interactions)
     return method.train(policy_ref, data, cfg.method, cfg.finetune, seed.child("finetune"), progress)
 
 
