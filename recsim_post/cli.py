@@ -897,8 +897,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+RETRY_SECONDS = 0.05
+"""How soon a SIGTERM that arrived inside a foreign callback is raised again."""
+
+
+def _in_foreign_callback(frame) -> bool:  # noqa: ANN001
+    """Whether the interrupted Python code runs inside a C library's callback (llvmlite's, while
+    Numba compiles): an exception raised there is printed as "Exception ignored" and swallowed."""
+    while frame is not None:
+        if "llvmlite" in frame.f_code.co_filename:
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _terminate(signum: int, frame) -> None:  # noqa: ANN001
-    raise Terminated(signum)
+    """SIGTERM (and its retry on SIGALRM): raise Terminated where the run is, or, inside a foreign
+    callback that would swallow it, again in RETRY_SECONDS (a SIGTERM during Numba's first
+    compilation used to be ignored and the run went on to finish)."""
+    if _in_foreign_callback(frame):
+        signal.signal(signal.SIGALRM, _terminate)
+        signal.setitimer(signal.ITIMER_REAL, RETRY_SECONDS)
+        return
+    raise Terminated(signal.SIGTERM)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -933,6 +954,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if signal.getsignal(signal.SIGALRM) is _terminate:  # a deferred SIGTERM the run outlived
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
 
 
 if __name__ == "__main__":  # pragma: no cover

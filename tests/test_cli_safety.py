@@ -305,3 +305,24 @@ def test_an_interrupted_ope_study_resumes(tmp_path, capsys, files, monkeypatch):
     monkeypatch.setattr(ope_study, "ope_study_seed", real)
     code, fresh, _ = run(capsys, *argv[:-1], str(tmp_path / "fresh"))
     assert code == 0 and resumed == fresh
+
+
+def test_a_sigterm_inside_a_foreign_callback_is_raised_again_soon():
+    """Inside llvmlite's callbacks (Numba compiling) a raised exception would be swallowed: the
+    handler re-arms itself on SIGALRM and raises once the run is back in plain Python."""
+    import types
+
+    fake = types.SimpleNamespace(f_code=types.SimpleNamespace(co_filename="/x/llvmlite/binding/executionengine.py"),
+                                 f_back=None)
+    previous = signal.getsignal(signal.SIGALRM)
+    try:
+        assert cli._terminate(signal.SIGTERM, fake) is None  # deferred, not raised into the callback
+        with pytest.raises(cli.Terminated):
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:  # the retry fires here, in plain Python
+                time.sleep(0.01)
+        with pytest.raises(cli.Terminated):  # outside a callback it raises at once
+            cli._terminate(signal.SIGTERM, sys._getframe())
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
