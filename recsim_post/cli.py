@@ -151,14 +151,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     table, rm_report, loop_text, wrote = run
     which = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean ± std over seeds {', '.join(map(str, seeds))}"
     print(f"\nrecsim-post {command} — scenario '{scenario.name}', {which}\n")
-    from .experiments.report import format_table
+    from .experiments.report import SHARPNESS_LEGEND, format_table, split_for_print
 
-    print(format_table(table))
+    main, sharp = split_for_print(table)
+    print(format_table(main))
     print(
         "\ntrue_value: exact expected true reward of a policy that samples one item;"
         "\ntrue_value_norm: 0 = uniform, 1 = oracle; top10_*: the policy's top 10 shown;"
-        "\nndcg@10 / hr@10 / mrr: offline metrics on each user's held-out last click."
+        "\nndcg@5 / ndcg@10 / hr@10 / mrr: offline metrics on each user's held-out last click."
     )
+    if sharp is not None:
+        print("\nsharpness is not skill: the same policies compared at equal spread\n")
+        print(format_table(sharp))
+        print("\n" + SHARPNESS_LEGEND)
     if closed.rounds > 0 and loop_text:
         print(_closed_loop_legend(
             loop_text, "mean",

@@ -89,9 +89,9 @@ def test_closed_loop_column_on_every_row_reproducible_and_only_when_asked():
     ev = a.evaluator
     static = [c for c in a.frame.columns if c != "closed_loop"]
     ev.closed_loop = ClosedLoop(a.simulation.world, ev.clicks, dataclasses.replace(cfg, seeds=(2, 3)))
-    other = results_frame(ev.reference_rows() + [ev.policy_row("bc", a.policies["bc"])])
+    other = results_frame(ev.reference_rows() + [ev.policy_row("bc", a.policies["bc"], a.pi_refs["bc"])])
     assert other[static].equals(a.frame[static])
     assert not np.array_equal(other["closed_loop"], a.frame["closed_loop"])
     ev.closed_loop = None  # run_story's default: no rollouts, no column
-    plain = results_frame(ev.reference_rows() + [ev.policy_row("bc", a.policies["bc"])])
+    plain = results_frame(ev.reference_rows() + [ev.policy_row("bc", a.policies["bc"], a.pi_refs["bc"])])
     assert "closed_loop" not in plain.columns and plain.equals(a.frame[static])

@@ -175,8 +175,13 @@ def test_offline_metrics_stream_over_chunks_of_test_users(sim, monkeypatch):
     pol = _Factors(ev.truth.n_items)
     hist = histories(ev.before_test, ev.test_users, HISTORY_LEN)
     dense = ranking_metrics(pol.logits(hist), ev.test_targets, exclude=hist, k=ev.k)
+    dense5 = ranking_metrics(pol.logits(hist), ev.test_targets, exclude=hist, k=5)
+    whole = ev._offline(pol, tune=True)
     monkeypatch.setattr(evaluate, "chunk_users", lambda n_items: 3)
-    assert ev._offline(pol) == dense
+    chunked = ev._offline(pol, tune=True)
+    assert chunked == whole  # the likelihood-tuned temperature too
+    assert {k: chunked[k] for k in dense} == dense
+    assert chunked["ndcg@5"] == dense5["ndcg@5"] and chunked["hr@5"] == dense5["hr@5"]
 
 
 # ---------------------------------------------------------------- histories

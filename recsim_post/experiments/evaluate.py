@@ -31,8 +31,9 @@ from ..posttrain.reward_model import next_item_scores
 from ..seeding import SeedTree
 from ..truth.ground_truth import BUDGET_BYTES, ExactSums, GroundTruth, References, chunk_users, exact_sums, references
 from ..truth.references import reference_policies
+from ..truth.sharpness import TAU_GRID, Tempered, matching_tau, nll_profile
 from ..truth.rollout import ClosedLoop
-from .report import ResultRow
+from .report import SMALL_K, ResultRow
 
 
 @dataclass
@@ -52,6 +53,9 @@ class Evaluator:
     """Optional reward model (posttrain.reward_model.RewardModel): adds its believed value per row."""
     closed_loop: ClosedLoop | None = None
     """Optional closed-loop rollouts from the world at T: adds the ``closed_loop`` value per row."""
+    sharpness: bool = True
+    """Add each row's entropy, greedy value, KL to its π_ref and temperature-matched values
+    (truth/sharpness.py); False skips them (one pass over r* instead of two)."""
 
     @classmethod
     def prepare(
@@ -95,19 +99,30 @@ class Evaluator:
     def _hist_at_t(self, users: np.ndarray) -> np.ndarray:
         return self._clicks_index.gather(users, HISTORY_LEN)
 
-    def _offline(self, policy: Policy) -> dict[str, float]:
-        """NDCG / HR / MRR on the held-out last clicks, streamed over chunks of test users."""
+    def _offline(self, policy: Policy, tune: bool = False) -> dict[str, float]:
+        """NDCG / HR at k and at 5, MRR on the held-out last clicks, streamed over chunks of test users;
+        with ``tune``, also ``tau_nll``: the temperature of :data:`sharpness.TAU_GRID` that maximises
+        the held-out clicks' log-likelihood under the full softmax (what a team would calibrate on)."""
         n = len(self.test_users)
+        small = min(SMALL_K, self.k)
         if n == 0:
-            return {f"ndcg@{self.k}": float("nan"), f"hr@{self.k}": float("nan"), "mrr": float("nan")}
+            nan = float("nan")
+            return {f"ndcg@{self.k}": nan, f"hr@{self.k}": nan, "mrr": nan, f"ndcg@{small}": nan,
+                    f"hr@{small}": nan, "tau_nll": nan}
         ranks = np.empty(n, np.int64)
+        nll = np.zeros(len(TAU_GRID))
         step = chunk_users(self.truth.n_items)
         for lo in range(0, n, step):
             users = self.test_users[lo : lo + step]
             hist = self._before_test_index.gather(users, HISTORY_LEN)
             logits = policy.logits(hist, Context(users))
-            ranks[lo : lo + step] = target_ranks(logits, self.test_targets[lo : lo + step], exclude=hist)
-        return metrics_from_ranks(ranks, k=self.k)
+            targets = self.test_targets[lo : lo + step]
+            ranks[lo : lo + step] = target_ranks(logits, targets, exclude=hist)
+            if tune:
+                nll += nll_profile(logits, targets).sum(axis=0)
+        out = {**metrics_from_ranks(ranks, k=self.k), **metrics_from_ranks(ranks, k=small)}
+        out["tau_nll"] = float(TAU_GRID[int(np.argmin(nll))]) if tune and np.isfinite(nll).any() else float("nan")
+        return out
 
     def _belief(self, users: np.ndarray) -> np.ndarray:
         """The reward model's R̂(h_u, i) for every item after each user's history at T: (B, n_items)
@@ -126,19 +141,27 @@ class Evaluator:
                 out[lo : lo + step] = scores.mean(dim=0, dtype=torch.float64).cpu().numpy()
         return out
 
-    def _exact(self, policies: Mapping[Hashable, Policy]) -> ExactSums:
+    def _exact(self, policies: Mapping[Hashable, Policy], ref_of: Mapping[Hashable, Hashable] | None = None,
+               belief: bool = True) -> ExactSums:
         """One pass over r* for the references and every policy, each given the histories at T."""
-        belief = self._belief if self.reward_model is not None else None
-        return exact_sums(self.truth, self.users, policies, self.refs.k, belief=belief, histories=self._hist_at_t)
+        belief_fn = self._belief if (belief and self.reward_model is not None) else None
+        return exact_sums(self.truth, self.users, policies, self.refs.k, belief=belief_fn, histories=self._hist_at_t,
+                          sharpness=self.sharpness and belief, ref_of=ref_of)
 
     def _closed(self, policy: Policy) -> float | None:
         if self.closed_loop is None:
             return None
         return self.closed_loop.run(policy).mean
 
-    def rows(self, policies: Mapping[str, Policy] | None = None, references: bool = True) -> list[ResultRow]:
+    def rows(self, policies: Mapping[str, Policy] | None = None, references: bool = True,
+             pi_refs: Mapping[str, Policy] | None = None) -> list[ResultRow]:
         """The reference rows (unless ``references`` is False), then one row per trained policy, with
         one pass over r* (and over the reward model's beliefs) shared by all of them.
+
+        ``pi_refs`` maps a trained policy's name to the π_ref it was post-trained from: its row then
+        gets KL(π ‖ π_ref) and the value at π_ref's entropy (truth/sharpness.py); with
+        :attr:`sharpness` a second pass scores each trained policy at its matched and its
+        likelihood-tuned temperature.
 
         A policy gets the same numbers here as alone (:meth:`policy_row`): the chunks depend on the
         catalogue size only.
@@ -152,28 +175,52 @@ class Evaluator:
             scored[("reference", "logging policy")] = refs_p["logging policy"]
         for name, policy in policies.items():
             scored[("trained", name)] = policy
-        sums = self._exact(scored)
+        ref_of: dict[Hashable, Hashable] = {}
+        if self.sharpness:
+            ids: dict[int, tuple[str, str]] = {}
+            for name, ref in (pi_refs or {}).items():
+                if name in policies:
+                    key = ids.setdefault(id(ref), ("pi_ref", str(len(ids))))
+                    scored[key] = ref
+                    ref_of[("trained", name)] = key
+        sums = self._exact(scored, ref_of)
         refs = self.refs
+        offline = {key: self._offline(p, tune=self.sharpness and key[0] == "trained")
+                   for key, p in scored.items() if key[0] != "pi_ref"}
+        tempered = self._tempered(scored, sums, ref_of, offline) if self.sharpness else {}
 
         def row(kind: str, name: str) -> ResultRow:
-            policy = scored[(kind, name)]
-            v = sums.policy((kind, name), refs)
-            m = self._offline(policy)
+            key = (kind, name)
+            policy = scored[key]
+            v = sums.policy(key, refs)
+            m = offline[key]
+            small = min(SMALL_K, self.k)
+            extra: dict[str, Any] = {}
+            if self.sharpness:
+                top1 = float(sums.top1[key].mean())
+                extra = dict(entropy=float(sums.entropy[key].mean()),
+                             kl_ref=float(sums.kl[key].mean()) if key in sums.kl else None,
+                             top1_value=top1, top1_norm=refs.normalise(top1, top1).value_norm,
+                             **tempered.get(key, {}))
             return ResultRow(
                 name, kind, float(v.value), float(v.value_norm), float(v.topk_value), float(v.topk_norm),  # type: ignore[arg-type]
                 m[f"ndcg@{self.k}"], m[f"hr@{self.k}"], m["mrr"],
-                sums.believed((kind, name)) if self.reward_model is not None else None,
-                self._closed(policy),
+                sums.believed(key) if self.reward_model is not None else None,
+                self._closed(policy), ndcg_small=m[f"ndcg@{small}"], hr_small=m[f"hr@{small}"], small_k=small,
+                **extra,
             )
 
         out = []
         if references:
             believed = self.reward_model is not None
+            sharp: dict[str, Any] = {}
+            if self.sharpness:  # uniform: maximal entropy; its greedy pick is a random item
+                sharp = dict(entropy=float(np.log(n)), top1_value=refs.uniform, top1_norm=0.0)
             out.append(
                 # uniform's top-k is a random k items (every score ties): its value is the mean
                 ResultRow("uniform", "reference", refs.uniform, 0.0, refs.uniform, 0.0,
                           rm_value=float(sums.uniform_belief.mean()) if believed else None,
-                          closed_loop=self._closed(refs_p["uniform"]))
+                          closed_loop=self._closed(refs_p["uniform"]), **sharp)
             )
             out.append(row("reference", "popularity"))
             out.append(row("reference", "logging policy"))
@@ -181,13 +228,44 @@ class Evaluator:
             # held-out clicks by their true reward -- which is not what users clicked on. Its belief is
             # the reward model's view of that point mass.
             m = self._offline(refs_p["oracle"])
+            small = min(SMALL_K, self.k)
+            if self.sharpness:  # a point mass on argmax r* (ties share it: their entropy is tiny)
+                sharp = dict(entropy=None, top1_value=refs.oracle, top1_norm=1.0)
             out.append(
                 ResultRow("oracle", "reference", refs.oracle, 1.0, refs.oracle_topk, 1.0,
                           m[f"ndcg@{self.k}"], m[f"hr@{self.k}"], m["mrr"],
                           float(sums.oracle_belief.mean()) if believed else None,
-                          self._closed(refs_p["oracle"]))
+                          self._closed(refs_p["oracle"]), ndcg_small=m[f"ndcg@{small}"], hr_small=m[f"hr@{small}"],
+                          small_k=small, **sharp)
             )
         out += [row("trained", name) for name in policies]
+        return out
+
+    def _tempered(self, scored: Mapping[tuple[str, str], Policy], sums: ExactSums,
+                  ref_of: Mapping[Hashable, Hashable], offline: Mapping[tuple[str, str], dict[str, float]],
+                  ) -> dict[tuple[str, str], dict[str, float | None]]:
+        """Each trained policy's ground truth at two temperatures picked without the truth: the one
+        matching its π_ref's mean entropy (only with a π_ref) and the held-out-likelihood one; one
+        more pass over r* for all of them."""
+        out: dict[tuple[str, str], dict[str, float | None]] = {}
+        extra: dict[Hashable, Policy] = {}
+        for key, policy in scored.items():
+            if key[0] != "trained":
+                continue
+            row: dict[str, float | None] = {"tau_nll": offline[key]["tau_nll"]}
+            if key in ref_of:
+                target = float(sums.entropy[ref_of[key]].mean())
+                row["tau_matched"] = matching_tau(sums.entropy_profile[key], target)
+            for col in ("tau_matched", "tau_nll"):
+                tau = row.get(col)
+                if tau is not None and np.isfinite(tau):
+                    extra[(col, key)] = Tempered(policy, float(tau))
+            out[key] = row
+        if extra:
+            again = self._exact(extra, belief=False)
+            for (col, key) in extra:
+                v = again.policy((col, key), self.refs)
+                out[key]["matched_norm" if col == "tau_matched" else "nll_tuned_norm"] = float(v.value_norm)
         return out
 
     def reference_rows(self) -> list[ResultRow]:
@@ -206,7 +284,7 @@ class Evaluator:
             reward=getattr(reward_model, "reward", "rating"),
         )
 
-    def policy_row(self, method: str, policy: Policy) -> ResultRow:
+    def policy_row(self, method: str, policy: Policy, pi_ref: Policy | None = None) -> ResultRow:
         """Ground truth, offline metrics (and the closed-loop value) of a trained policy; to score
         several, :meth:`rows` shares one pass over r* between them."""
-        return self.rows({method: policy}, references=False)[0]
+        return self.rows({method: policy}, references=False, pi_refs={method: pi_ref} if pi_ref is not None else None)[0]

@@ -26,6 +26,8 @@ import pandas as pd
 from ..outputs import atomic_write
 
 __all__ = [
+    "SHARPNESS_COLUMNS",
+    "SMALL_K",
     "ResultRow",
     "aggregate_seeds",
     "column_names",
@@ -33,6 +35,7 @@ __all__ = [
     "format_mean_std",
     "format_table",
     "plot_results",
+    "split_for_print",
     "results_frame",
     "write_csv",
 ]
@@ -41,6 +44,13 @@ MISSING = "—"
 """How a missing value (NaN / None) is shown in tables."""
 
 _KINDS = ("reference", "trained")
+
+SMALL_K = 5
+"""The second, smaller ranking cut-off of every table (NDCG@5 and HR@5 beside NDCG@k)."""
+
+SHARPNESS_COLUMNS = ("entropy", "kl_ref", "top1_true_value", "top1_norm", "tau_matched", "matched_norm",
+                     "tau_nll", "nll_tuned_norm")
+"""The "sharpness is not skill" columns (truth/sharpness.py), present when any row has them."""
 _NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+|inf|nan)( ± .*)?$")
 
 
@@ -74,6 +84,26 @@ class ResultRow:
     closed_loop: float | None = None
     """Closed-loop value: mean over a cohort of each user's summed r* of her clicks while the
     policy serves slates for H rounds after T, averaged over rollout seeds (rollout.ClosedLoop)."""
+    ndcg_small: float | None = None
+    """NDCG at the small cut-off ``small_k`` (5), beside the main k."""
+    hr_small: float | None = None
+    small_k: int = 5
+    # sharpness is not skill (truth/sharpness.py): None where not computed
+    entropy: float | None = None
+    """Mean entropy of π(.|h_u) in nats."""
+    kl_ref: float | None = None
+    """Mean KL(π ‖ π_ref) to the policy it was post-trained from."""
+    top1_value: float | None = None
+    """Greedy value: mean r* of the policy's top item."""
+    top1_norm: float | None = None
+    tau_matched: float | None = None
+    """The temperature at which the policy's mean entropy equals π_ref's."""
+    matched_norm: float | None = None
+    """Normalised ground truth at ``tau_matched``: the policy compared at π_ref's spread."""
+    tau_nll: float | None = None
+    """The temperature that maximises the held-out clicks' likelihood (no truth needed)."""
+    nll_tuned_norm: float | None = None
+    """Normalised ground truth at ``tau_nll``."""
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
@@ -97,22 +127,55 @@ def column_names(k: int = 10) -> list[str]:
 
 def results_frame(rows: Iterable[ResultRow], k: int = 10) -> pd.DataFrame:
     """A tidy frame, one row per policy, with the columns of :func:`column_names` (None -> NaN),
-    plus ``closed_loop`` when any row carries a closed-loop value and ``rm_value`` when any row
-    carries a reward model's belief (in that order)."""
+    plus ``closed_loop`` when any row carries a closed-loop value, ``rm_value`` when any row
+    carries a reward model's belief, ``ndcg@5`` / ``hr@5`` when computed, and the
+    :data:`SHARPNESS_COLUMNS` when any row has them (in that order)."""
     rows = list(rows)
     cols = column_names(k)
     with_closed = any(r.closed_loop is not None for r in rows)
     with_rm = any(r.rm_value is not None for r in rows)
-    cols = cols + (["closed_loop"] if with_closed else []) + (["rm_value"] if with_rm else [])
+    small = [r for r in rows if r.ndcg_small is not None]
+    small_k = small[0].small_k if small else SMALL_K
+    with_small = bool(small) and small_k != k
+    with_sharp = any(r.entropy is not None or r.top1_value is not None for r in rows)
+    cols = (cols + (["closed_loop"] if with_closed else []) + (["rm_value"] if with_rm else [])
+            + ([f"ndcg@{small_k}", f"hr@{small_k}"] if with_small else []) + (list(SHARPNESS_COLUMNS) if with_sharp else []))
     records = [
         (r.method, r.kind, r.value, r.value_norm, r.topk_value, r.topk_norm, r.ndcg, r.hr, r.mrr)
         + ((r.closed_loop,) if with_closed else ())
         + ((r.rm_value,) if with_rm else ())
+        + ((r.ndcg_small, r.hr_small) if with_small else ())
+        + ((r.entropy, r.kl_ref, r.top1_value, r.top1_norm, r.tau_matched, r.matched_norm, r.tau_nll,
+            r.nll_tuned_norm) if with_sharp else ())
         for r in rows
     ]
     df = pd.DataFrame.from_records(records, columns=cols)
     # float64 even when a column is all None, so NaN (not object None) marks "missing" everywhere.
     return df.astype({c: np.float64 for c in cols[2:]})
+
+
+def split_for_print(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The printed views of a results table (per seed or :func:`format_aggregate`'d): the main table
+    (values, top-k, NDCG@5 beside NDCG@k, HR, MRR, closed loop, reward-model belief) and the
+    "sharpness is not skill" table (method and :data:`SHARPNESS_COLUMNS`; None without them).
+    Every column stays in the CSV files."""
+    cols = [str(c) for c in df.columns]
+    sharp = [c for c in SHARPNESS_COLUMNS if c in cols and c not in ("top1_true_value",)]
+    small = [c for c in cols if c.startswith(f"ndcg@{SMALL_K}")]
+    hidden = set(SHARPNESS_COLUMNS) | {c for c in cols if c.startswith((f"ndcg@{SMALL_K}", f"hr@{SMALL_K}"))}
+    main = [c for c in cols if c not in hidden]
+    if small and any(c.startswith("ndcg@") for c in main):  # NDCG@5 right before NDCG@k
+        at = next(i for i, c in enumerate(main) if c.startswith("ndcg@"))
+        main[at:at] = small
+    return df[main], (df[["method", *sharp]] if sharp else None)
+
+
+SHARPNESS_LEGEND = (
+    "entropy: mean nats of π(.|h); kl_ref: KL(π ‖ π_ref) to the policy it was tuned from;"
+    "\ntop1_norm: greedy value (its top item); matched_norm: ground truth at tau_matched, the temperature"
+    "\nwhere its entropy equals π_ref's; nll_tuned_norm: at tau_nll, the temperature that maximises the"
+    "\nheld-out clicks' likelihood. A method that only sharpens π gains true_value_norm, not these."
+)
 
 
 def format_table(df: pd.DataFrame, digits: int = 3) -> str:

@@ -37,6 +37,8 @@ class StoryResult:
     reward_models: dict[str, RewardModel] = field(default_factory=dict)
     semantic_ids: SemanticIds | None = None
     """The catalogue's semantic IDs, when a token recipe ran (computed from the public item features)."""
+    pi_refs: dict[str, TrainedPolicy] = field(default_factory=dict)
+    """Each recipe's π_ref (shared by recipes with the same [model] and [pretrain])."""
 
 
 def _pretrain_key(agent: AgentConfig) -> str:
@@ -78,6 +80,7 @@ def run_story(
         say(f"tokenizing {logs.n_items} items into semantic IDs ({cfg.method}, L = {cfg.levels}, seed {cfg.seed})")
         ids = tokenize_logs(logs, cfg).ids
     policies: dict[str, TrainedPolicy] = {}
+    pi_refs: dict[str, TrainedPolicy] = {}  # each recipe's π_ref: its row's KL and matched-entropy columns
     refs: dict[str, TrainedPolicy] = {}
     reward_models: dict[str, RewardModel] = {}
     for agent in agents:
@@ -98,13 +101,14 @@ def run_story(
             refs[key], evaluator.train, logs.n_items, agent, tree, progress=progress, reward_model=rm,
             interactions=logs.interactions,
         )
+        pi_refs[agent.name] = refs[key]
     # Every row is scored by the first reward model (when any method used one), so its beliefs
     # about all policies -- the logger and the oracle included -- sit on one scale.
     evaluator.reward_model = next(iter(reward_models.values()), None)
     if closed_loop is not None and closed_loop.rounds > 0:
         evaluator.closed_loop = ClosedLoop(sim.world, evaluator.clicks, closed_loop)
         say(f"closed-loop rollouts: {evaluator.closed_loop.describe()}")
-    rows = evaluator.rows(policies)  # one pass over r* for the references and every policy
+    rows = evaluator.rows(policies, pi_refs=pi_refs)  # one pass over r* for the references and every policy
     if evaluator.closed_loop is not None:
         say(f"closed-loop rollouts took {evaluator.closed_loop.seconds:.1f} s")
-    return StoryResult(results_frame(rows, k=evaluator.k), policies, sim, evaluator, rows, reward_models, ids)
+    return StoryResult(results_frame(rows, k=evaluator.k), policies, sim, evaluator, rows, reward_models, ids, pi_refs)

@@ -22,7 +22,7 @@ too (:attr:`GroundTruth.logger_rounds`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Callable, Hashable, Mapping
@@ -333,6 +333,14 @@ class ExactSums:
     belief: dict[Hashable, np.ndarray]
     uniform_belief: np.ndarray | None = None
     oracle_belief: np.ndarray | None = None
+    entropy: dict[Hashable, np.ndarray] = field(default_factory=dict)
+    """With ``sharpness``: per user H(π(.|h_u)) in nats (truth/sharpness.py)."""
+    top1: dict[Hashable, np.ndarray] = field(default_factory=dict)
+    """With ``sharpness``: per user r* of the policy's top item (its greedy value)."""
+    kl: dict[Hashable, np.ndarray] = field(default_factory=dict)
+    """With ``ref_of``: per user KL(π ‖ π_ref) in nats."""
+    entropy_profile: dict[Hashable, np.ndarray] = field(default_factory=dict)
+    """With ``sharpness``: the mean entropy at each temperature of ``sharpness.TAU_GRID``."""
 
     def references(self) -> References:
         n = len(self.uniform)
@@ -356,6 +364,8 @@ def exact_sums(
     belief: BeliefFn | None = None,
     chunk: int | None = None,
     histories: Histories | None = None,
+    sharpness: bool = False,
+    ref_of: Mapping[Hashable, Hashable] | None = None,
 ) -> ExactSums:
     """One pass over r*(u, ., T) for ``users``, shared by the references and every policy in ``policies``.
 
@@ -367,8 +377,22 @@ def exact_sums(
     is computed once (and the belief R̂ once, when given), then each policy's logits are reduced
     row by row (softmax-weighted sum, top-k mean) without (users x items) temporaries. Memory is
     O(chunk x items), flat in the number of users and policies.
+
+    ``sharpness`` adds each policy's entropy, greedy (top-1) value and entropy-vs-temperature profile;
+    ``ref_of`` maps a policy to the name of its π_ref among ``policies`` and adds KL(π ‖ π_ref)
+    (truth/sharpness.py). A reference's logits are kept for its chunk only.
     """
+    from .sharpness import TAU_GRID, entropy, entropy_profile, kl
+
     policies = dict(policies or {})
+    ref_of = {a: b for a, b in (ref_of or {}).items() if a in policies}
+    for a, b in ref_of.items():
+        if b not in policies:
+            raise ValueError(f"ref_of: the reference {b!r} of {a!r} is not among the policies scored")
+    refs_needed = set(ref_of.values())
+    # references first, so their logits are at hand when a dependent policy is reduced
+    policies = {**{n: p for n, p in policies.items() if n in refs_needed},
+                **{n: p for n, p in policies.items() if n not in refs_needed}}
     users = np.asarray(users, np.int64)
     n, n_items = len(users), truth.n_items
     kk = min(k, n_items)
@@ -379,6 +403,10 @@ def exact_sums(
     value = {name: np.empty(n) for name in policies}
     topk = {name: np.empty(n) for name in policies}
     believed = {name: np.empty(n) for name in policies} if belief is not None else {}
+    ent = {name: np.empty(n) for name in policies} if sharpness else {}
+    top1 = {name: np.empty(n) for name in policies} if sharpness else {}
+    prof = {name: np.zeros(len(TAU_GRID)) for name in policies} if sharpness else {}
+    kls = {name: np.empty(n) for name in ref_of}
     uni_b = ora_b = None
     if belief is not None:
         uni_b, ora_b = np.empty(n), np.empty(n)
@@ -401,6 +429,7 @@ def exact_sums(
             ora_b[sl] = np.where(best, rb, 0.0).sum(axis=1) / best.sum(axis=1)
         hist = (histories(u) if histories is not None else empty_histories(len(u))) if policies else None
         context = Context(u)
+        kept: dict[Hashable, np.ndarray] = {}
         for name, policy in policies.items():
             logits = policy.logits(hist, context)
             if logits.shape != r.shape:
@@ -408,8 +437,17 @@ def exact_sums(
             value[name][sl], topk[name][sl], b = policy_sums(logits, r, k, rb)
             if rb is not None:
                 believed[name][sl] = b
+            if sharpness:
+                ent[name][sl] = entropy(logits)
+                top1[name][sl] = topk_mean(logits, r, 1)
+                prof[name] += entropy_profile(logits).sum(axis=0)
+            if name in ref_of:
+                kls[name][sl] = kl(logits, kept[ref_of[name]])
+            if name in refs_needed:
+                kept[name] = logits
             del logits
-    return ExactSums(uniform, oracle, oracle_topk, k, value, topk, believed, uni_b, ora_b)
+    profile = {name: p / max(n, 1) for name, p in prof.items()}
+    return ExactSums(uniform, oracle, oracle_topk, k, value, topk, believed, uni_b, ora_b, ent, top1, kls, profile)
 
 
 def references(truth: GroundTruth, users: np.ndarray, k: int = 10, chunk: int | None = None) -> References:
