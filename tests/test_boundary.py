@@ -20,6 +20,7 @@ FORBIDDEN = (
     "recsim_post.metrics",
     "recsim_post.ope",
     "recsim_post.experiments",
+    "recsim_post.theory",
     "recsim_post.envs",
     "recsim_post.logs.simulate",
 )
