@@ -644,6 +644,32 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    """Run a study (studies/NAME.toml or a path): a grid over scenario knobs, recipe knobs and seeds,
+    one resumable cell per (scenario, grid point, seed), then a report with confidence intervals,
+    paired differences, the KL-reward frontier and the selection regret of offline criteria."""
+    from .experiments.study import load_study, run_study, study_agents, study_cells
+
+    say = _say(args.quiet)
+    start = time.perf_counter()
+    cfg = load_study(args.study, small=args.small)
+    _check_out(args.out)
+    if cfg.kind == "story":  # every scenario, variant and reference is checked before any work starts
+        from .world.config import check_memory
+
+        cells = study_cells(cfg)
+        for cell in cells[:: len(cfg.seeds)]:
+            check_memory(cell.scenario)
+        study_agents(cfg)
+    out = args.out or f"recsim-post-study-{cfg.name}" + ("-small" if args.small else "")
+    run_study(cfg, out, overwrite=args.overwrite, backend=args.backend, workers=args.workers, say=say,
+              progress=_progress(args))
+    report = Path(out) / "report.md"
+    print("\n" + report.read_text(encoding="utf-8"))
+    print(f"\nwrote {out}/ (report.md, results.parquet, results.csv, figures, cells/)  in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
 TOKENIZE_FLAGS = {"method": "method", "levels": "levels", "codebook_size": "codebook-size", "seed": "seed",
                   "genre_onehot": "genre-onehot"}
 
@@ -830,6 +856,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start over in an output folder that holds other files or cells of another grid")
     settings(w)
     common(w)
+
+    st = command("study", cmd_study)
+    st.add_argument("study", help="a shipped study's name (see studies/) or a path to a study TOML file")
+    st.add_argument("--small", action="store_true", help="the study's [small] size: seconds to minutes, as CI runs it")
+    st.add_argument("--backend", choices=["local", "ray"], default="local",
+                    help="local: cells in this machine's processes; ray: cells as Ray tasks (pip install ray)")
+    st.add_argument("--workers", type=int, default=1, metavar="N",
+                    help="local cells run at once in a process pool (default: 1, one after another)")
+    st.add_argument("--out", default=None,
+                    help="output folder; finished cells are kept and a rerun resumes (default: ./recsim-post-study-NAME)")
+    st.add_argument("--overwrite", action="store_true",
+                    help="start over in an output folder that holds other files or cells of another grid")
+    common(st)
 
     t = command("train", cmd_train)
     t.add_argument("--logs", required=True, help="log folder written by 'simulate' (only its public files are read)")

@@ -14,7 +14,7 @@ from typing import Literal
 from .config import read_toml
 from .errors import ConfigError, one_line
 
-Kind = Literal["envs", "agents"]
+Kind = Literal["envs", "agents", "studies"]
 
 
 def preset_dir(kind: Kind) -> Path:
@@ -38,6 +38,11 @@ def preset_names(kind: Kind, large: bool = True) -> list[str]:
     return names
 
 
+def resolve_study(name_or_path: str | Path) -> Path:
+    """A shipped study's name (``studies/NAME.toml``) or a path to a study file."""
+    return resolve("studies", name_or_path)
+
+
 def preset_description(path: Path) -> str:
     """The ``description`` line of a preset (empty if it has none), or why it cannot be read: a
     listing shows every preset, so one broken file does not stop it."""
@@ -55,7 +60,7 @@ def resolve(kind: Kind, name_or_path: str | Path) -> Path:
     separator is always a path.
     """
     text = os.fspath(name_or_path)
-    what = "scenario" if kind == "envs" else "agent"
+    what = {"envs": "scenario", "agents": "agent", "studies": "study"}[kind]
     is_path = text.endswith(".toml") or os.sep in text or (os.altsep is not None and os.altsep in text)
     if not is_path and text:
         candidate = preset_dir(kind) / f"{text}.toml"

@@ -143,36 +143,88 @@ def run_sweep(
     With a ``store`` each cell is saved as soon as it finishes and cells the store already holds
     are not run again, so an interrupted sweep resumes where it stopped.
     """
-    if backend not in BACKENDS:
-        raise ConfigError(f"backend = {backend!r} is not allowed: must be one of {', '.join(BACKENDS)}")
     cells = sweep_cells(base, dial, seeds)
-    agent_data = [to_dict(a) for a in agents]
-    todo = [c for c in cells if store is None or not store.done(c.name)]
-    frames: dict[str, pd.DataFrame] = {}
-
-    def finished(cell: SweepCell, frame: pd.DataFrame) -> None:
-        if store is not None:
-            store.save_frame(cell.name, frame, {"value": _label(cell.value), "seed": cell.seed})
-        else:
-            frames[cell.name] = frame
-
-    start = time.perf_counter()
-    if backend == "ray" and todo:
-        _run_ray(todo, agent_data, eval_users, say, finished)
-    else:
-        for i, c in enumerate(todo):
-            say(f"cell {i + 1}/{len(todo)}: {dial.key} = {c.value}, seed {c.seed}")
-            finished(c, run_cell(to_dict(c.scenario), agent_data, c.seed, eval_users))
-    say(f"{len(todo)} cells in {time.perf_counter() - start:.0f} s" + (
-        f" ({len(cells) - len(todo)} finished earlier)" if len(todo) < len(cells) else ""))
-    long = [
-        (store.load_frame(c.name) if store is not None else frames[c.name]).assign(
-            dial=dial.key, value=_label(c.value), seed=c.seed)
-        for c in cells
-    ]
+    frames = run_cells(
+        cells, agents, backend=backend, eval_users=eval_users, say=say, store=store,
+        describe=lambda c: f"{dial.key} = {c.value}, seed {c.seed}",
+        info=lambda c: {"value": _label(c.value), "seed": c.seed},
+    )
+    long = [frames[c.name].assign(dial=dial.key, value=_label(c.value), seed=c.seed) for c in cells]
     df = pd.concat(long, ignore_index=True)
     front = ["dial", "value", "seed"]
     return df[front + [c for c in df.columns if c not in front]]
+
+
+def run_cells(
+    cells: Sequence[SweepCell],
+    agents: Sequence[AgentConfig],
+    backend: str = "local",
+    eval_users: int | None = 5000,
+    say: Callable[[str], None] = lambda _: None,
+    store: CellStore | None = None,
+    describe: Callable[[SweepCell], str] = lambda c: c.name,
+    info: Callable[[SweepCell], dict[str, Any]] = lambda c: {"seed": c.seed},
+    workers: int = 1,
+    progress: bool = False,
+) -> dict[str, pd.DataFrame]:
+    """Run every cell not yet in ``store`` (one story each, all ``agents`` on the cell's scenario and
+    seed) and return every cell's results frame by name. Each cell is saved the moment it finishes.
+
+    ``backend = "local"`` runs the cells in this process (``workers = 1``) or in a pool of
+    ``workers`` processes; ``"ray"`` ships them to Ray tasks. A cell's frame does not depend on where it ran.
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend = {backend!r} is not allowed: must be one of {', '.join(BACKENDS)}")
+    if workers < 1:
+        raise ConfigError(f"workers = {workers} is out of range: must be >= 1")
+    agent_data = [to_dict(a) for a in agents]
+    todo = [c for c in cells if store is None or not store.done(c.name)]
+    frames: dict[str, pd.DataFrame] = {}
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="cells", unit="cell", disable=not progress)
+
+    def finished(cell: SweepCell, frame: pd.DataFrame) -> None:
+        if store is not None:
+            store.save_frame(cell.name, frame, info(cell))
+        else:
+            frames[cell.name] = frame
+        bar.update(1)
+
+    start = time.perf_counter()
+    try:
+        if backend == "ray" and todo:
+            _run_ray(todo, agent_data, eval_users, say, finished)
+        elif workers > 1 and len(todo) > 1:
+            _run_pool(todo, agent_data, eval_users, say, finished, workers)
+        else:
+            for i, c in enumerate(todo):
+                say(f"cell {i + 1}/{len(todo)}: {describe(c)}")
+                finished(c, run_cell(to_dict(c.scenario), agent_data, c.seed, eval_users))
+    finally:
+        bar.close()
+    say(f"{len(todo)} cells in {time.perf_counter() - start:.0f} s" + (
+        f" ({len(cells) - len(todo)} finished earlier)" if len(todo) < len(cells) else ""))
+    return {c.name: (store.load_frame(c.name) if store is not None else frames[c.name]) for c in cells}
+
+
+def _run_pool(
+    cells: list[SweepCell], agent_data: list[dict], eval_users: int | None, say: Callable[[str], None],
+    finished: Callable[[SweepCell, pd.DataFrame], None], workers: int,
+) -> None:
+    """Cells in a pool of fresh processes ("spawn": no torch or Numba thread state is inherited)."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending = {pool.submit(run_cell, to_dict(c.scenario), agent_data, c.seed, eval_users): c for c in cells}
+        say(f"{len(pending)} cells in a pool of {workers} processes")
+        while pending:  # save each cell as it finishes, so a killed run keeps what finished
+            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for fut in done:
+                cell = pending.pop(fut)
+                finished(cell, fut.result())
+                say(f"cell done: {cell.name} ({len(cells) - len(pending)}/{len(cells)})")
 
 
 def _run_ray(
@@ -311,5 +363,5 @@ def plot_sweep(summary: pd.DataFrame, dial: str, path: Any, column: str = VALUE_
 
 __all__ = [
     "BACKENDS", "CellStore", "Dial", "SweepCell", "cell_spec", "format_sweep", "paired_differences", "plot_sweep",
-    "run_cell", "run_sweep", "sweep_cells",
+    "run_cell", "run_cells", "run_sweep", "sweep_cells",
 ]
