@@ -60,7 +60,7 @@ from .sweep import SweepCell, _label
 KINDS = ("story", "tilt-bounds")
 TOP_KEYS = {"name", "description", "kind", "scenarios", "seeds", "agents", "reference", "columns", "eval_users",
             "set", "agent_set", "grid", "variants", "small", "params", "criteria"}
-SMALL_KEYS = {"seeds", "set", "agent_set", "grid", "eval_users", "params", "scenarios", "variants"}
+SMALL_KEYS = {"seeds", "set", "agent_set", "grid", "eval_users", "params", "scenarios", "variants", "agents"}
 DEFAULT_COLUMNS = ("true_value_norm", "matched_norm", "top1_norm", "ndcg@10", "entropy", "kl_ref")
 DEFAULT_CRITERIA = ("ndcg@10", "mrr", "rm_value", "nll_tuned_norm")
 """Offline criteria a team could pick a knob by. ``nll_tuned_norm`` is NOT one (it reads the truth):
