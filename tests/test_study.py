@@ -178,3 +178,15 @@ def test_theory_bounds_study_small_holds_its_bounds(tmp_path):
     long = run_study(load_study("theory-bounds", small=True), tmp_path / "t")
     assert (long["viol1"] <= long["delta"]).all() and (long["viol2"] <= long["delta"]).all()
     assert "within δ everywhere" in (tmp_path / "t" / "report.md").read_text()
+
+
+def test_equal_kl_interpolates_inside_each_family_only():
+    from recsim_post.experiments.study import equal_kl
+
+    summary = pd.DataFrame({
+        "scenario": ["w"] * 3, "method": ["f[a]", "f[b]", "g"], "kind": ["trained"] * 3, "family": ["f", "f", "g"],
+        "kl_ref": [0.01, 1.0, 0.5], "true_value_norm": [0.2, 0.6, 0.9]})
+    out = equal_kl(summary, ["scenario"], targets=(0.1, 3.0)).set_index("family")
+    # log 0.1 is halfway between log 0.01 and log 1: 0.4; 3.0 is outside f's range; g has one point
+    assert out.loc["f", "KL=0.1"] == pytest.approx(0.4) and math.isnan(out.loc["f", "KL=3"])
+    assert "g" not in out.index

@@ -345,6 +345,30 @@ def selection_regret(long: pd.DataFrame, by: Sequence[str], criteria: Sequence[s
     return pd.DataFrame(rows)
 
 
+KL_TARGETS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+"""Nats of KL(π ‖ π_ref) at which families are compared along their frontiers."""
+
+
+def equal_kl(summary: pd.DataFrame, by: Sequence[str], column: str = "true_value_norm",
+             targets: Sequence[float] = KL_TARGETS) -> pd.DataFrame:
+    """Each family's ``column`` at equal KL(π ‖ π_ref): linear interpolation in log KL along the
+    family's variants (mean over seeds), only inside the KL range the family covers (no extrapolation)."""
+    rows = []
+    trained = summary[(summary["kind"] == "trained") & np.isfinite(summary.get("kl_ref", pd.Series(dtype=float)))]
+    for key, g in trained.groupby([*by, "family"], sort=False, dropna=False):
+        g = g[g["kl_ref"] > 0].sort_values("kl_ref")
+        if len(g) < 2 or column not in g.columns:
+            continue
+        key = key if isinstance(key, tuple) else (key,)
+        x, y = np.log(g["kl_ref"].to_numpy()), g[column].to_numpy()
+        row = dict(zip([*by, "family"], key))
+        for t in targets:
+            inside = x[0] <= math.log(t) <= x[-1]
+            row[f"KL={t:g}"] = float(np.interp(math.log(t), x, y)) if inside else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 # ---------------------------------------------------------------- running
 
 
@@ -392,8 +416,11 @@ def run_study(
             figures["frontier.png"] = lambda p: plot_frontier(summary, by, p)
         for name, fn in figures.items():
             ws.write(name, fn)
+        at_kl = equal_kl(summary, by)
+        if not at_kl.empty:
+            ws.write("equal_kl.csv", lambda p: write_csv(at_kl, p))
         ws.write("report.md", lambda p: Path(p).write_text(
-            report_markdown(cfg, summary, regret, by, list(figures)), encoding="utf-8"))
+            report_markdown(cfg, summary, regret, by, list(figures), at_kl), encoding="utf-8"))
         ws.finish()
     return long
 
@@ -455,7 +482,7 @@ def _md_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def report_markdown(cfg: StudyConfig, summary: pd.DataFrame, regret: pd.DataFrame, by: Sequence[str],
-                    figures: Sequence[str]) -> str:
+                    figures: Sequence[str], at_kl: pd.DataFrame | None = None) -> str:
     """The study's report: per grid point, each column's mean ± 95 % CI over seeds and the paired
     difference to the reference, then the selection regret of each offline criterion."""
     parts = [f"# Study: {cfg.name}", "", cfg.description, "",
@@ -484,6 +511,13 @@ def report_markdown(cfg: StudyConfig, summary: pd.DataFrame, regret: pd.DataFram
         rows = [[*[r[k] for k in by], r["family"], r["criterion"], _fmt(r["regret"], r["regret_ci"]), r["picked"]]
                 for _, r in regret.iterrows()]
         parts += [_md_table(head, rows), ""]
+    if at_kl is not None and not at_kl.empty:
+        parts += ["## At equal KL", "",
+                  "Each family's true_value_norm interpolated along its own knob at equal KL(π ‖ π_ref) (nats); "
+                  "— = outside the KL range the family covers.", ""]
+        kl_cols = [c for c in at_kl.columns if c.startswith("KL=")]
+        rows = [[*[r[k] for k in by], r["family"], *[_fmt(r[c]) for c in kl_cols]] for _, r in at_kl.iterrows()]
+        parts += [_md_table([*by, "family", *kl_cols], rows), ""]
     for f in figures:
         parts += [f"![{f}]({f})", ""]
     return "\n".join(parts)
@@ -561,6 +595,6 @@ def plot_frontier(summary: pd.DataFrame, by: Sequence[str], path: Any) -> Any:
     return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
 
 
-__all__ = ["KINDS", "StudyCell", "StudyConfig", "Variant", "family", "load_study", "plot_frontier", "plot_values",
+__all__ = ["KINDS", "KL_TARGETS", "equal_kl", "StudyCell", "StudyConfig", "Variant", "family", "load_study", "plot_frontier", "plot_values",
            "report_markdown", "run_study", "selection_regret", "study_agents", "study_cells", "summarise",
            "t_interval"]
