@@ -275,3 +275,32 @@ def test_exp_rsft_user_training_hands_the_loss_each_users_normaliser(monkeypatch
     table, _ = user_log_normalizer(np.repeat([0, 3], 4), np.array([5, 5, 3, 1, 2, 1, 2, 1.0]), 1.0, 5.0)
     assert sorted(seen[0][:, 0].tolist()) == pytest.approx(sorted([table[0], table[3]]), abs=1e-12)
     assert any(h.get("stage") == "exp-rsft" for h in out.history)
+
+
+# ------------------------------------------------------------------ the world study, end to end
+
+
+def test_dropz_world_study_on_a_tiny_world():
+    from recsim_post.experiments.dropz import REF_NAME, dropz_summary, dropz_world_study
+
+    from .test_story import small_agent
+
+    df = dropz_world_study(tiny_scenario(), biases=(0.0, 1.0), lambdas=(1.0, 1e12), seeds=(0,),
+                           agent=small_agent("exp-rsft", 1))
+    assert df.shape[0] == 2 * (1 + 2 * 2)
+    assert set(df["normalize"]) == {REF_NAME, "batch", "user"}
+    num = df.drop(columns=["normalize", "lam"]).to_numpy(np.float64)
+    assert np.isfinite(num).all()
+    assert ((df["true_value_norm"] > -1) & (df["true_value_norm"] <= 1 + 1e-9)).all()
+    assert (df["kl_ref"] >= -1e-9).all() and (df["entropy"] > 0).all()
+    ref = df[df["normalize"] == REF_NAME].set_index("user_bias_std")
+    # the offset touches the ratings only: same world, clicks, π_ref (BC reads no rating) and logger
+    assert ref.loc[0.0, "true_value"] == ref.loc[1.0, "true_value"]
+    assert ref.loc[0.0, "logger_norm"] == ref.loc[1.0, "logger_norm"]
+    assert ref["kl_ref"].abs().max() < 1e-9
+    # λ → ∞: every rated target weighs 1 under either normalisation (BC on the rated targets), so
+    # both train the same model, whatever the offsets
+    big = df[df["lam"] == 1e12].pivot_table(index="user_bias_std", columns="normalize", values="true_value")
+    np.testing.assert_allclose(big["batch"], big["user"], rtol=0, atol=1e-6)
+    summary = dropz_summary(df)
+    assert ("user-batch", "mean") in summary.columns and len(summary) == 4
