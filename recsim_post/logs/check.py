@@ -361,6 +361,8 @@ def check_sealed_tables(
     for c in _latents(users, "satiation", n_genres, where, "n_genres"):
         x = users[c].to_numpy()
         _require(where, c, x, x >= 0, "satiation must be >= 0")
+    if "rating_bias" in users.columns:  # written only with feedback.user_bias_std > 0
+        _finite(users, ["rating_bias"], where)
 
     where = folder / "sealed" / "impressions.parquet"
     _rows(impressions, manifest["rows"]["interactions"], where, "one per impression: rows.interactions in the manifest")

@@ -11,7 +11,8 @@ A log folder::
     sealed/items.parquet         latent vectors, quality, hype, the logger's quality estimate,
                                  popularity / shock / trend at the end of logging
     sealed/users.parquet         preferences, susceptibility, activity, the logger's estimate,
-                                 per-genre satiation at the end of logging
+                                 per-genre satiation at the end of logging (and each user's
+                                 rating offset b_u with feedback.user_bias_std > 0)
     sealed/logger_rounds.parquet only with switching on: the active logger in rounds 0 .. T
                                  (round, logger_id; row T is the logger's state at T)
     sealed/theta_updates.parquet only with dynamics.drift_rate > 0: preferences over time, as
@@ -77,7 +78,8 @@ class LogRun:
     ``logging`` the logger's estimate and its slates, ``users`` who is active and what they choose,
     ``feedback`` the rating noise, ``feedback-extra`` the watch noise and missing ratings,
     ``users/dynamics`` who comes back after leaving (``world/arrivals``, in World.create, who
-    arrives late). Changing how one stream is consumed leaves the others unchanged.
+    arrives late; ``world/rating-bias``, only with feedback.user_bias_std > 0, each user's rating
+    offset). Changing how one stream is consumed leaves the others unchanged.
     ``logging/support`` and ``logging/suggestions`` (only drawn when those knobs are on) pick the
     logger's support and the external-suggestion campaigns. After :meth:`rounds` the logger is left
     in its state at T = n_rounds (active logger and suggestion boost of round T, no new campaign).
@@ -316,6 +318,8 @@ def sealed_user_columns(w: World, lg: TrendLogger) -> Columns:
         cols[f"theta_hat{j}"] = lg.theta_hat[:, j]
     for g in range(w.state.satiation.shape[1]):
         cols[f"satiation{g}"] = w.state.satiation[:, g]
+    if w.users.rating_bias is not None:  # only with feedback.user_bias_std > 0: the table is unchanged otherwise
+        cols["rating_bias"] = w.users.rating_bias
     return cols
 
 

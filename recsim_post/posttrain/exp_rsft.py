@@ -8,6 +8,8 @@ unrated targets are left out; r_t is clipped at r_max, the top of the rating sca
     normalize = "batch":    L = −Σ_t w_t log π(y_t | x_t) / Σ_t w_t,          w_t = exp(r_t/λ)
     normalize = "context":  L = −(1/N) Σ_t [exp(r_t/λ) / Z(x_t)] log π(y_t | x_t),
                             Z(x) = Σ_y π_ref(y|x) exp(R̂(x, y)/λ)
+    normalize = "user":     L = −(1/N) Σ_t [exp(r_t/λ) / Ẑ_u(t)] log π(y_t | x_t),
+                            Ẑ_u = (1/n_u) Σ_{s ∈ clicks of u} exp(r_s/λ)
 
 Where it comes from: the KL-regularised policy improvement max_π E_π[r] − λ KL(π ‖ π_ref) is solved
 per context by π*(y|x) = π_ref(y|x) exp(r(x,y)/λ) / Z(x) (Peters, Mülling & Altün 2010, REPS;
@@ -17,7 +19,7 @@ reward-weighted regression (Peters & Schaal 2007, ICML) and AWR without a baseli
 temperature: λ → ∞ gives every rated target weight 1, i.e. BC on the rated targets; small λ
 concentrates the fit on the best-rated clicks.
 
-The four variants (``normalize``):
+The five variants (``normalize``):
 
 * ``"raw"`` — the textbook exp(r/λ). It overflows float32 once r/λ > 88.72 (for r = 5: λ < 0.0564).
   The config refuses such a (lam, r_max) up front, and the loss raises ConfigError if any weight or
@@ -33,6 +35,21 @@ The four variants (``normalize``):
 * ``"context"`` — per-context normalised: log w = r/λ − log Z(x), with log Z(x) =
   logsumexp_y(log π_ref(y|x) + R̂(x,y)/λ) computed in log space from the frozen π_ref and the reward
   model's ensemble mean R̂ (clipped at r_max like r). Needs a reward model.
+* ``"user"`` — per-context normalised with Z estimated from the public clicks alone, self-normalised
+  per user: Ẑ_u is the mean of exp(r/λ) over the user's n_u rated training clicks (rewards clipped
+  at r_max like the targets'). Why this estimates Z(x): Z(x) = E[exp(r/λ) | x] under the logged
+  click distribution given x, and every click of u is one draw of it for one of u's histories; the
+  user's mean pools her histories, i.e. it assumes Z varies between users far more than along one
+  user's history. That is exactly so for what it is meant to remove: a per-user rating offset b_u
+  (a generous or a harsh rater, ``feedback.user_bias_std``) multiplies every weight of u by
+  e^{b_u/λ}, and the ratio exp(r/λ)/Ẑ_u cancels it exactly (when no rating is clipped), whatever λ.
+  Each user's weights then average 1 over her clicks, so users count by their data, as in BC, and
+  only the distribution within a user is tilted. It needs no model (no π_ref, no R̂), it cannot
+  overflow (a log-weight is at most log n_u), and it is in-sample: a target's own rating is in its
+  Ẑ_u, which pulls the weights of a user with few clicks toward 1 (a user with one rated click has
+  weight 1 whatever λ: there is no contrast to learn from inside her data). Computed in float64 as
+  (r − r_max)/λ − log mean_u exp((r − r_max)/λ), so a tiny λ loses no precision. Its optimum is
+  π*(y|x) ∝ π_β(y|x) exp(r/λ) within each user, the population tilt, as far as Ẑ_u ≈ Z(x).
 
 Why Z(x) matters. With a tabular model (a separate π(·|x) per context) a per-context factor is
 harmless: each context's minimiser of Σ_y q(y|x) w(x,y)(−log π(y|x)) is π ∝ q·w whatever the
@@ -54,6 +71,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -65,19 +83,19 @@ from ..models.load import TrainedPolicy
 from ..seeding import SeedTree
 from ..signals import reward_range
 from .bc import token_nll
-from .data import Batch, PostTrainData
+from .data import Batch, PostTrainData, reward_column
 from .loop import TrainConfig, train_copy
 from .reward_model import RewardModel, check_reward_model
 
-Normalize = Literal["raw", "shifted", "batch", "context"]
-NORMALIZE = ("raw", "shifted", "batch", "context")
+Normalize = Literal["raw", "shifted", "batch", "context", "user"]
+NORMALIZE = ("raw", "shifted", "batch", "context", "user")
 
 LOG_FLOAT32_MAX = math.log(torch.finfo(torch.float32).max)  # 88.72: exp() of more is inf in float32
 
 
 @dataclass(frozen=True)
 class ExpRSFTConfig(Config):
-    """Exponential reward-weighted SFT: weights w = exp(r/λ), in one of four normalisations."""
+    """Exponential reward-weighted SFT: weights w = exp(r/λ), in one of five normalisations."""
 
     name: Literal["exp-rsft"] = knob("exp-rsft", "method name")
     lam: float = knob(
@@ -90,7 +108,8 @@ class ExpRSFTConfig(Config):
     normalize: Normalize = knob(
         "batch",
         "'raw': mean of exp(r/λ)·nll; 'shifted': mean of exp((r − r_max)/λ)·nll; 'batch': divide by "
-        "the batch's sum of weights; 'context': exp(r/λ)/Z(x) with Z from π_ref and the reward model",
+        "the batch's sum of weights; 'context': exp(r/λ)/Z(x) with Z from π_ref and the reward model; "
+        "'user': exp(r/λ)/Ẑ_u, Ẑ_u the mean of exp(r/λ) over the user's training clicks (no model needed)",
     )
 
     def check(self) -> None:
@@ -176,6 +195,8 @@ def exp_rsft_nll_loss(
         raise ConfigError(f"normalize = {normalize!r} is not allowed: must be one of {', '.join(map(repr, NORMALIZE))}")
     if normalize == "context" and log_z is None:
         raise ConfigError("normalize = 'context' needs log_z = log Z(x) (see context_log_normalizer)")
+    if normalize == "user" and log_z is None:
+        raise ConfigError("normalize = 'user' needs log_z = log mean_u exp((r − r_max)/λ) (see user_log_normalizer)")
     r = rewards.float()
     valid = mask & torch.isfinite(r)
     n = valid.float().sum()
@@ -185,6 +206,8 @@ def exp_rsft_nll_loss(
         a = r / lam
     elif normalize == "context":
         a = r / lam - log_z.float()
+    elif normalize == "user":  # float64: both terms can be large at small λ, their difference is not
+        a = ((r.double() - r_max) / lam - log_z.double()).float()
     else:  # shifted, batch
         a = (r - r_max) / lam
     a = torch.where(valid, a, -torch.inf)
@@ -196,7 +219,7 @@ def exp_rsft_nll_loss(
         loss = (w_rel * nll).sum() / w_rel.sum().clamp(min=1e-30)
     else:
         loss = (w * nll).sum() / n.clamp(min=1.0)
-        if normalize in ("raw", "context"):  # unbounded weights: refuse to train on inf
+        if normalize in ("raw", "context", "user"):  # unbounded weights: refuse to train on inf
             if not bool(torch.isfinite(w).all() & torch.isfinite(loss)):
                 raise ConfigError(
                     f"lam = {lam!r}: the weights of normalize = {normalize!r} overflowed float32 "
@@ -213,9 +236,40 @@ def exp_rsft_nll_loss(
             "max_w": w.max(),
             "n": n,
         }
-        if normalize == "context":
+        if normalize in ("context", "user"):
             metrics["log_z"] = torch.where(valid, log_z.float(), 0.0).sum() / n.clamp(min=1.0)
     return loss, metrics
+
+
+def user_log_normalizer(
+    users: np.ndarray, rewards: np.ndarray, lam: float, r_max: float
+) -> tuple[np.ndarray, float]:
+    """log Ẑ_u − r_max/λ = log mean_{s ∈ u} exp((min(r_s, r_max) − r_max)/λ) per user, in float64.
+
+    ``users`` (n,) int user ids and ``rewards`` (n,) of the training clicks (NaN: not rated, left
+    out). Returns (a table indexed by user id, length max id + 1; the global value for the whole
+    table as fallback) — users without a rated click get the fallback (they hold no rated target,
+    so it only keeps the table finite). Computed per user around her largest log-weight, so nothing
+    overflows or underflows to log 0 whatever λ.
+    """
+    users = np.asarray(users, dtype=np.int64)
+    r = np.asarray(rewards, dtype=np.float64)
+    rated = np.isfinite(r)
+    u, a = users[rated], (np.minimum(r[rated], r_max) - r_max) / lam  # log-weights, <= 0
+    if len(a) == 0:
+        return np.zeros(int(users.max()) + 1 if len(users) else 0), 0.0
+    top_all = a.max()
+    fallback = float(top_all + np.log(np.mean(np.exp(a - top_all))))
+    size = int(users.max()) + 1
+    top = np.full(size, -np.inf)
+    np.maximum.at(top, u, a)
+    total, count = np.zeros(size), np.zeros(size)
+    np.add.at(total, u, np.exp(a - top[u]))  # each term in (0, 1], the user's largest is 1
+    np.add.at(count, u, 1.0)
+    table = np.full(size, fallback)
+    seen = count > 0
+    table[seen] = top[seen] + np.log(total[seen] / count[seen])
+    return table, fallback
 
 
 def reference_and_reward(
@@ -246,7 +300,23 @@ def train(
     check_for_reward(cfg, data.reward)
     r_max = cfg.top(data.reward)
     prepare = None
-    if cfg.normalize == "context":
+    if cfg.normalize == "user":
+        clicks = data.clicks
+        table_np, fallback = user_log_normalizer(
+            clicks["user_id"].to_numpy(np.int64), reward_column(clicks, data.reward), cfg.lam, r_max
+        )
+        table = torch.from_numpy(table_np)
+
+        def prepare(model: nn.Module, batch: Batch) -> Batch:
+            nonlocal table
+            table = table.to(batch.users.device)  # once: a no-op from the second batch on
+            known = (batch.users >= 0) & (batch.users < len(table))
+            idx = batch.users.clamp(0, max(len(table) - 1, 0))
+            log_z = torch.where(known, table[idx], torch.tensor(fallback, dtype=torch.float64, device=idx.device))
+            batch.extra["log_z"] = log_z[:, None]  # (B, 1): one value per window, every window is one user's
+            return batch
+
+    elif cfg.normalize == "context":
         reward_model = check_reward_model("exp-rsft with normalize = 'context'", data)
         ref = policy_ref.clone().model.eval().requires_grad_(False)  # frozen π_ref, never trained
 
@@ -281,4 +351,5 @@ __all__ = [
     "needs_reward_model",
     "reference_and_reward",
     "train",
+    "user_log_normalizer",
 ]

@@ -123,10 +123,13 @@ class ChoiceConfig(Config):
 class FeedbackConfig(Config):
     """Observed signals of a clicked item (click, watch fraction, rating), from the true reward r*.
 
-    rating = clip(round(center + scale * r* + noise_std * z), 1, 5),  z ~ N(0, 1)
-             (quantize = false: clip(center + scale * r* + noise_std * z, 1, 5), not rounded);
+    rating = clip(round(center + scale * r* + noise_std * z + b_u), 1, 5),  z ~ N(0, 1)
+             (quantize = false: clip(center + scale * r* + noise_std * z + b_u, 1, 5), not rounded);
     with probability flip_rate the rating is flipped to 6 - rating; then, with probability
     missing_rate, it is missing (NaN; the click and the watch fraction are still logged).
+    b_u = user_bias_std * z_u, z_u ~ N(0, 1) once per user (stream world/rating-bias, drawn only
+    when user_bias_std > 0): each user rates on her own offset, fixed for the whole run. It is a
+    feedback artefact: r*, the choices and every other signal ignore it (sealed as users.rating_bias).
 
     watch = clip(sigmoid(watch_offset + watch_scale * r*) + watch_noise_std * z2, 0, 1),
             z2 ~ N(0, 1), then censored: watch >= watch_censor is recorded as watch_censor
@@ -141,6 +144,10 @@ class FeedbackConfig(Config):
     flip_rate: float = knob(0.0, "probability that a rating is flipped (6 - rating)", ge=0, le=1)
     quantize: bool = knob(True, "round ratings to whole stars 1..5; false keeps the clipped value")
     missing_rate: float = knob(0.0, "probability that a clicked item's rating is missing (NaN)", ge=0, le=1)
+    user_bias_std: float = knob(
+        0.0, "std s of each user's rating offset b_u ~ N(0, s^2), added to her latent rating before rounding "
+        "and clipping (0 = off; r* is unchanged)", ge=0, le=SCALE_MAX,
+    )
     watch_offset: float = knob(
         0.0, "a in watch = sigmoid(a + b * r*) + noise: watch at r* = 0", ge=-SCALE_MAX, le=SCALE_MAX
     )

@@ -140,7 +140,10 @@ def respond(world: World, rnd: Round, slates: np.ndarray, rows: slice | np.ndarr
     choice, rstar, _ = world.choose(users, slates, rnd.u_choice[take], trend=rnd.trend, reference=reference)
     clicked = choice >= 0
     r_chosen = rstar[np.arange(len(choice)), np.maximum(choice, 0)]
-    observed = feedback.observe(world.cfg.feedback, r_chosen, clicked, {k: v[take] for k, v in rnd.draws.items()})
+    draws = {k: v[take] for k, v in rnd.draws.items()}
+    if world.users.rating_bias is not None:  # the user's fixed offset, not a random number of the round
+        draws[feedback.RATING_BIAS] = world.users.rating_bias[users]
+    observed = feedback.observe(world.cfg.feedback, r_chosen, clicked, draws)
     return Responses(choice, rstar, observed)
 
 

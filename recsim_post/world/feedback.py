@@ -3,8 +3,9 @@
 Each signal is computed, for the users of a round, from the true reward r*_c of the item they
 chose, whether they clicked, the scenario's feedback knobs and the signal's own random numbers::
 
-    rating  clip(round(center + scale r*_c + sigma z), 1, 5), flipped to 6 - rating with
-            probability flip_rate, then missing (NaN) with probability missing_rate
+    rating  clip(round(center + scale r*_c + sigma z + b_u), 1, 5), flipped to 6 - rating with
+            probability flip_rate, then missing (NaN) with probability missing_rate; b_u is the
+            user's fixed offset (feedback.user_bias_std > 0 only), handed in as ``RATING_BIAS``
     watch   clip(sigmoid(a + b r*_c) + sigma_w z', 0, 1), >= watch_censor recorded as watch_censor
 
 (:class:`~.config.FeedbackConfig` documents the knobs.) A new signal appends its random numbers to
@@ -44,6 +45,11 @@ order matters: the draws of ``feedback-extra`` are the watch noise, then the mis
 
 SIGNAL_STREAMS: tuple[str, ...] = tuple(dict.fromkeys(d.stream for d in DRAWS))
 
+RATING_BIAS = "rating_bias"
+"""Key of the per-row user offset b_u in the mapping the kernels read (beside the round's draws).
+Present only when ``feedback.user_bias_std > 0``: b_u is drawn once per user by the world
+(``World.create``, stream ``world/rating-bias``), so with the knob off no number changes at all."""
+
 
 def draw(streams: Mapping[str, np.random.Generator], n: int) -> dict[str, np.ndarray]:
     """This round's random numbers of every signal for ``n`` users, in :data:`DRAWS` order."""
@@ -57,10 +63,13 @@ def draw(streams: Mapping[str, np.random.Generator], n: int) -> dict[str, np.nda
 def rating(fb: FeedbackConfig, rstar: np.ndarray, clicked: np.ndarray, u: Mapping[str, np.ndarray]) -> np.ndarray:
     """Observed 1-5 rating of each click (float32; NaN without a click, or when it went missing).
 
-    x = center + scale * r* + sigma * z (float64), rounded half up to whole stars unless
+    x = center + scale * r* + sigma * z (+ b_u, the user's offset, when ``u`` holds
+    :data:`RATING_BIAS`) (float64), rounded half up to whole stars unless
     ``quantize`` is off, clipped to [1, 5], flipped to 6 - x with probability ``flip_rate``.
     """
     x = fb.rating_center + fb.rating_scale * rstar + fb.noise_std * u["z_rating"]
+    if RATING_BIAS in u:  # only then: adding 0.0 would be harmless, but off must mean untouched
+        x = x + u[RATING_BIAS]
     if fb.quantize:
         x = np.floor(x + 0.5)
     x = np.clip(x, 1.0, 5.0)
@@ -95,4 +104,4 @@ def observe(fb: FeedbackConfig, rstar_chosen: np.ndarray, clicked: np.ndarray,
     return {name: KERNELS[name](fb, rstar_chosen, clicked, draws) for name in SIGNALS}
 
 
-__all__ = ["DRAWS", "Draw", "KERNELS", "SIGNAL_STREAMS", "draw", "observe", "rating", "watch"]
+__all__ = ["DRAWS", "Draw", "KERNELS", "RATING_BIAS", "SIGNAL_STREAMS", "draw", "observe", "rating", "watch"]

@@ -53,6 +53,7 @@ class Population:
     theta: np.ndarray  # (N, d) float64 preference vectors
     susceptibility: np.ndarray  # (N,) float64 trend susceptibility s_u in (0, 1)
     activity: np.ndarray  # (N,) float64 probability of asking for a slate in a round
+    rating_bias: np.ndarray | None = None  # (N,) float64 b_u added to every rating of u; None: off
 
     @property
     def n_users(self) -> int:
@@ -149,6 +150,9 @@ class World:
             n = users.n_users
             late = rng.permutation(n)[: int(round(dyn.arrival * n))]
             state.arrival_round[late] = rng.integers(1, max(cfg.simulation.n_rounds, 2), len(late))
+        if cfg.feedback.user_bias_std > 0:  # its own stream too; off, nothing is drawn and nothing moves
+            z = seed.generator("rating-bias").standard_normal(users.n_users)
+            users.rating_bias = cfg.feedback.user_bias_std * z  # the same z for every std: studies compare like with like
         return cls(cfg, catalog, users, state)
 
     @property
