@@ -280,27 +280,25 @@ def test_exp_rsft_user_training_hands_the_loss_each_users_normaliser(monkeypatch
 # ------------------------------------------------------------------ the world study, end to end
 
 
-def test_dropz_world_study_on_a_tiny_world():
-    from recsim_post.experiments.dropz import REF_NAME, dropz_summary, dropz_world_study
+@pytest.mark.slow
+def test_dropz_study_on_a_tiny_world(tmp_path):
+    """studies/dropz.toml at its small size, end to end through the study runner."""
+    from recsim_post.experiments.study import load_study, run_study
 
-    from .test_story import small_agent
-
-    df = dropz_world_study(tiny_scenario(), biases=(0.0, 1.0), lambdas=(1.0, 1e12), seeds=(0,),
-                           agent=small_agent("exp-rsft", 1))
-    assert df.shape[0] == 2 * (1 + 2 * 2)
-    assert set(df["normalize"]) == {REF_NAME, "batch", "user"}
-    num = df.drop(columns=["normalize", "lam"]).to_numpy(np.float64)
-    assert np.isfinite(num).all()
-    assert ((df["true_value_norm"] > -1) & (df["true_value_norm"] <= 1 + 1e-9)).all()
-    assert (df["kl_ref"] >= -1e-9).all() and (df["entropy"] > 0).all()
-    ref = df[df["normalize"] == REF_NAME].set_index("user_bias_std")
-    # the offset touches the ratings only: same world, clicks, π_ref (BC reads no rating) and logger
-    assert ref.loc[0.0, "true_value"] == ref.loc[1.0, "true_value"]
-    assert ref.loc[0.0, "logger_norm"] == ref.loc[1.0, "logger_norm"]
-    assert ref["kl_ref"].abs().max() < 1e-9
-    # λ → ∞: every rated target weighs 1 under either normalisation (BC on the rated targets), so
-    # both train the same model, whatever the offsets
-    big = df[df["lam"] == 1e12].pivot_table(index="user_bias_std", columns="normalize", values="true_value")
-    np.testing.assert_allclose(big["batch"], big["user"], rtol=0, atol=1e-6)
-    summary = dropz_summary(df)
-    assert ("user-batch", "mean") in summary.columns and len(summary) == 4
+    long = run_study(load_study("dropz", small=True), tmp_path / "dropz")
+    trained = long[long["kind"] == "trained"]
+    assert set(trained["method"]) == {"bc", "exp-rsft[lam=1,normalize=batch]", "exp-rsft[lam=1,normalize=user]",
+                                      "exp-rsft[lam=1e+12,normalize=batch]", "exp-rsft[lam=1e+12,normalize=user]"}
+    num = trained[["true_value", "true_value_norm", "entropy"]].to_numpy(np.float64)
+    assert np.isfinite(num).all() and (trained["entropy"] > 0).all()
+    assert (trained["kl_ref"].dropna() >= -1e-9).all()
+    ref = long[long["method"] == "logging policy"].set_index("feedback.user_bias_std")
+    # the offset touches the ratings only: the same world and logger for every s
+    assert ref.loc["0.0", "true_value"] == ref.loc["1.0", "true_value"]
+    bc = trained[trained["method"] == "bc"].set_index("feedback.user_bias_std")
+    assert bc.loc["0.0", "true_value"] == bc.loc["1.0", "true_value"]  # BC reads no rating
+    # λ → ∞: every rated target weighs 1 under either normalisation, so both train the same model
+    big = trained[trained["method"].str.startswith("exp-rsft[lam=1e+12")]
+    wide = big.pivot_table(index="feedback.user_bias_std", columns="method", values="true_value")
+    np.testing.assert_allclose(wide.iloc[:, 0], wide.iloc[:, 1], rtol=0, atol=1e-6)
+    assert "Paired difference to **bc**" in (tmp_path / "dropz" / "report.md").read_text()

@@ -49,7 +49,7 @@ def test_cells_and_recipes_of_a_study(tmp_path):
         "cells/quickstart/feedback.noise_std=1.0/seed-0", "cells/quickstart/feedback.noise_std=1.0/seed-1"]
     assert cells[2].scenario.feedback.noise_std == 1.0 and cells[2].scenario.catalog.n_items == 40
     agents = study_agents(cfg)
-    assert [a.name for a in agents] == ["bc", "exp-rsft[lam=0.3]", "exp-rsft[lam=100.0]"]
+    assert [a.name for a in agents] == ["bc", "exp-rsft[lam=0.3]", "exp-rsft[lam=100]"]
     assert agents[1].method.lam == 0.3 and agents[2].model.dim == 8 and agents[0].pretrain.epochs == 1
 
 

@@ -254,7 +254,7 @@ def study_agents(cfg: StudyConfig) -> list[Any]:
         keys = [k for k, _ in v.grid]
         for point in itertools.product(*[values for _, values in v.grid]):
             agent = override(base, list(zip(keys, point)))
-            tag = ",".join(f"{k.split('.')[-1]}={_label(x)}" for k, x in zip(keys, point))
+            tag = ",".join(f"{k.split('.')[-1]}={_short(x)}" for k, x in zip(keys, point))
             out.append(dataclasses.replace(agent, name=f"{base.name}[{tag}]"))
     for a in out:
         if a.name in names:
@@ -263,6 +263,11 @@ def study_agents(cfg: StudyConfig) -> list[Any]:
     if cfg.reference is not None and cfg.reference not in names:
         raise ConfigError(f"reference = {cfg.reference!r} is not among the study's recipes: {', '.join(sorted(names))}")
     return out
+
+
+def _short(v: Any) -> str:
+    """A knob value in a recipe's name: floats as %g (1e+12, 0.3, 100), the rest as text."""
+    return f"{v:g}" if isinstance(v, float) else _label(v)
 
 
 def family(method: str) -> str:
