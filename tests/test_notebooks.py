@@ -28,6 +28,11 @@ SMALL: dict[str, dict[str, object]] = {
     "03-semantic-ids-and-gflowgr.ipynb": dict(
         N_USERS=80, N_ITEMS=60, N_ROUNDS=8, PRETRAIN_EPOCHS=1, FINETUNE_EPOCHS=1, TOY_STEPS=150, SEED=0
     ),
+    "04-noise-and-theory.ipynb": dict(
+        N_USERS=60, N_ITEMS_GRID=[40, 120], SIGMAS=[0.5, 1.0], LAMBDAS=[0.2, 5.0], CONTEXTS=40,
+        LAM_GRID=[0.3, 100.0], NOISES=[0.0, 1.5], BIASES=[0.0, 1.0], SEEDS=[0], PRETRAIN_EPOCHS=1,
+        FINETUNE_EPOCHS=1, SEED=0,
+    ),
 }
 """Small parameters per notebook: enough to run every cell, not to tell a convincing story."""
 
@@ -42,6 +47,10 @@ EXPECTED: dict[str, list[str]] = {
     "03-semantic-ids-and-gflowgr.ipynb": [
         "collision_rate", "nmi_genre_level1", "lone child", "KL(R/ΣR ‖ π)", "gflowgr-tb", "gflowgr-db",
         "sft-token", "true_value_norm", "tb_abs_residual", "share_on_policy", "normalised ground truth",
+    ],
+    "04-noise-and-theory.ipynb": [
+        "largest share of contexts violating a bound", "noise_cost_per_sqrtlog", "best λ here is", "matched_norm",
+        "c* = λ log Z(A)", "user − batch", "exp-rsft[lam=0.3,normalize=user]",
     ],
 }
 """Strings that must appear in a notebook's outputs (the results table, the computed discussion)."""
