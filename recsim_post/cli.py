@@ -86,18 +86,24 @@ def _agents(names: Sequence[str]):  # noqa: ANN202
     return agents
 
 
+DEMO_TOKEN_RECIPES = ("sft-token", "gflowgr-tb", "gflowgr-db")
+"""The token-level recipes of the default demo: token SFT (their π_ref's recipe) and GFlowGR; the
+other token recipes (exp-rsft-token, asft-token, dpo-token, ipo-token) run when named."""
+
+
 def _story_agents(names: Sequence[str] | None):  # noqa: ANN202
     """--agents, or every item-level preset in the order of the method registry (BC first, RL
-    last); the token recipes (generate = "token") run when named."""
+    last) followed by :data:`DEMO_TOKEN_RECIPES`; the other token recipes run when named."""
     from .presets import preset_names
 
     agents = _agents(names or preset_names("agents"))
     from .posttrain.recipe import METHODS
 
     if not names:
-        agents = [a for a in agents if a.generate == "item"]
+        agents = [a for a in agents if a.generate == "item" or a.name in DEMO_TOKEN_RECIPES]
         order = {name: i for i, name in enumerate(METHODS)}
-        agents.sort(key=lambda a: (order[a.method.name], a.model.kind != "sasrec", a.name))
+        agents.sort(key=lambda a: (a.generate != "item", DEMO_TOKEN_RECIPES.index(a.name) if a.generate != "item" else 0,
+                                   order[a.method.name], a.model.kind != "sasrec", a.name))
     return agents
 
 

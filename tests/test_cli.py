@@ -407,3 +407,10 @@ def test_demo_without_closed_loop_has_no_column(tmp_path, capsys, scenario_file,
                           "--out", str(out), "-q", "--no-logs", "--rollout-rounds", "0")
     assert code == 0 and "closed_loop" not in stdout.split("\nwrote ")[0]  # the table and its legend
     assert "closed_loop" not in pd.read_csv(out / "results.csv").columns
+
+
+def test_default_demo_recipes_are_item_level_then_token_sft_and_gflowgr():
+    names = [a.name for a in cli._story_agents(None)]
+    assert names[0] == "bc" and names[-3:] == ["sft-token", "gflowgr-tb", "gflowgr-db"]
+    assert "exp-rsft-token" not in names and "dpo-token" not in names  # run when named
+    assert [a.name for a in cli._story_agents(["dpo-token"])] == ["dpo-token"]
