@@ -325,3 +325,21 @@ def test_a_failure_in_one_recipe_writes_none(made, tmp_path, capsys, monkeypatch
     assert code == 1 and err == "recsim-post: error: No space left on device\n"
     assert not (tmp_path / "new").exists()  # no policy, no temporary, not even the folders it made
     assert len(entries(logs)) == 1  # the pi_ref it pre-trained is kept for the next call
+
+
+@pytest.mark.slow
+def test_a_token_recipe_from_the_cache_is_byte_identical(made, tmp_path, capsys, count):
+    """A token recipe's pi_ref (its semantic IDs part of the key) round-trips exactly too."""
+    logs = logs_copy(made, tmp_path)
+    agent = small_agent("sft-token", 1)
+    agent = dataclasses.replace(agent, token_head=dataclasses.replace(agent.token_head, hidden=16))
+    path = tmp_path / "sft-token.toml"
+    path.write_text(dumps_toml(to_dict(agent)))
+    argv = ("train", "--logs", str(logs), "--agent", str(path), "-q")
+    assert run(capsys, *argv, "--out", str(tmp_path / "a.pt"))[0] == 0 and count["pretrain"] == 1
+    assert run(capsys, *argv, "--out", str(tmp_path / "b.pt"))[0] == 0 and count["pretrain"] == 1
+    same_policy(tmp_path / "a.pt", tmp_path / "b.pt")
+    # other semantic IDs (tokenize writes LOGS/semantic_ids.parquet, read from then on): a miss
+    assert run(capsys, "tokenize", "--logs", str(logs), "--levels", "2", "-q")[0] == 0
+    assert run(capsys, *argv, "--out", str(tmp_path / "c.pt"))[0] == 0 and count["pretrain"] == 2
+    assert len(entries(logs)) == 2
