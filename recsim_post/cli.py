@@ -289,35 +289,68 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Pre-train pi_ref by BC on public logs and post-train it with a recipe."""
+    """Pre-train pi_ref by BC on public logs and post-train it with one recipe or several (--agent a b
+    c): recipes that share [model] and [pretrain] share one pi_ref and those that need a reward model
+    share one ensemble. Each pi_ref is kept in LOGS/cache/ and reused by later calls on the same logs
+    with the same settings, code and seed (--no-cache neither reads nor writes it; delete the folder
+    to clear it)."""
+    import contextlib
+
     from .logs.public import read_public, split_leave_last_out
     from .outputs import OutputFile
 
     say = _say(args.quiet)
+    names = list(args.agent)
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(f"--agent names {name} twice: give each recipe once")
+    several = len(names) > 1
     if args.out:
         _check_out(args.out)
+        if several:
+            _check_out_folder(args.out)
     logs = read_public(args.logs)
-    (agent,) = _agents([args.agent])
-    out_path = args.out if args.out else str(Path(args.logs) / "policies" / f"{agent.name}.pt")
+    agents = _agents(names)
+    folder = Path(args.out) if (args.out and several) else Path(args.logs) / "policies"
+    targets = {a.name: (args.out if (args.out and not several) else str(folder / f"{a.name}.pt")) for a in agents}
     from .seeding import SeedTree
 
     seed = args.seed if args.seed is not None else int(logs.manifest.get("seed", 0))
     tree = SeedTree(seed).child("training")
-    # the codes are read (a stale or corrupt file refused) or computed before the output is claimed
-    ids = _semantic_ids(args.logs, logs, tree, say) if agent.generate == "token" else None
-    out = OutputFile(out_path, overwrite=args.overwrite, say=say)  # refuses before training
-    from .posttrain.recipe import post_train, pretrain
+    # the codes are read (a stale or corrupt file refused) or computed before the outputs are claimed
+    ids = _semantic_ids(args.logs, logs, tree, say) if any(a.generate == "token" for a in agents) else None
+    with contextlib.ExitStack() as outputs:
+        # every output is checked and locked before training; all are renamed into place at the
+        # end, together (a failure or an interrupt leaves none of them, and no temporary)
+        tmps = {name: outputs.enter_context(OutputFile(path, overwrite=args.overwrite, say=say))
+                for name, path in targets.items()}
+        from .posttrain.recipe import RecipeTrainer
+        from .posttrain.ref_cache import FOLDER, RefCache, public_hashes
 
-    with out as tmp:
         train = split_leave_last_out(logs.clicks()).train
-        say(f"pre-training pi_ref on {len(train):,} clicks")
-        ref = pretrain(train, logs.n_items, agent, tree, progress=_progress(args), semantic_ids=ids)
-        say(f"post-training with '{agent.method.name}'")
-        policy = post_train(ref, train, logs.n_items, agent, tree, progress=_progress(args),
-                            interactions=logs.interactions)
-        policy.save(tmp)
-    print(f"wrote {out_path}")
+        cache = None if args.no_cache else RefCache(Path(args.logs) / FOLDER, public_hashes(logs.manifest),
+                                                    logs.n_items, tree, semantic_ids=ids, say=say)
+        trainer = RecipeTrainer(train, logs.n_items, tree, progress=_progress(args), semantic_ids=ids,
+                                interactions=logs.interactions, say=say, reference=cache)
+        for agent in agents:
+            trainer.train(agent).save(tmps[agent.name])
+    for path in targets.values():
+        print(f"wrote {path}")
     return 0
+
+
+def _check_out_folder(raw: str) -> None:
+    """With several recipes --out is a folder that receives NAME.pt per recipe: refuse a file, or a
+    new name that reads as a policy file's."""
+    from .outputs import resolve_output
+
+    path = resolve_output(raw)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {raw} is a file: with several recipes --out names a folder that receives "
+                          "one NAME.pt per recipe")
+    if not path.exists() and path.suffix == ".pt":
+        raise ConfigError(f"--out {raw} reads as a policy file, but with several recipes --out names a folder "
+                          "that receives one NAME.pt per recipe")
 
 
 def _semantic_ids(folder: str, logs, tree, say):  # noqa: ANN001, ANN202 - PublicLogs, SeedTree -> SemanticIds
@@ -878,10 +911,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = command("train", cmd_train)
     t.add_argument("--logs", required=True, help="log folder written by 'simulate' (only its public files are read)")
-    t.add_argument("--agent", required=True, help="recipe name or TOML path")
-    t.add_argument("--out", default=None, help="policy file (default: LOGS/policies/NAME.pt)")
+    t.add_argument("--agent", required=True, nargs="+", metavar="AGENT",
+                   help="recipe names or TOML paths; several share their pi_ref (and reward model) where they can")
+    t.add_argument("--out", default=None,
+                   help="policy file of one recipe, or the folder that receives NAME.pt per recipe with several "
+                        "(default: LOGS/policies/NAME.pt)")
     t.add_argument("--seed", type=_seed_arg, default=None, help="training seed (default: the logs' seed)")
-    t.add_argument("--overwrite", action="store_true", help="replace an existing policy file")
+    t.add_argument("--overwrite", action="store_true", help="replace existing policy files")
+    t.add_argument("--no-cache", action="store_true",
+                   help="pre-train pi_ref afresh and keep it nowhere (default: reuse and keep it in LOGS/cache/, "
+                        "a folder you may delete at any time)")
     common(t)
 
     e = command("evaluate", cmd_evaluate)

@@ -36,6 +36,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import time
@@ -51,6 +52,11 @@ MARKER = ".recsim-post.json"
 
 CELL_MARKER = ".recsim-post-cell.json"
 """The marker of one finished cell of a :class:`Workspace`."""
+
+CACHE_MARKER = ".recsim-post-cache.json"
+"""Marks a folder of disposable caches (``LOGS/cache/``, train's pre-trained π_ref): the entries in
+a marked folder (``NAME-<hex key>.pt``, their hidden temporaries, the marker) are recsim-post's own,
+so they never make the folder above look foreign or changed; anything else there still does."""
 
 TAG = ".recsim-post-"
 """Part of the name of every hidden temporary this module makes (``.NAME.recsim-post-new-*``)."""
@@ -278,16 +284,29 @@ def _stat_key(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns]
 
 
+_CACHE_ENTRY = re.compile(r"[a-z_]+-[0-9a-f]{16,64}\.pt|\.[a-z_]+-[0-9a-f]{16,64}\.pt\.recsim-post-[0-9]+-[0-9a-f]+\.tmp")
+
+
+def is_cache_entry(folder: Path, name: str) -> bool:
+    """Whether file ``name`` in ``folder`` belongs to a recsim-post cache (see :data:`CACHE_MARKER`)."""
+    marked = (folder / CACHE_MARKER).is_file()
+    return marked and (name == CACHE_MARKER or _CACHE_ENTRY.fullmatch(name) is not None)
+
+
 def _files(folder: Path, skip_cells: bool = True) -> dict[str, list[int]]:
     """Every file under ``folder`` (relative path -> [size, mtime_ns]), markers excluded; with
-    ``skip_cells`` the sub-folders that hold a cell marker are left to their own marker."""
+    ``skip_cells`` the sub-folders that hold a cell marker are left to their own marker, and the
+    entries of a cache folder (:data:`CACHE_MARKER`) are left out (recsim-post's own, disposable)."""
     out: dict[str, list[int]] = {}
     for root, dirs, names in os.walk(folder):
         here = Path(root)
         if skip_cells:
             dirs[:] = [d for d in dirs if not (here / d / CELL_MARKER).is_file()]
+        cache = skip_cells and (here / CACHE_MARKER).is_file()
         for name in names:
             if here == folder and name in (MARKER, CELL_MARKER):
+                continue
+            if cache and is_cache_entry(here, name):
                 continue
             out[(here / name).relative_to(folder).as_posix()] = _stat_key(here / name)
     return out
@@ -717,6 +736,6 @@ class Workspace:
 
 
 __all__ = [
-    "CELL_MARKER", "MARKER", "OutputFile", "OutputFolder", "Workspace", "atomic_write", "cell_key",
+    "CACHE_MARKER", "CELL_MARKER", "MARKER", "is_cache_entry", "OutputFile", "OutputFolder", "Workspace", "atomic_write", "cell_key",
     "code_fingerprint", "foreign", "resolve_output", "write_marker",
 ]

@@ -11,14 +11,13 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from ..config import to_dict
 from .evaluate import Evaluator
 from ..truth.ground_truth import GroundTruth
 from .report import ResultRow, results_frame
 from ..truth.rollout import ClosedLoop, ClosedLoopConfig
 from ..logs.simulate import Simulation, simulate
 from ..models.load import TrainedPolicy
-from ..posttrain.recipe import AgentConfig, fit_reward, needs_reward_model, post_train, pretrain
+from ..posttrain.recipe import AgentConfig, RecipeTrainer
 from ..posttrain.reward_model import RewardModel
 from ..seeding import SeedTree
 from ..semantic import SemanticIds, default_tokenizer, tokenize_logs
@@ -39,11 +38,6 @@ class StoryResult:
     """The catalogue's semantic IDs, when a token recipe ran (computed from the public item features)."""
     pi_refs: dict[str, TrainedPolicy] = field(default_factory=dict)
     """Each recipe's π_ref (shared by recipes with the same [model] and [pretrain])."""
-
-
-def _pretrain_key(agent: AgentConfig) -> str:
-    head = to_dict(agent.token_head) if agent.generate == "token" else None
-    return repr((to_dict(agent.model), to_dict(agent.pretrain), agent.generate, head))
 
 
 def run_story(
@@ -79,29 +73,12 @@ def run_story(
         cfg = default_tokenizer(tree)
         say(f"tokenizing {logs.n_items} items into semantic IDs ({cfg.method}, L = {cfg.levels}, seed {cfg.seed})")
         ids = tokenize_logs(logs, cfg).ids
-    policies: dict[str, TrainedPolicy] = {}
-    pi_refs: dict[str, TrainedPolicy] = {}  # each recipe's π_ref: its row's KL and matched-entropy columns
-    refs: dict[str, TrainedPolicy] = {}
-    reward_models: dict[str, RewardModel] = {}
-    for agent in agents:
-        key = _pretrain_key(agent)
-        if key not in refs:
-            level = "token-level " if agent.generate == "token" else ""
-            say(f"pre-training pi_ref by {level}behaviour cloning ({agent.pretrain.epochs} epochs)")
-            refs[key] = pretrain(evaluator.train, logs.n_items, agent, tree, progress=progress, semantic_ids=ids)
-        rm = None
-        if needs_reward_model(agent):
-            rm_key = key + repr((to_dict(agent.reward_model), agent.reward))  # one ensemble per signal
-            if rm_key not in reward_models:
-                say(f"fitting a reward-model ensemble ({agent.reward_model.members} members) on pi_ref's backbone")
-                reward_models[rm_key] = fit_reward(refs[key], evaluator.train, logs.n_items, agent, tree, progress)
-            rm = reward_models[rm_key]
-        say(f"post-training '{agent.name}' ({agent.method.name}, {agent.finetune.epochs} epochs)")
-        policies[agent.name] = post_train(
-            refs[key], evaluator.train, logs.n_items, agent, tree, progress=progress, reward_model=rm,
-            interactions=logs.interactions,
-        )
-        pi_refs[agent.name] = refs[key]
+    trainer = RecipeTrainer(evaluator.train, logs.n_items, tree, progress=progress, semantic_ids=ids,
+                            interactions=logs.interactions, say=say)
+    policies = {agent.name: trainer.train(agent) for agent in agents}
+    # each recipe's π_ref (the trainer's shared one): its row's KL and matched-entropy columns
+    pi_refs = {agent.name: trainer.reference(agent) for agent in agents}
+    reward_models = trainer.reward_models
     # Every row is scored by the first reward model (when any method used one), so its beliefs
     # about all policies -- the logger and the oracle included -- sit on one scale.
     evaluator.reward_model = next(iter(reward_models.values()), None)

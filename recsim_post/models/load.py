@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -20,7 +21,16 @@ def load_policy(path: str | Path, device: torch.device | str = "cpu", *, items_s
     logs' items.parquet), a token policy whose semantic IDs come from other items is refused.
     Any bad file: a one-line LogError."""
     path = Path(path)
-    payload = read_policy_file(path)
+    return policy_from_payload(read_policy_file(path), path, device, items_sha256=items_sha256)
+
+
+def policy_from_payload(payload: dict[str, Any], path: str | Path, device: torch.device | str = "cpu", *,
+                        items_sha256: str | None = None) -> TrainedPolicy:
+    """The policy of a payload read from ``path`` (``policy.payload()`` as :meth:`save` writes it),
+    dispatched on its format, every field checked; any bad payload: a one-line LogError."""
+    path = Path(path)
+    if not isinstance(payload, dict) or not isinstance(payload.get("format"), str):
+        raise LogError(f"{path} is not a recsim-post policy file (it holds no format)")
     if payload["format"] == SEQUENCE_FORMAT:
         return SequencePolicy.from_payload(payload, path, device)
     if payload["format"] == TOKEN_FORMAT:
@@ -28,4 +38,4 @@ def load_policy(path: str | Path, device: torch.device | str = "cpu", *, items_s
     raise LogError(f"{path} is not a recsim-post policy file (format {payload['format']!r} is unknown)")
 
 
-__all__ = ["TrainedPolicy", "load_policy"]
+__all__ = ["TrainedPolicy", "load_policy", "policy_from_payload"]

@@ -11,6 +11,7 @@ import copy
 import io
 import math
 import pickle
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -133,7 +134,15 @@ class SequencePolicy:
         """Write config, catalogue size, max_len, history, logit_scale and weights to ``path`` (one torch file)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
+        # Through a buffer: torch names the archive's inner folder after the file, so saving to a
+        # temporary name would make the bytes depend on it; from a buffer they depend only on the policy.
+        buffer = io.BytesIO()
+        torch.save(self.payload(), buffer)
+        path.write_bytes(buffer.getvalue())
+
+    def payload(self) -> dict[str, Any]:
+        """What :meth:`save` writes (plain data and CPU tensors); :meth:`from_payload` reads it back."""
+        return canonical({
             "format": FORMAT,
             "model": to_dict(self.config),
             "n_items": self.n_items,
@@ -141,12 +150,7 @@ class SequencePolicy:
             "history": self.history,
             "logit_scale": float(self.logit_scale),
             "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-        }
-        # Through a buffer: torch names the archive's inner folder after the file, so saving to a
-        # temporary name would make the bytes depend on it; from a buffer they depend only on the policy.
-        buffer = io.BytesIO()
-        torch.save(payload, buffer)
-        path.write_bytes(buffer.getvalue())
+        })
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "SequencePolicy":
@@ -172,6 +176,23 @@ class SequencePolicy:
         policy.history = history
         policy.logit_scale = logit_scale
         return policy.to(device)
+
+
+def canonical(obj: Any) -> Any:
+    """``obj`` with every string interned, through dicts, lists and tuples. Pickle memoizes objects
+    by identity, so a payload built in memory (one key string shared by every history row) and the
+    same payload read back from a file (a string object per row) would pickle to different bytes;
+    interned, a policy file's bytes depend only on its values (a policy fine-tuned from a cached
+    π_ref is byte-identical to one fine-tuned from a fresh one)."""
+    if type(obj) is str:
+        return sys.intern(obj)
+    if isinstance(obj, dict):
+        return {canonical(k): canonical(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [canonical(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(canonical(v) for v in obj)
+    return obj
 
 
 def read_policy_file(path: Path) -> dict[str, Any]:

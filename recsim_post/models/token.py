@@ -49,7 +49,7 @@ from ..errors import ConfigError, LogError
 from ..semantic.config import TokenizerConfig
 from ..semantic.ids import SemanticIds
 from .device import autocast
-from .policy import ModelConfig, build_model, model_config_from_dict, pad_history, read_policy_file
+from .policy import ModelConfig, build_model, canonical, model_config_from_dict, pad_history, read_policy_file
 
 FORMAT = "recsim-post/token-policy/1"
 
@@ -498,8 +498,14 @@ class TokenPolicy:
         fingerprint), max_len, history and weights."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()  # as SequencePolicy.save: bytes that depend only on the policy
+        torch.save(self.payload(), buffer)
+        path.write_bytes(buffer.getvalue())
+
+    def payload(self) -> dict[str, Any]:
+        """What :meth:`save` writes (plain data and CPU tensors); :meth:`from_payload` reads it back."""
         ids = self.ids
-        payload = {
+        return canonical({
             "format": FORMAT,
             "model": to_dict(self.config),
             "head": to_dict(self.head_config),
@@ -513,10 +519,7 @@ class TokenPolicy:
             "source": ids.source if ids is not None else "",
             "tokenizer": to_dict(ids.config) if ids is not None else to_dict(TokenizerConfig()),
             "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-        }
-        buffer = io.BytesIO()  # as SequencePolicy.save: bytes that depend only on the policy
-        torch.save(payload, buffer)
-        path.write_bytes(buffer.getvalue())
+        })
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu", *, items_sha256: str | None = None) -> "TokenPolicy":

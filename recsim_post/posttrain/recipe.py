@@ -12,7 +12,8 @@ A recipe file reads::
     [token_head] # TokenHeadConfig of the token head (generate = "token" only)
 
 Recipes that share [model], [pretrain] and what they generate share π_ref, so a comparison
-pre-trains once and fine-tunes each method from the same starting point with the same seed.
+pre-trains once and fine-tunes each method from the same starting point with the same seed
+(:class:`RecipeTrainer`; :func:`pretrain_key` says which recipes share).
 
 A token recipe (``generate = "token"``) needs the catalogue's semantic IDs (``recsim_post.semantic``):
 its [model] is the backbone over the item history, and π_ref is token-level BC (``sft-token``).
@@ -22,6 +23,8 @@ Only the methods that read log π(y|x) alone have a token-level version (a modul
 from __future__ import annotations
 
 import dataclasses
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -30,7 +33,7 @@ from typing import Any, Literal, Mapping, Union
 import pandas as pd
 import torch
 
-from ..config import Config, from_dict, knob, read_toml, show
+from ..config import Config, from_dict, knob, read_toml, show, to_dict
 from ..errors import ConfigError
 from ..models.load import TrainedPolicy
 from ..models.policy import ModelConfig, SequencePolicy, build_model, model_config_from_dict
@@ -172,6 +175,89 @@ def post_train(
     return method.train(policy_ref, data, cfg.method, cfg.finetune, seed.child("finetune"), progress)
 
 
+def pretrain_spec(cfg: AgentConfig) -> dict[str, Any]:
+    """What π_ref depends on in a recipe, as plain data: its [model], its [pretrain], what it
+    generates and, for a token recipe, its [token_head]. Recipes with equal specs share π_ref (with
+    the same clicks, semantic IDs and seed, :func:`pretrain` gives them the same policy)."""
+    head = to_dict(cfg.token_head) if cfg.generate == "token" else None
+    return {"model": to_dict(cfg.model), "pretrain": to_dict(cfg.pretrain), "generate": cfg.generate,
+            "token_head": head}
+
+
+def pretrain_key(cfg: AgentConfig) -> str:
+    """:func:`pretrain_spec` as a string: equal keys, one π_ref."""
+    return json.dumps(pretrain_spec(cfg), sort_keys=True, default=str)
+
+
+def reward_model_key(cfg: AgentConfig) -> str:
+    """Recipes with equal keys share one fitted reward-model ensemble: the same π_ref backbone, the
+    same [reward_model] and the same reward signal."""
+    return json.dumps({"ref": pretrain_key(cfg), "reward_model": to_dict(cfg.reward_model), "reward": cfg.reward},
+                      sort_keys=True, default=str)
+
+
+ReferenceSource = Callable[[AgentConfig, Callable[[], TrainedPolicy]], TrainedPolicy]
+"""``source(agent, compute) -> π_ref``: where :class:`RecipeTrainer` gets a π_ref it has not yet
+got in memory; ``compute()`` pre-trains it (a disk cache calls it on a miss only)."""
+
+
+class RecipeTrainer:
+    """Trains several recipes on one training split, pre-training each π_ref once.
+
+    Recipes with equal :func:`pretrain_key` share one π_ref, and those with equal
+    :func:`reward_model_key` share one reward-model ensemble; every recipe is fine-tuned from its
+    π_ref with the same seed, so recipes compared side by side differ only by their method. The
+    story (demo, compare) and ``recsim-post train --agent a b c`` both train through it;
+    ``reference`` (e.g. the command line's pi_ref cache on disk) may supply a π_ref instead of
+    pre-training it.
+    """
+
+    def __init__(
+        self, train_clicks: pd.DataFrame, n_items: int, seed: SeedTree, *, progress: bool = True,
+        semantic_ids: SemanticIds | None = None, interactions: pd.DataFrame | None = None,
+        say: Callable[[str], None] = lambda _: None, reference: ReferenceSource | None = None,
+    ) -> None:
+        self.train_clicks, self.n_items, self.seed = train_clicks, n_items, seed
+        self.progress, self.semantic_ids, self.interactions = progress, semantic_ids, interactions
+        self.say, self.source = say, reference
+        self.refs: dict[str, TrainedPolicy] = {}
+        self.reward_models: dict[str, RewardModel] = {}
+
+    def reference(self, agent: AgentConfig) -> TrainedPolicy:
+        """The recipe's π_ref: pre-trained (or got from ``reference``) on its first request."""
+        key = pretrain_key(agent)
+        if key not in self.refs:
+            def compute() -> TrainedPolicy:
+                level = "token-level " if agent.generate == "token" else ""
+                self.say(f"pre-training pi_ref by {level}behaviour cloning on {len(self.train_clicks):,} clicks "
+                         f"({agent.pretrain.epochs} epochs)")
+                return pretrain(self.train_clicks, self.n_items, agent, self.seed, progress=self.progress,
+                                semantic_ids=self.semantic_ids)
+
+            self.refs[key] = compute() if self.source is None else self.source(agent, compute)
+        return self.refs[key]
+
+    def reward_model(self, agent: AgentConfig) -> RewardModel | None:
+        """The recipe's reward-model ensemble (fitted on its first request), or None when its
+        method needs none."""
+        if not needs_reward_model(agent):
+            return None
+        key = reward_model_key(agent)
+        if key not in self.reward_models:
+            ref = self.reference(agent)
+            self.say(f"fitting a reward-model ensemble ({agent.reward_model.members} members) on pi_ref's backbone")
+            self.reward_models[key] = fit_reward(ref, self.train_clicks, self.n_items, agent, self.seed, self.progress)
+        return self.reward_models[key]
+
+    def train(self, agent: AgentConfig) -> TrainedPolicy:
+        """The recipe's policy: its π_ref fine-tuned by its method (:func:`post_train`)."""
+        ref = self.reference(agent)
+        rm = self.reward_model(agent)
+        self.say(f"post-training '{agent.name}' ({agent.method.name}, {agent.finetune.epochs} epochs)")
+        return post_train(ref, self.train_clicks, self.n_items, agent, self.seed, progress=self.progress,
+                          reward_model=rm, interactions=self.interactions)
+
+
 def fit_reward(
     policy_ref: TrainedPolicy,
     train_clicks: pd.DataFrame,
@@ -195,4 +281,9 @@ __all__ = [
     "method_config_from_dict",
     "post_train",
     "pretrain",
+    "pretrain_key",
+    "pretrain_spec",
+    "RecipeTrainer",
+    "ReferenceSource",
+    "reward_model_key",
 ]
