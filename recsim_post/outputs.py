@@ -725,8 +725,14 @@ class Workspace:
 
     def save_frame(self, name: str, frame: Any, info: Mapping[str, Any] | None = None) -> None:
         """Finish cell ``name`` holding one table (``results.parquet``)."""
+        self.save_frames(name, {"results": frame}, info)
+
+    def save_frames(self, name: str, frames: Mapping[str, Any], info: Mapping[str, Any] | None = None) -> None:
+        """Finish cell ``name`` holding several tables (``<key>.parquet`` each; ``results`` is the one
+        :meth:`load_frame` reads)."""
         with self.cell(name, info) as tmp:
-            frame.to_parquet(tmp / "results.parquet")
+            for key, frame in frames.items():
+                frame.to_parquet(tmp / f"{key}.parquet")
 
     def load_frame(self, name: str) -> Any:
         """The table of finished cell ``name``."""

@@ -28,7 +28,7 @@ from .conftest import require
 TINY_SET = {"catalog.n_items": 40, "catalog.n_genres": 4, "catalog.latent_dim": 8, "users.n_users": 40,
             "simulation.n_rounds": 8, "logging.slate_size": 5}
 TINY_AGENT = {"model.dim": 8, "model.n_layers": 1, "model.n_heads": 1, "model.max_len": 8,
-              "pretrain.epochs": 1, "finetune.epochs": 1}
+              "pretrain.epochs": 1, "finetune.epochs": 1, "reward_model.epochs": 1, "reward_model.members": 2}
 
 
 def write_study(path: Path, **extra) -> Path:
@@ -124,7 +124,7 @@ def test_selection_regret_and_paired_summary_by_hand():
 def test_study_runs_reports_and_resumes_after_kill_9(tmp_path):
     """A study process killed with SIGKILL after its first cell loses no finished cell: the rerun
     recomputes only the rest, and the table equals an uninterrupted run's."""
-    path = write_study(tmp_path / "s.toml", grid={"feedback.noise_std": [0.5]},
+    path = write_study(tmp_path / "s.toml", grid={"feedback.noise_std": [0.5]}, agents=["bc", "ipo"],
                        variants=[{"agent": "exp-rsft", "method.lam": [0.3]}])
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -146,8 +146,12 @@ def test_study_runs_reports_and_resumes_after_kill_9(tmp_path):
     pd.testing.assert_frame_equal(resumed, long)
     report = (out / "report.md").read_text()
     assert "Paired difference to **bc**" in report and "exp-rsft[lam=0.3]" in report
-    for name in ("results.csv", "summary.csv", "values.png", "frontier.png"):
+    for name in ("results.csv", "summary.csv", "values.png", "frontier.png", "reward_models.csv"):
         assert (out / name).is_file()
+    # study 4's table: IPO fitted a reward model in each cell, reported beside the user / item means
+    rms = pd.read_csv(out / "reward_models.csv")
+    assert set(rms["seed"]) == {0, 1} and {"reward-model ensemble", "user mean", "item mean"} <= set(rms["model"])
+    assert "## Reward models against user and item means" in report
 
 
 @pytest.mark.slow
@@ -162,9 +166,24 @@ def test_ray_and_a_process_pool_give_the_local_table(tmp_path):
     pd.testing.assert_frame_equal(local, pool)
 
 
+def test_reward_model_summary_by_hand():
+    from recsim_post.experiments.study import summarise_reward_models
+
+    rows = []
+    for seed, (ens, user, item) in enumerate([(0.7, 0.6, 0.3), (0.5, 0.55, 0.2)]):
+        for model, v in (("reward-model ensemble", ens), ("user mean", user), ("item mean", item),
+                         ("user + item mean", user - 0.01)):
+            rows.append({"scenario": "w", "seed": seed, "model": model, "spearman_true": v})
+    out = summarise_reward_models(pd.DataFrame(rows), ["scenario"]).set_index("model")
+    assert out.loc["reward-model ensemble", "spearman_true"] == pytest.approx(0.6)
+    # margins over the best mean per cell: 0.7 - 0.6 and 0.5 - 0.55
+    assert out.loc["reward-model ensemble", "margin_spearman_true"] == pytest.approx(0.025)
+    assert math.isnan(out.loc["user mean", "margin_spearman_true"])
+
+
 def test_shipped_studies_parse_at_both_sizes():
     names = preset_names("studies")
-    assert {"lambda", "theory-bounds"} <= set(names)
+    assert {"lambda", "theory-bounds", "dropz", "asft-vs-rlhf", "model-selection", "reward-models"} <= set(names)
     for name in names:
         for small in (False, True):
             cfg = load_study(name, small=small)

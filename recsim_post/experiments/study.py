@@ -407,6 +407,12 @@ def run_study(
         long = pd.concat([frames[c.name].assign(**dict(c.labels), seed=c.seed) for c in cells], ignore_index=True)
         front = [*by, "seed"]
         long = long[front + [c for c in long.columns if c not in front]]
+        rm_paths = [(c, ws.path(c.name) / "reward_models.parquet") for c in cells]
+        rm_long = pd.concat([pd.read_parquet(p).assign(**dict(c.labels), seed=c.seed) for c, p in rm_paths if p.is_file()],
+                            ignore_index=True) if any(p.is_file() for _, p in rm_paths) else None
+        if rm_long is not None:
+            rm_long = rm_long[front + [c for c in rm_long.columns if c not in front]]
+            ws.write("reward_models.csv", lambda p: write_csv(rm_long, p))
         ws.write("results.parquet", lambda p: long.to_parquet(p, index=False))
         ws.write("results.csv", lambda p: write_csv(long, p))
         summary = summarise(long, cfg.columns, by, cfg.reference)
@@ -424,8 +430,9 @@ def run_study(
         at_kl = equal_kl(summary, by)
         if not at_kl.empty:
             ws.write("equal_kl.csv", lambda p: write_csv(at_kl, p))
+        rm_summary = summarise_reward_models(rm_long, by) if rm_long is not None else None
         ws.write("report.md", lambda p: Path(p).write_text(
-            report_markdown(cfg, summary, regret, by, list(figures), at_kl), encoding="utf-8"))
+            report_markdown(cfg, summary, regret, by, list(figures), at_kl, rm_summary), encoding="utf-8"))
         ws.finish()
     return long
 
@@ -486,8 +493,39 @@ def _md_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+RM_COLUMNS = ("spearman_true", "pearson_true", "rmse_observed", "spearman_observed")
+"""The reward-model report's columns a study summarises (metrics/reward_report.py)."""
+
+
+def summarise_reward_models(rm_long: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """Per grid point and model (the ensemble, user / item / user + item / global mean, the oracle
+    ceiling): mean and 95 % half-width over seeds of :data:`RM_COLUMNS`, and the ensemble's paired
+    margin over the best mean baseline (``margin_spearman_true``: its Spearman with r* minus the
+    best of user, item and user + item mean, per cell)."""
+    rows = []
+    cols = [c for c in RM_COLUMNS if c in rm_long.columns]
+    for key, g in rm_long.groupby([*by, "model"], sort=False, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        row = dict(zip([*by, "model"], key))
+        for c in cols:
+            row[c], row[f"{c}_ci"] = t_interval(g[c].tolist())[:2]
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if "spearman_true" in rm_long.columns:
+        means = rm_long[rm_long["model"].isin(["user mean", "item mean", "user + item mean"])]
+        best = means.groupby([*by, "seed"])["spearman_true"].max().rename("_best")
+        ens = rm_long[rm_long["model"] == "reward-model ensemble"].join(best, on=[*by, "seed"])
+        for key, g in ens.groupby(list(by), sort=False, dropna=False):
+            key = key if isinstance(key, tuple) else (key,)
+            m, h, _ = t_interval((g["spearman_true"] - g["_best"]).tolist())
+            mask = (out[list(by)] == pd.Series(dict(zip(by, key)))).all(axis=1) & (out["model"] == "reward-model ensemble")
+            out.loc[mask, "margin_spearman_true"], out.loc[mask, "margin_spearman_true_ci"] = m, h
+    return out
+
+
 def report_markdown(cfg: StudyConfig, summary: pd.DataFrame, regret: pd.DataFrame, by: Sequence[str],
-                    figures: Sequence[str], at_kl: pd.DataFrame | None = None) -> str:
+                    figures: Sequence[str], at_kl: pd.DataFrame | None = None,
+                    rm_summary: pd.DataFrame | None = None) -> str:
     """The study's report: per grid point, each column's mean ± 95 % CI over seeds and the paired
     difference to the reference, then the selection regret of each offline criterion."""
     parts = [f"# Study: {cfg.name}", "", cfg.description, "",
@@ -523,6 +561,15 @@ def report_markdown(cfg: StudyConfig, summary: pd.DataFrame, regret: pd.DataFram
         kl_cols = [c for c in at_kl.columns if c.startswith("KL=")]
         rows = [[*[r[k] for k in by], r["family"], *[_fmt(r[c]) for c in kl_cols]] for _, r in at_kl.iterrows()]
         parts += [_md_table([*by, "family", *kl_cols], rows), ""]
+    if rm_summary is not None and not rm_summary.empty:
+        parts += ["## Reward models against user and item means", "",
+                  "On each cell's held-out clicks: Spearman / Pearson with the true reward r*, RMSE and Spearman on the "
+                  "observed ratings; margin: the ensemble's Spearman with r* minus the best of the user, item and "
+                  "user + item means, paired per cell.", ""]
+        cols = [c for c in (*RM_COLUMNS, "margin_spearman_true") if c in rm_summary.columns]
+        rows = [[*[r[k] for k in by], r["model"], *[_fmt(r.get(c), r.get(f"{c}_ci"), c.startswith("margin")) for c in cols]]
+                for _, r in rm_summary.iterrows()]
+        parts += [_md_table([*by, "model", *cols], rows), ""]
     for f in figures:
         parts += [f"![{f}]({f})", ""]
     return "\n".join(parts)
@@ -600,6 +647,6 @@ def plot_frontier(summary: pd.DataFrame, by: Sequence[str], path: Any) -> Any:
     return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
 
 
-__all__ = ["KINDS", "KL_TARGETS", "equal_kl", "StudyCell", "StudyConfig", "Variant", "family", "load_study", "plot_frontier", "plot_values",
+__all__ = ["KINDS", "KL_TARGETS", "RM_COLUMNS", "equal_kl", "summarise_reward_models", "StudyCell", "StudyConfig", "Variant", "family", "load_study", "plot_frontier", "plot_values",
            "report_markdown", "run_study", "selection_regret", "study_agents", "study_cells", "summarise",
            "t_interval"]

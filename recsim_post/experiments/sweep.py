@@ -82,6 +82,8 @@ class CellStore(Protocol):
 
     def save_frame(self, name: str, frame: pd.DataFrame, info: dict[str, Any] | None = None) -> None: ...
 
+    def save_frames(self, name: str, frames: dict[str, pd.DataFrame], info: dict[str, Any] | None = None) -> None: ...
+
     def load_frame(self, name: str) -> pd.DataFrame: ...
 
 
@@ -116,8 +118,10 @@ def cell_spec(cell: SweepCell, agents: Sequence[AgentConfig], eval_users: int | 
             "eval_users": eval_users}
 
 
-def run_cell(scenario: dict[str, Any], agents: list[dict[str, Any]], seed: int, eval_users: int | None) -> pd.DataFrame:
-    """One story (plain-data arguments, so a cell can be shipped to another process): its results frame."""
+def run_cell(scenario: dict[str, Any], agents: list[dict[str, Any]], seed: int, eval_users: int | None) -> dict[str, pd.DataFrame]:
+    """One story (plain-data arguments, so a cell can be shipped to another process): its tables,
+    ``results`` (the results frame) and, when a recipe fitted a reward model, ``reward_models``
+    (the ensemble against user / item means on held-out clicks, observed and true reward)."""
     from ..posttrain.recipe import AgentConfig
     from .story import run_story  # imported here so a Ray worker pays for torch only when it runs
 
@@ -125,7 +129,13 @@ def run_cell(scenario: dict[str, Any], agents: list[dict[str, Any]], seed: int, 
         from_dict(ScenarioConfig, scenario), [from_dict(AgentConfig, a) for a in agents],
         seed=seed, progress=False, eval_users=eval_users,
     )
-    return result.frame
+    out = {"results": result.frame}
+    rm = result.evaluator.reward_model
+    if rm is not None:
+        report = result.evaluator.reward_report(rm, rm.max_len)
+        report.attrs = {}  # parquet keeps the table, not its attrs
+        out["reward_models"] = report
+    return out
 
 
 def run_sweep(
@@ -184,11 +194,11 @@ def run_cells(
 
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="cells", unit="cell", disable=not progress)
 
-    def finished(cell: SweepCell, frame: pd.DataFrame) -> None:
+    def finished(cell: SweepCell, tables: dict[str, pd.DataFrame]) -> None:
         if store is not None:
-            store.save_frame(cell.name, frame, info(cell))
+            store.save_frames(cell.name, tables, info(cell))
         else:
-            frames[cell.name] = frame
+            frames[cell.name] = tables["results"]
         bar.update(1)
 
     start = time.perf_counter()
@@ -210,7 +220,7 @@ def run_cells(
 
 def _run_pool(
     cells: list[SweepCell], agent_data: list[dict], eval_users: int | None, say: Callable[[str], None],
-    finished: Callable[[SweepCell, pd.DataFrame], None], workers: int,
+    finished: Callable[[SweepCell, dict[str, pd.DataFrame]], None], workers: int,
 ) -> None:
     """Cells in a pool of fresh processes ("spawn": no torch or Numba thread state is inherited)."""
     import multiprocessing
@@ -229,7 +239,7 @@ def _run_pool(
 
 def _run_ray(
     cells: list[SweepCell], agent_data: list[dict], eval_users: int | None, say: Callable[[str], None],
-    finished: Callable[[SweepCell, pd.DataFrame], None],
+    finished: Callable[[SweepCell, dict[str, pd.DataFrame]], None],
 ) -> None:
     try:
         import ray
