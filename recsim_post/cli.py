@@ -692,7 +692,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     say = _say(args.quiet)
     start = time.perf_counter()
     cfg = load_study(args.study, small=args.small)
-    _check_out(args.out)
+    out = args.out or f"recsim-post-study-{cfg.name}" + ("-small" if args.small else "")
+    _check_out(out)
     if cfg.kind == "story":  # every scenario, variant and reference is checked before any work starts
         from .world.config import check_memory
 
@@ -700,7 +701,6 @@ def cmd_study(args: argparse.Namespace) -> int:
         for cell in cells[:: len(cfg.seeds)]:
             check_memory(cell.scenario)
         study_agents(cfg)
-    out = args.out or f"recsim-post-study-{cfg.name}" + ("-small" if args.small else "")
     run_study(cfg, out, overwrite=args.overwrite, backend=args.backend, workers=args.workers, say=say,
               progress=_progress(args))
     report = Path(out) / "report.md"
