@@ -129,14 +129,22 @@ def test_gflowgr_with_slates_reads_the_shown_items():
 
 
 @pytest.mark.slow
-def test_a_tiny_story_scores_gflowgr_through_the_ground_truth_deterministically():
+def test_a_tiny_story_scores_token_recipes_and_gflowgr_through_the_ground_truth_deterministically():
+    """One pair of tiny stories for every token recipe kind (it used to be two pairs, one per file)."""
     from recsim_post.experiments.story import run_story
+    from recsim_post.models.token import TokenPolicy
 
-    agents = [token_agent("sft-token", 1), token_agent("gflowgr-tb", 1), token_agent("gflowgr-db", 1)]
+    agents = [token_agent("sft-token", 1), token_agent("exp-rsft-token", 1), token_agent("gflowgr-tb", 1),
+              token_agent("gflowgr-db", 1)]
     a = run_story(tiny_scenario(), agents, progress=False)
     b = run_story(tiny_scenario(), agents, progress=False)
     assert a.frame.equals(b.frame)
     rows = a.frame.set_index("method")
+    for name in ("sft-token", "exp-rsft-token"):
+        assert np.isfinite(rows.loc[name, "true_value"]) and np.isfinite(rows.loc[name, "ndcg@10"])
+        assert isinstance(a.policies[name], TokenPolicy)
+    assert a.semantic_ids is not None and a.semantic_ids.n_items == a.simulation.public.n_items
+    np.testing.assert_array_equal(a.semantic_ids.codes, b.semantic_ids.codes)
     for name in ("gflowgr-tb", "gflowgr-db"):
         assert np.isfinite(rows.loc[name, "true_value"]) and np.isfinite(rows.loc[name, "ndcg@10"])
         history = a.policies[name].history[-1]

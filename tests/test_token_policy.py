@@ -306,22 +306,6 @@ def test_token_method_contract(recipe, token_world):
     assert a.history and all(np.isfinite(r["loss"]) for r in a.history)
 
 
-@pytest.mark.slow
-def test_token_recipes_score_through_the_ground_truth_deterministically():
-    from recsim_post.experiments.story import run_story
-
-    agents = [token_agent("sft-token", 1), token_agent("exp-rsft-token", 1)]
-    a = run_story(tiny_scenario(), agents, progress=False)
-    b = run_story(tiny_scenario(), agents, progress=False)
-    assert a.frame.equals(b.frame)
-    rows = a.frame.set_index("method")
-    for name in ("sft-token", "exp-rsft-token"):
-        assert np.isfinite(rows.loc[name, "true_value"]) and np.isfinite(rows.loc[name, "ndcg@10"])
-        assert isinstance(a.policies[name], TokenPolicy)
-    assert a.semantic_ids is not None and a.semantic_ids.n_items == a.simulation.public.n_items
-    np.testing.assert_array_equal(a.semantic_ids.codes, b.semantic_ids.codes)
-
-
 # ---------------------------------------------------------------- the command line
 
 

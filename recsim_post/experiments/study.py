@@ -205,8 +205,8 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+=-]", "_", text)
 
 
-def _scenario_path(cfg: StudyConfig, name: str) -> str:
-    """A scenario name as given, or a path relative to the study file."""
+def _local_path(cfg: StudyConfig, name: str) -> str:
+    """A preset name as given, or a ``.toml`` path relative to the study file (scenarios and recipes)."""
     from ..presets import preset_dir
 
     if name.endswith(".toml") and not Path(name).is_absolute() and not (preset_dir("envs") / name).exists():
@@ -224,7 +224,7 @@ def study_cells(cfg: StudyConfig) -> list[StudyCell]:
     cells = []
     keys = cfg.grid_keys
     for sc_name in cfg.scenarios:
-        base = load_scenario(resolve("envs", _scenario_path(cfg, sc_name)))
+        base = load_scenario(resolve("envs", _local_path(cfg, sc_name)))
         base = override(base, list(cfg.set)) if cfg.set else base
         for point in itertools.product(*[values for _, values in cfg.grid]):
             scenario = override(base, list(zip(keys, point))) if keys else base
@@ -244,7 +244,7 @@ def study_agents(cfg: StudyConfig) -> list[Any]:
 
     out, names = [], set()
     def load(name: str) -> Any:
-        agent = load_agent(resolve("agents", _scenario_path(cfg, name)))
+        agent = load_agent(resolve("agents", _local_path(cfg, name)))
         return override(agent, list(cfg.agent_set)) if cfg.agent_set else agent
 
     for name in cfg.agents:
@@ -346,7 +346,6 @@ def selection_regret(long: pd.DataFrame, by: Sequence[str], criteria: Sequence[s
             m, h, n = t_interval(regrets)
             rows.append({**dict(zip([*by, "family"], key)), "criterion": crit, "regret": m, "regret_ci": h,
                          "n_seeds": n, "picked": ", ".join(sorted(set(picks)))})
-        # the reference point of the table: what the truth itself picks
     return pd.DataFrame(rows)
 
 
@@ -452,7 +451,7 @@ def _run_tilt_bounds(cfg: StudyConfig, out: str | Path, *, overwrite: bool, say:
     from ..presets import resolve
     from ..world.config import load_scenario
 
-    scenario = load_scenario(resolve("envs", _scenario_path(cfg, cfg.scenarios[0])))
+    scenario = load_scenario(resolve("envs", _local_path(cfg, cfg.scenarios[0])))
     scenario = override(scenario, list(cfg.set)) if cfg.set else scenario
     from ..config import to_dict
 

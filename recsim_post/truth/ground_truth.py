@@ -382,7 +382,7 @@ def exact_sums(
     ``ref_of`` maps a policy to the name of its π_ref among ``policies`` and adds KL(π ‖ π_ref)
     (truth/sharpness.py). A reference's logits are kept for its chunk only.
     """
-    from .sharpness import TAU_GRID, entropy, entropy_profile, kl
+    from .sharpness import TAU_GRID, TAU_ONE, entropy_profile, kl
 
     policies = dict(policies or {})
     ref_of = {a: b for a, b in (ref_of or {}).items() if a in policies}
@@ -438,9 +438,10 @@ def exact_sums(
             if rb is not None:
                 believed[name][sl] = b
             if sharpness:
-                ent[name][sl] = entropy(logits)
+                rows = entropy_profile(logits)  # (users, temperatures); τ = 1 is the policy's own entropy
+                ent[name][sl] = rows[:, TAU_ONE]
                 top1[name][sl] = topk_mean(logits, r, 1)
-                prof[name] += entropy_profile(logits).sum(axis=0)
+                prof[name] += rows.sum(axis=0)
             if name in ref_of:
                 kls[name][sl] = kl(logits, kept[ref_of[name]])
             if name in refs_needed:

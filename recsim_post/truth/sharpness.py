@@ -32,6 +32,9 @@ from ..policy import Context
 TAU_GRID: np.ndarray = 2.0 ** np.linspace(-6.0, 6.0, 49)
 """Temperatures 1/64 … 64, four per octave: where matched entropy and the held-out likelihood look."""
 
+TAU_ONE = 24
+"""The index of τ = 1 in :data:`TAU_GRID` (exactly 2^0): the entropy profile's column is the policy's entropy."""
+
 
 def _log_softmax(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(log π, π) of the rows of ``z`` in float64; -inf logits get probability 0 (log π = -inf)."""
@@ -122,4 +125,4 @@ class Tempered:
         return z / self.tau
 
 
-__all__ = ["TAU_GRID", "Tempered", "entropy", "entropy_profile", "kl", "matching_tau", "nll_profile"]
+__all__ = ["TAU_GRID", "TAU_ONE", "Tempered", "entropy", "entropy_profile", "kl", "matching_tau", "nll_profile"]
