@@ -446,3 +446,29 @@ def test_summary_by_policy_and_normalised_errors():
     by = summarise(rep, by=("policy",)).set_index(["policy", "q_model"])
     assert by.loc[("b", "sequence"), "bias"] == pytest.approx(2.0) and by.loc[("a", "item"), "coverage"] == 1.0
     assert len(by) == 4
+
+
+@pytest.mark.slow
+def test_selection_estimates_read_no_truth(sim0):
+    """Study 6's OPE criteria: the report's estimated-propensity rows of a logged signal, and the
+    sealed r* and propensities never enter them (scrambling both changes nothing)."""
+    from recsim_post.ope.report import selection_estimates
+
+    n = sim0.world.n_items
+    truth = GroundTruth.from_simulation(sim0)
+    pols = {"uniform": UniformPolicy(n), "logger@T": LoggerPolicy(truth.logger, truth.trend)}
+    kw = dict(reward="rating", seed=1, model_cfg=FAST_BC, max_len=10)
+    est = selection_estimates(sim0.public, truth, pols, **kw)
+    assert list(est.columns) == ["method", "ope_ips", "ope_snips", "ope_dr"]
+    assert list(est["method"]) == ["uniform", "logger@T"] and np.isfinite(est.iloc[:, 1:].to_numpy()).all()
+    rep = ope_report(sim0.public, truth, pols, propensity="bc", q_model="item", interval="normal", **kw)
+    row = rep[(rep["pscore"] == "estimated") & (rep["policy"] == "logger@T") & (rep["estimator"] == "dr")]
+    assert est.loc[1, "ope_dr"] == row["estimate"].item()
+    rng = np.random.default_rng(0)
+    sealed = truth.impressions.copy()
+    sealed["true_reward"] = rng.normal(size=len(sealed))
+    sealed["propensity_item"] = rng.uniform(0.01, 1.0, size=len(sealed))
+    scrambled = selection_estimates(sim0.public, dataclasses.replace(truth, impressions=sealed), pols, **kw)
+    pd.testing.assert_frame_equal(est, scrambled)
+    with pytest.raises(ConfigError, match="reads the sealed r"):
+        selection_estimates(sim0.public, truth, pols, reward="true")

@@ -64,6 +64,8 @@ def test_cells_and_recipes_of_a_study(tmp_path):
     ({"variants": [{"agent": "exp-rsft", "method.lamb": [1.0]}]}, "unknown key 'method.lamb'"),
     ({"grid": {"feedback.noise_std": [-1.0]}}, "out of range"),
     ({"small": {"sedes": [0]}}, "unknown key 'small.sedes'"),
+    ({"criteria": ["ndcg@10", "ope_wis"]}, "'ope_wis' is not an OPE criterion; allowed: ope_dr, ope_ips, ope_snips"),
+    ({"criteria": ["ope_dr"], "ope_reward": "true"}, "ope_reward = 'true' is not allowed: must be a logged signal"),
 ])
 def test_bad_studies_fail_in_one_line(tmp_path, extra, needle):
     path = write_study(tmp_path / "s.toml", **extra)
@@ -125,7 +127,7 @@ def test_study_runs_reports_and_resumes_after_kill_9(tmp_path):
     """A study process killed with SIGKILL after its first cell loses no finished cell: the rerun
     recomputes only the rest, and the table equals an uninterrupted run's."""
     path = write_study(tmp_path / "s.toml", grid={"feedback.noise_std": [0.5]}, agents=["bc", "ipo"],
-                       variants=[{"agent": "exp-rsft", "method.lam": [0.3]}])
+                       variants=[{"agent": "exp-rsft", "method.lam": [0.3]}], criteria=["ndcg@10", "ope_snips", "ope_dr"])
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.Popen([sys.executable, "-m", "recsim_post", "study", str(path), "--out", str(out), "-q"],
@@ -144,6 +146,10 @@ def test_study_runs_reports_and_resumes_after_kill_9(tmp_path):
     fresh = tmp_path / "fresh"
     long = run_study(load_study(path), fresh)
     pd.testing.assert_frame_equal(resumed, long)
+    # study 6's OPE criteria: every trained row estimated off-policy, the references not
+    trained = resumed["kind"] == "trained"
+    assert resumed.loc[trained, ["ope_ips", "ope_snips", "ope_dr"]].notna().all().all()
+    assert resumed.loc[~trained, "ope_dr"].isna().all()
     report = (out / "report.md").read_text()
     assert "Paired difference to **bc**" in report and "exp-rsft[lam=0.3]" in report
     for name in ("results.csv", "summary.csv", "values.png", "frontier.png", "reward_models.csv"):

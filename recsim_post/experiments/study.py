@@ -55,11 +55,12 @@ import pandas as pd
 
 from ..config import override, read_toml
 from ..errors import ConfigError
+from ..signals import REWARDS
 from .sweep import SweepCell, _label
 
 KINDS = ("story", "tilt-bounds")
 TOP_KEYS = {"name", "description", "kind", "scenarios", "seeds", "agents", "reference", "columns", "eval_users",
-            "set", "agent_set", "grid", "variants", "small", "params", "criteria"}
+            "set", "agent_set", "grid", "variants", "small", "params", "criteria", "ope_reward"}
 SMALL_KEYS = {"seeds", "set", "agent_set", "grid", "eval_users", "params", "scenarios", "variants", "agents"}
 DEFAULT_COLUMNS = ("true_value_norm", "matched_norm", "top1_norm", "ndcg@10", "entropy", "kl_ref")
 DEFAULT_CRITERIA = ("ndcg@10", "mrr", "rm_value", "nll_tuned_norm")
@@ -88,6 +89,10 @@ class StudyConfig:
     reference: str | None = None
     columns: tuple[str, ...] = DEFAULT_COLUMNS
     criteria: tuple[str, ...] = ("ndcg@10", "mrr", "rm_value")
+    """Offline columns a knob is selected by; ``ope_ips``, ``ope_snips``, ``ope_dr`` make every cell
+    also estimate each policy off-policy (``ope_reward`` with estimated propensities)."""
+    ope_reward: str = "rating"
+    """The logged signal the ``ope_*`` criteria estimate (never r*: a team does not have it)."""
     eval_users: int | None = 5000
     set: tuple[tuple[str, Any], ...] = ()
     agent_set: tuple[tuple[str, Any], ...] = ()
@@ -96,6 +101,11 @@ class StudyConfig:
     variants: tuple[Variant, ...] = ()
     params: Mapping[str, Any] = field(default_factory=dict)
     root: Path = Path(".")
+
+    @property
+    def cell_ope_reward(self) -> str | None:
+        """The signal each cell estimates off-policy, or None when no criterion needs it."""
+        return self.ope_reward if any(c.startswith("ope_") for c in self.criteria) else None
 
     @property
     def grid_keys(self) -> list[str]:
@@ -176,12 +186,24 @@ def load_study(path: str | Path, small: bool = False) -> StudyConfig:
     eval_users = data.get("eval_users", 5000)
     if eval_users is not None and (not isinstance(eval_users, int) or eval_users < 1):
         raise ConfigError(f"{_where(path, 'eval_users')} = {eval_users!r} must be an integer >= 1")
+    criteria = tuple(c for c in data.get("criteria", ("ndcg@10", "mrr", "rm_value")) if c != "nll_tuned_norm")
+    from ..ope.report import SELECTION_ESTIMATORS  # here: torch only when a study is read
+
+    ope_names = {f"ope_{e}" for e in SELECTION_ESTIMATORS}
+    bad_ope = [c for c in criteria if c.startswith("ope_") and c not in ope_names]
+    if bad_ope:
+        raise ConfigError(f"{_where(path, 'criteria')}: {bad_ope[0]!r} is not an OPE criterion; allowed: "
+                          f"{', '.join(sorted(ope_names))}")
+    ope_reward = data.get("ope_reward", "rating")
+    if ope_reward not in REWARDS:  # r* ('true') is what the criteria must NOT read
+        raise ConfigError(f"{_where(path, 'ope_reward')} = {ope_reward!r} is not allowed: must be a logged signal, "
+                          f"one of {', '.join(REWARDS)}")
     cfg = StudyConfig(
         name=str(data["name"]), description=str(data.get("description", "")), kind=kind,
         scenarios=tuple(map(str, scenarios)), seeds=_seeds(data.get("seeds", [0, 1, 2]), path),
         agents=tuple(map(str, data.get("agents", []))), reference=data.get("reference"),
         columns=tuple(data.get("columns", DEFAULT_COLUMNS)),
-        criteria=tuple(c for c in data.get("criteria", ("ndcg@10", "mrr", "rm_value")) if c != "nll_tuned_norm"),
+        criteria=criteria, ope_reward=str(ope_reward),
         eval_users=eval_users, set=tuple((data.get("set") or {}).items()),
         agent_set=tuple((data.get("agent_set") or {}).items()), grid=_grid(data.get("grid") or {}, path, "grid"),
         variants=_variants(data.get("variants", []), path), params=dict(data.get("params") or {}), root=path.parent,
@@ -392,8 +414,9 @@ def run_study(
     from ..config import to_dict
     from .sweep import run_cells
 
+    ope = cfg.cell_ope_reward
     spec = lambda c: {"scenario": to_dict(c.scenario), "agents": [to_dict(a) for a in agents],  # noqa: E731
-                      "seed": c.seed, "eval_users": cfg.eval_users}
+                      "seed": c.seed, "eval_users": cfg.eval_users, **({"ope_reward": ope} if ope else {})}
     keys = {c.name: cell_key(spec(c)) for c in cells}
     by = ["scenario", *cfg.grid_keys]
     say(f"study '{cfg.name}': {len(cells)} cells ({len(cfg.scenarios)} scenario(s) × "
@@ -402,7 +425,8 @@ def run_study(
     with Workspace(out, "study", keys, overwrite=overwrite, say=say) as ws:
         frames = run_cells(cells, agents, backend=backend, eval_users=cfg.eval_users, say=say, store=ws,
                            describe=lambda c: ", ".join(f"{k} = {v}" for k, v in c.labels) + f", seed {c.seed}",
-                           info=lambda c: {**dict(c.labels), "seed": c.seed}, workers=workers, progress=progress)
+                           info=lambda c: {**dict(c.labels), "seed": c.seed}, workers=workers, progress=progress,
+                           ope_reward=ope)
         long = pd.concat([frames[c.name].assign(**dict(c.labels), seed=c.seed) for c in cells], ignore_index=True)
         front = [*by, "seed"]
         long = long[front + [c for c in long.columns if c not in front]]
@@ -548,7 +572,12 @@ def report_markdown(cfg: StudyConfig, summary: pd.DataFrame, regret: pd.DataFram
     if not regret.empty:
         parts += ["## Honest model selection", "",
                   "Ground truth lost (normalised) by choosing each family's knob with an offline criterion instead of "
-                  "the truth; 0 = it picks the truly best variant.", ""]
+                  "the truth; 0 = it picks the truly best variant." + (
+                      f" `ope_ips`, `ope_snips`, `ope_dr`: off-policy estimates of the logged `{cfg.ope_reward}` at the "
+                      "top slot of every logged slate, with propensities estimated from the public impressions (a "
+                      "behaviour-cloning model of the logger) and an item-mean q^ for DR; in-sample (the same logs the "
+                      "policies were trained on), as a team without a second log would run them."
+                      if cfg.cell_ope_reward else ""), ""]
         head = [*by, "family", "criterion", "regret", "picked"]
         rows = [[*[r[k] for k in by], r["family"], r["criterion"], _fmt(r["regret"], r["regret_ci"]), r["picked"]]
                 for _, r in regret.iterrows()]

@@ -118,10 +118,15 @@ def cell_spec(cell: SweepCell, agents: Sequence[AgentConfig], eval_users: int | 
             "eval_users": eval_users}
 
 
-def run_cell(scenario: dict[str, Any], agents: list[dict[str, Any]], seed: int, eval_users: int | None) -> dict[str, pd.DataFrame]:
+def run_cell(scenario: dict[str, Any], agents: list[dict[str, Any]], seed: int, eval_users: int | None,
+             ope_reward: str | None = None) -> dict[str, pd.DataFrame]:
     """One story (plain-data arguments, so a cell can be shipped to another process): its tables,
     ``results`` (the results frame) and, when a recipe fitted a reward model, ``reward_models``
-    (the ensemble against user / item means on held-out clicks, observed and true reward)."""
+    (the ensemble against user / item means on held-out clicks, observed and true reward).
+
+    ``ope_reward`` (a logged signal): the trained rows gain ``ope_ips``, ``ope_snips``, ``ope_dr``,
+    off-policy estimates of that signal with propensities estimated from the public logs
+    (``ope.report.selection_estimates``): the criteria a team without the truth could select by."""
     from ..posttrain.recipe import AgentConfig
     from .story import run_story  # imported here so a Ray worker pays for torch only when it runs
 
@@ -130,6 +135,12 @@ def run_cell(scenario: dict[str, Any], agents: list[dict[str, Any]], seed: int, 
         seed=seed, progress=False, eval_users=eval_users,
     )
     out = {"results": result.frame}
+    if ope_reward is not None:
+        from ..ope.report import selection_estimates
+
+        sim = result.simulation
+        est = selection_estimates(sim.public, result.evaluator.truth, result.policies, reward=ope_reward, seed=seed)
+        out["results"] = result.frame.merge(est, on="method", how="left")
     rm = result.evaluator.reward_model
     if rm is not None:
         report = result.evaluator.reward_report(rm, rm.max_len)
@@ -176,6 +187,7 @@ def run_cells(
     info: Callable[[SweepCell], dict[str, Any]] = lambda c: {"seed": c.seed},
     workers: int = 1,
     progress: bool = False,
+    ope_reward: str | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Run every cell not yet in ``store`` (one story each, all ``agents`` on the cell's scenario and
     seed) and return every cell's results frame by name. Each cell is saved the moment it finishes.
@@ -204,13 +216,13 @@ def run_cells(
     start = time.perf_counter()
     try:
         if backend == "ray" and todo:
-            _run_ray(todo, agent_data, eval_users, say, finished)
+            _run_ray(todo, agent_data, eval_users, say, finished, ope_reward)
         elif workers > 1 and len(todo) > 1:
-            _run_pool(todo, agent_data, eval_users, say, finished, workers)
+            _run_pool(todo, agent_data, eval_users, say, finished, workers, ope_reward)
         else:
             for i, c in enumerate(todo):
                 say(f"cell {i + 1}/{len(todo)}: {describe(c)}")
-                finished(c, run_cell(to_dict(c.scenario), agent_data, c.seed, eval_users))
+                finished(c, run_cell(to_dict(c.scenario), agent_data, c.seed, eval_users, ope_reward))
     finally:
         bar.close()
     say(f"{len(todo)} cells in {time.perf_counter() - start:.0f} s" + (
@@ -220,14 +232,14 @@ def run_cells(
 
 def _run_pool(
     cells: list[SweepCell], agent_data: list[dict], eval_users: int | None, say: Callable[[str], None],
-    finished: Callable[[SweepCell, dict[str, pd.DataFrame]], None], workers: int,
+    finished: Callable[[SweepCell, dict[str, pd.DataFrame]], None], workers: int, ope_reward: str | None = None,
 ) -> None:
     """Cells in a pool of fresh processes ("spawn": no torch or Numba thread state is inherited)."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pending = {pool.submit(run_cell, to_dict(c.scenario), agent_data, c.seed, eval_users): c for c in cells}
+        pending = {pool.submit(run_cell, to_dict(c.scenario), agent_data, c.seed, eval_users, ope_reward): c for c in cells}
         say(f"{len(pending)} cells in a pool of {workers} processes")
         while pending:  # save each cell as it finishes, so a killed run keeps what finished
             done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
@@ -239,7 +251,7 @@ def _run_pool(
 
 def _run_ray(
     cells: list[SweepCell], agent_data: list[dict], eval_users: int | None, say: Callable[[str], None],
-    finished: Callable[[SweepCell, dict[str, pd.DataFrame]], None],
+    finished: Callable[[SweepCell, dict[str, pd.DataFrame]], None], ope_reward: str | None = None,
 ) -> None:
     try:
         import ray
@@ -250,7 +262,7 @@ def _run_ray(
         ray.init(include_dashboard=False, log_to_driver=False)
     try:
         task = ray.remote(run_cell)
-        pending = {task.remote(to_dict(c.scenario), agent_data, c.seed, eval_users): c for c in cells}
+        pending = {task.remote(to_dict(c.scenario), agent_data, c.seed, eval_users, ope_reward): c for c in cells}
         say(f"{len(pending)} cells submitted to Ray")
         while pending:  # save each cell as it finishes, so a killed sweep keeps what Ray finished
             ready, _ = ray.wait(list(pending), num_returns=1)

@@ -303,6 +303,41 @@ def ope_report(
     return report
 
 
+SELECTION_ESTIMATORS = ("ips", "snips", "dr")
+"""The estimators a team can choose a knob by (the ``ope_<name>`` columns of :func:`selection_estimates`)."""
+
+
+def selection_estimates(
+    logs: PublicLogs,
+    truth: GroundTruth,
+    policies: Mapping[str, Policy],
+    reward: str = "rating",
+    seed: int = 0,
+    propensity: str = "bc",
+    max_len: int = 50,
+    model_cfg: PropensityModelConfig | None = None,
+) -> pd.DataFrame:
+    """What a team without the truth can score each policy by: IPS, SNIPS and DR of a LOGGED signal
+    (``reward``, never r*) with propensities ESTIMATED from the public impressions (``propensity``)
+    and the item-mean q^ fitted on past rounds. One row per policy: ``method``, ``ope_ips``,
+    ``ope_snips``, ``ope_dr``.
+
+    ``truth`` only aligns the bandit rows with the sealed impressions (slate ids and positions); no
+    sealed value enters an estimate, so the columns are honest model-selection criteria (study 6).
+    Normal intervals: the estimates are what a selection reads, and a bootstrap would only cost time.
+    """
+    if reward == "true":
+        raise ConfigError("selection_estimates: reward = 'true' reads the sealed r*; use a logged signal "
+                          f"({', '.join(REWARDS)})")
+    report = ope_report(logs, truth, policies, reward=reward, seed=seed, propensity=propensity, max_len=max_len,
+                        model_cfg=model_cfg, q_model="item", interval="normal")
+    est = report[(report["pscore"] == "estimated") & report["estimator"].isin(SELECTION_ESTIMATORS)]
+    wide = est.pivot_table(index="policy", columns="estimator", values="estimate", aggfunc="first", dropna=False)
+    wide = wide.reindex(index=list(policies), columns=list(SELECTION_ESTIMATORS))
+    wide.columns = [f"ope_{c}" for c in wide.columns]
+    return wide.rename_axis("method").reset_index()
+
+
 def ope_report_from_simulation(sim, policies: Mapping[str, Policy], **kw) -> pd.DataFrame:  # noqa: ANN001
     """:func:`ope_report` for an in-memory ``logs.simulate.Simulation``."""
     return ope_report(sim.public, GroundTruth.from_simulation(sim), policies, **kw)
