@@ -66,6 +66,7 @@ def test_cells_and_recipes_of_a_study(tmp_path):
     ({"small": {"sedes": [0]}}, "unknown key 'small.sedes'"),
     ({"criteria": ["ndcg@10", "ope_wis"]}, "'ope_wis' is not an OPE criterion; allowed: ope_dr, ope_ips, ope_snips"),
     ({"criteria": ["ope_dr"], "ope_reward": "true"}, "ope_reward = 'true' is not allowed: must be a logged signal"),
+    ({"ideal_tilt": "yes"}, "ideal_tilt = 'yes' must be true or false"),
 ])
 def test_bad_studies_fail_in_one_line(tmp_path, extra, needle):
     path = write_study(tmp_path / "s.toml", **extra)
@@ -127,7 +128,7 @@ def test_study_runs_reports_and_resumes_after_kill_9(tmp_path):
     """A study process killed with SIGKILL after its first cell loses no finished cell: the rerun
     recomputes only the rest, and the table equals an uninterrupted run's."""
     path = write_study(tmp_path / "s.toml", grid={"feedback.noise_std": [0.5]}, agents=["bc", "ipo"],
-                       variants=[{"agent": "exp-rsft", "method.lam": [0.3]}], criteria=["ndcg@10", "ope_snips", "ope_dr"])
+                       variants=[{"agent": "exp-rsft", "method.lam": [0.3]}], criteria=["ndcg@10", "ope_snips", "ope_dr"], ideal_tilt=True)
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.Popen([sys.executable, "-m", "recsim_post", "study", str(path), "--out", str(out), "-q"],
@@ -150,6 +151,12 @@ def test_study_runs_reports_and_resumes_after_kill_9(tmp_path):
     trained = resumed["kind"] == "trained"
     assert resumed.loc[trained, ["ope_ips", "ope_snips", "ope_dr"]].notna().all().all()
     assert resumed.loc[~trained, "ope_dr"].isna().all()
+    # study 2's split: the exp-RSFT row against its ideal tilt, the others without one
+    ex = resumed[resumed["method"] == "exp-rsft[lam=0.3]"].iloc[0]
+    assert 0.0 <= ex["tilt_norm"] <= 1.0 and ex["noise_cost"] == pytest.approx(ex["tilt_norm"] - ex["tilt_noisy_norm"])
+    assert ex["fit_gap"] == pytest.approx(ex["tilt_noisy_norm"] - ex["true_value_norm"])
+    assert resumed.loc[resumed["method"] == "bc", "tilt_norm"].isna().all()
+    assert "## Coverage and noise" in (out / "report.md").read_text()
     report = (out / "report.md").read_text()
     assert "Paired difference to **bc**" in report and "exp-rsft[lam=0.3]" in report
     for name in ("results.csv", "summary.csv", "values.png", "frontier.png", "reward_models.csv"):

@@ -284,6 +284,12 @@ class Evaluator:
             reward=getattr(reward_model, "reward", "rating"),
         )
 
+    def values(self, policies: Mapping[str, Policy]) -> dict[str, float]:
+        """Each policy's normalised ground truth (``true_value_norm``) alone: one pass over r*, no
+        offline metrics, sharpness or beliefs (e.g. ideal policies that read the truth)."""
+        sums = exact_sums(self.truth, self.users, policies, self.refs.k, histories=self._hist_at_t)
+        return {name: float(sums.policy(name, self.refs).value_norm) for name in policies}
+
     def policy_row(self, method: str, policy: Policy, pi_ref: Policy | None = None) -> ResultRow:
         """Ground truth, offline metrics (and the closed-loop value) of a trained policy; to score
         several, :meth:`rows` shares one pass over r* between them."""

@@ -38,6 +38,8 @@ class StoryResult:
     """The catalogue's semantic IDs, when a token recipe ran (computed from the public item features)."""
     pi_refs: dict[str, TrainedPolicy] = field(default_factory=dict)
     """Each recipe's π_ref (shared by recipes with the same [model] and [pretrain])."""
+    agents: dict[str, AgentConfig] = field(default_factory=dict)
+    """Each recipe by name, as it was trained."""
 
 
 def run_story(
@@ -88,4 +90,5 @@ def run_story(
     rows = evaluator.rows(policies, pi_refs=pi_refs)  # one pass over r* for the references and every policy
     if evaluator.closed_loop is not None:
         say(f"closed-loop rollouts took {evaluator.closed_loop.seconds:.1f} s")
-    return StoryResult(results_frame(rows, k=evaluator.k), policies, sim, evaluator, rows, reward_models, ids, pi_refs)
+    return StoryResult(results_frame(rows, k=evaluator.k), policies, sim, evaluator, rows, reward_models, ids, pi_refs,
+                       {agent.name: agent for agent in agents})

@@ -60,9 +60,11 @@ from .sweep import SweepCell, _label
 
 KINDS = ("story", "tilt-bounds")
 TOP_KEYS = {"name", "description", "kind", "scenarios", "seeds", "agents", "reference", "columns", "eval_users",
-            "set", "agent_set", "grid", "variants", "small", "params", "criteria", "ope_reward"}
+            "set", "agent_set", "grid", "variants", "small", "params", "criteria", "ope_reward", "ideal_tilt"}
 SMALL_KEYS = {"seeds", "set", "agent_set", "grid", "eval_users", "params", "scenarios", "variants", "agents"}
 DEFAULT_COLUMNS = ("true_value_norm", "matched_norm", "top1_norm", "ndcg@10", "entropy", "kl_ref")
+TILT_COLUMNS = ("true_value_norm", "tilt_norm", "tilt_noisy_norm", "coverage_cost", "noise_cost", "fit_gap")
+"""Study 2's split of an exp-RSFT row (``ideal_tilt = true``; theory/ideal.py)."""
 DEFAULT_CRITERIA = ("ndcg@10", "mrr", "rm_value", "nll_tuned_norm")
 """Offline criteria a team could pick a knob by. ``nll_tuned_norm`` is NOT one (it reads the truth):
 it is filtered out; ``rm_value`` counts where a reward model was fitted."""
@@ -93,6 +95,9 @@ class StudyConfig:
     also estimate each policy off-policy (``ope_reward`` with estimated propensities)."""
     ope_reward: str = "rating"
     """The logged signal the ``ope_*`` criteria estimate (never r*: a team does not have it)."""
+    ideal_tilt: bool = False
+    """Study 2's split: score every exp-RSFT recipe's ideal tilt (clean and once-noisy rating) and
+    add ``coverage_cost``, ``noise_cost`` and ``fit_gap`` (theory/ideal.py)."""
     eval_users: int | None = 5000
     set: tuple[tuple[str, Any], ...] = ()
     agent_set: tuple[tuple[str, Any], ...] = ()
@@ -155,6 +160,12 @@ def _variants(items: Any, path: Path) -> tuple[Variant, ...]:
     return tuple(out)
 
 
+def _flag(value: Any, path: Path, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{_where(path, key)} = {value!r} must be true or false")
+    return value
+
+
 def load_study(path: str | Path, small: bool = False) -> StudyConfig:
     """Read and check a study file (``small``: with its ``[small]`` table applied)."""
     from ..presets import resolve_study
@@ -203,7 +214,7 @@ def load_study(path: str | Path, small: bool = False) -> StudyConfig:
         scenarios=tuple(map(str, scenarios)), seeds=_seeds(data.get("seeds", [0, 1, 2]), path),
         agents=tuple(map(str, data.get("agents", []))), reference=data.get("reference"),
         columns=tuple(data.get("columns", DEFAULT_COLUMNS)),
-        criteria=criteria, ope_reward=str(ope_reward),
+        criteria=criteria, ope_reward=str(ope_reward), ideal_tilt=_flag(data.get("ideal_tilt", False), path, "ideal_tilt"),
         eval_users=eval_users, set=tuple((data.get("set") or {}).items()),
         agent_set=tuple((data.get("agent_set") or {}).items()), grid=_grid(data.get("grid") or {}, path, "grid"),
         variants=_variants(data.get("variants", []), path), params=dict(data.get("params") or {}), root=path.parent,
@@ -416,7 +427,8 @@ def run_study(
 
     ope = cfg.cell_ope_reward
     spec = lambda c: {"scenario": to_dict(c.scenario), "agents": [to_dict(a) for a in agents],  # noqa: E731
-                      "seed": c.seed, "eval_users": cfg.eval_users, **({"ope_reward": ope} if ope else {})}
+                      "seed": c.seed, "eval_users": cfg.eval_users, **({"ope_reward": ope} if ope else {}),
+                      **({"ideal_tilt": True} if cfg.ideal_tilt else {})}
     keys = {c.name: cell_key(spec(c)) for c in cells}
     by = ["scenario", *cfg.grid_keys]
     say(f"study '{cfg.name}': {len(cells)} cells ({len(cfg.scenarios)} scenario(s) × "
@@ -426,10 +438,14 @@ def run_study(
         frames = run_cells(cells, agents, backend=backend, eval_users=cfg.eval_users, say=say, store=ws,
                            describe=lambda c: ", ".join(f"{k} = {v}" for k, v in c.labels) + f", seed {c.seed}",
                            info=lambda c: {**dict(c.labels), "seed": c.seed}, workers=workers, progress=progress,
-                           ope_reward=ope)
+                           ope_reward=ope, ideal_tilt=cfg.ideal_tilt)
         long = pd.concat([frames[c.name].assign(**dict(c.labels), seed=c.seed) for c in cells], ignore_index=True)
         front = [*by, "seed"]
         long = long[front + [c for c in long.columns if c not in front]]
+        if "tilt_norm" in long.columns:  # study 2's split of each exp-RSFT row (theory/ideal.py)
+            long = long.assign(coverage_cost=1.0 - long["tilt_norm"],
+                               noise_cost=long["tilt_norm"] - long["tilt_noisy_norm"],
+                               fit_gap=long["tilt_noisy_norm"] - long["true_value_norm"])
         rm_paths = [(c, ws.path(c.name) / "reward_models.parquet") for c in cells]
         rm_long = pd.concat([pd.read_parquet(p).assign(**dict(c.labels), seed=c.seed) for c, p in rm_paths if p.is_file()],
                             ignore_index=True) if any(p.is_file() for _, p in rm_paths) else None
@@ -438,7 +454,8 @@ def run_study(
             ws.write("reward_models.csv", lambda p: write_csv(rm_long, p))
         ws.write("results.parquet", lambda p: long.to_parquet(p, index=False))
         ws.write("results.csv", lambda p: write_csv(long, p))
-        summary = summarise(long, cfg.columns, by, cfg.reference)
+        extra = [c for c in TILT_COLUMNS if cfg.ideal_tilt and c not in cfg.columns]
+        summary = summarise(long, [*cfg.columns, *extra], by, cfg.reference)
         regret = selection_regret(long, by, cfg.criteria)
         ws.write("summary.csv", lambda p: write_csv(summary, p))
         if not regret.empty:
@@ -581,6 +598,18 @@ def report_markdown(cfg: StudyConfig, summary: pd.DataFrame, regret: pd.DataFram
         head = [*by, "family", "criterion", "regret", "picked"]
         rows = [[*[r[k] for k in by], r["family"], r["criterion"], _fmt(r["regret"], r["regret_ci"]), r["picked"]]
                 for _, r in regret.iterrows()]
+        parts += [_md_table(head, rows), ""]
+    if cfg.ideal_tilt and "tilt_norm" in summary.columns:
+        parts += ["## Coverage and noise: each exp-RSFT policy against its ideal tilt", "",
+                  "tilt_norm: π_ref tilted by exp(g/λ) with the clean rating g = clip(c + s·r*, 1, 5); tilt_noisy_norm: "
+                  "the same with one noisy rating per (user, item), σ as in the world. coverage_cost = 1 − tilt_norm "
+                  "(what the clean tilt cannot reach at this λ), noise_cost = tilt − noisy tilt, fit_gap = noisy tilt − "
+                  "the trained policy (negative: the network pools noisy ratings and beats one draw per pair). "
+                  "Normalised ground truth (0 = uniform, 1 = oracle); see recsim_post/theory/ideal.py.", ""]
+        tilt = summary[summary["tilt_norm"].notna()]
+        head = [*by, "method", *TILT_COLUMNS]
+        rows = [[*[r[k] for k in by], r["method"], *[_fmt(r[c], r[f"{c}_ci"]) for c in TILT_COLUMNS]]
+                for _, r in tilt.iterrows()]
         parts += [_md_table(head, rows), ""]
     if at_kl is not None and not at_kl.empty:
         parts += ["## At equal KL", "",

@@ -119,14 +119,16 @@ def cell_spec(cell: SweepCell, agents: Sequence[AgentConfig], eval_users: int | 
 
 
 def run_cell(scenario: dict[str, Any], agents: list[dict[str, Any]], seed: int, eval_users: int | None,
-             ope_reward: str | None = None) -> dict[str, pd.DataFrame]:
+             ope_reward: str | None = None, ideal_tilt: bool = False) -> dict[str, pd.DataFrame]:
     """One story (plain-data arguments, so a cell can be shipped to another process): its tables,
     ``results`` (the results frame) and, when a recipe fitted a reward model, ``reward_models``
     (the ensemble against user / item means on held-out clicks, observed and true reward).
 
     ``ope_reward`` (a logged signal): the trained rows gain ``ope_ips``, ``ope_snips``, ``ope_dr``,
     off-policy estimates of that signal with propensities estimated from the public logs
-    (``ope.report.selection_estimates``): the criteria a team without the truth could select by."""
+    (``ope.report.selection_estimates``): the criteria a team without the truth could select by.
+    ``ideal_tilt``: every exp-RSFT row gains ``tilt_norm`` and ``tilt_noisy_norm``, the ground truth
+    of its π_ref tilted by the clean and by a once-noisy rating (``theory/ideal.py``)."""
     from ..posttrain.recipe import AgentConfig
     from .story import run_story  # imported here so a Ray worker pays for torch only when it runs
 
@@ -141,12 +143,34 @@ def run_cell(scenario: dict[str, Any], agents: list[dict[str, Any]], seed: int, 
         sim = result.simulation
         est = selection_estimates(sim.public, result.evaluator.truth, result.policies, reward=ope_reward, seed=seed)
         out["results"] = result.frame.merge(est, on="method", how="left")
+    if ideal_tilt:
+        out["results"] = out["results"].merge(_ideal_tilts(result, seed), on="method", how="left")
     rm = result.evaluator.reward_model
     if rm is not None:
         report = result.evaluator.reward_report(rm, rm.max_len)
         report.attrs = {}  # parquet keeps the table, not its attrs
         out["reward_models"] = report
     return out
+
+
+def _ideal_tilts(result: Any, seed: int) -> pd.DataFrame:
+    """``tilt_norm`` and ``tilt_noisy_norm`` of every exp-RSFT recipe of a story (theory/ideal.py)."""
+    from ..seeding import SeedTree
+    from ..theory.ideal import IdealTilt
+
+    ev, fb = result.evaluator, result.simulation.world.cfg.feedback
+    ideals, names = {}, []
+    for name, agent in result.agents.items():
+        if agent.method.name != "exp-rsft" or agent.reward != "rating":  # the tilt is by the rating it is weighted with
+            continue
+        names.append(name)
+        ref = result.pi_refs[name]
+        ideals[(name, "tilt_norm")] = IdealTilt(ref, ev.truth, fb, agent.method.lam)
+        ideals[(name, "tilt_noisy_norm")] = IdealTilt(ref, ev.truth, fb, agent.method.lam, noise=SeedTree(seed))
+    values = ev.values(ideals)
+    return pd.DataFrame([{"method": n, "tilt_norm": values[(n, "tilt_norm")],
+                          "tilt_noisy_norm": values[(n, "tilt_noisy_norm")]} for n in names],
+                        columns=["method", "tilt_norm", "tilt_noisy_norm"])
 
 
 def run_sweep(
@@ -188,6 +212,7 @@ def run_cells(
     workers: int = 1,
     progress: bool = False,
     ope_reward: str | None = None,
+    ideal_tilt: bool = False,
 ) -> dict[str, pd.DataFrame]:
     """Run every cell not yet in ``store`` (one story each, all ``agents`` on the cell's scenario and
     seed) and return every cell's results frame by name. Each cell is saved the moment it finishes.
@@ -216,13 +241,13 @@ def run_cells(
     start = time.perf_counter()
     try:
         if backend == "ray" and todo:
-            _run_ray(todo, agent_data, eval_users, say, finished, ope_reward)
+            _run_ray(todo, agent_data, eval_users, say, finished, ope_reward, ideal_tilt)
         elif workers > 1 and len(todo) > 1:
-            _run_pool(todo, agent_data, eval_users, say, finished, workers, ope_reward)
+            _run_pool(todo, agent_data, eval_users, say, finished, workers, ope_reward, ideal_tilt)
         else:
             for i, c in enumerate(todo):
                 say(f"cell {i + 1}/{len(todo)}: {describe(c)}")
-                finished(c, run_cell(to_dict(c.scenario), agent_data, c.seed, eval_users, ope_reward))
+                finished(c, run_cell(to_dict(c.scenario), agent_data, c.seed, eval_users, ope_reward, ideal_tilt))
     finally:
         bar.close()
     say(f"{len(todo)} cells in {time.perf_counter() - start:.0f} s" + (
@@ -233,13 +258,14 @@ def run_cells(
 def _run_pool(
     cells: list[SweepCell], agent_data: list[dict], eval_users: int | None, say: Callable[[str], None],
     finished: Callable[[SweepCell, dict[str, pd.DataFrame]], None], workers: int, ope_reward: str | None = None,
+    ideal_tilt: bool = False,
 ) -> None:
     """Cells in a pool of fresh processes ("spawn": no torch or Numba thread state is inherited)."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pending = {pool.submit(run_cell, to_dict(c.scenario), agent_data, c.seed, eval_users, ope_reward): c for c in cells}
+        pending = {pool.submit(run_cell, to_dict(c.scenario), agent_data, c.seed, eval_users, ope_reward, ideal_tilt): c for c in cells}
         say(f"{len(pending)} cells in a pool of {workers} processes")
         while pending:  # save each cell as it finishes, so a killed run keeps what finished
             done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
@@ -252,6 +278,7 @@ def _run_pool(
 def _run_ray(
     cells: list[SweepCell], agent_data: list[dict], eval_users: int | None, say: Callable[[str], None],
     finished: Callable[[SweepCell, dict[str, pd.DataFrame]], None], ope_reward: str | None = None,
+    ideal_tilt: bool = False,
 ) -> None:
     try:
         import ray
@@ -262,7 +289,7 @@ def _run_ray(
         ray.init(include_dashboard=False, log_to_driver=False)
     try:
         task = ray.remote(run_cell)
-        pending = {task.remote(to_dict(c.scenario), agent_data, c.seed, eval_users, ope_reward): c for c in cells}
+        pending = {task.remote(to_dict(c.scenario), agent_data, c.seed, eval_users, ope_reward, ideal_tilt): c for c in cells}
         say(f"{len(pending)} cells submitted to Ray")
         while pending:  # save each cell as it finishes, so a killed sweep keeps what Ray finished
             ready, _ = ray.wait(list(pending), num_returns=1)
