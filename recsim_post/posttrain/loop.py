@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config, knob
 from ..errors import ConfigError, LogError
-from ..models.device import DevicePref, autocast, pick_device
+from ..models.device import DevicePref, apply_threads, autocast, pick_device
 from ..models.load import TrainedPolicy
 from ..models.token import Scorer, is_token_model, target_scorer
 from ..seeding import SeedTree
@@ -184,12 +184,14 @@ def fit(
     ``module``'s parameters. ``optimizer(groups, lr=lr, weight_decay=0.0)`` builds the optimiser.
 
     Streams of ``seed``: ``order_stream`` the batch order (``run.order``), ``"dropout"`` the dropout
-    masks (``run.dropout``).
+    masks (``run.dropout``). Torch's CPU threads: ``RECSIM_POST_THREADS`` when set
+    (:func:`~recsim_post.models.device.apply_threads`).
     """
     if inner_steps < 1:
         raise ConfigError(f"inner_steps = {inner_steps} is out of range: must be >= 1")
     if groups is not None and weight_decay:
         raise ConfigError("weight_decay is the decay of the default groups; with explicit groups set it per group")
+    apply_threads()  # before the early return too: a bad RECSIM_POST_THREADS fails every run alike
     if epochs == 0:
         module.eval()
         return []

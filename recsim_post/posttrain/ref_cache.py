@@ -13,7 +13,8 @@ everything π_ref depends on:
 * a token recipe's semantic IDs (:func:`semantic_ids_fingerprint`: the codes and their provenance);
 * the training seed (the :class:`~recsim_post.seeding.SeedTree` node pre-training draws from);
 * the code: :func:`~recsim_post.outputs.code_fingerprint` (every source file of the package), the
-  torch version and the device pre-training runs on.
+  torch version, the device pre-training runs on and torch's CPU thread count (``RECSIM_POST_THREADS``,
+  else torch's default: float sums round differently on another count).
 
 A cached π_ref is the pre-trained policy's own payload (``policy.payload()``, weights and history
 exactly), so a recipe fine-tuned from it is byte-identical to one fine-tuned from a fresh π_ref.
@@ -47,7 +48,7 @@ from typing import Any
 import torch
 
 from ..errors import RecsimError
-from ..models.device import pick_device
+from ..models.device import pick_device, training_threads
 from ..models.load import TrainedPolicy, policy_from_payload
 from ..outputs import CACHE_MARKER, atomic_write, code_fingerprint
 from ..semantic.ids import SemanticIds
@@ -107,6 +108,8 @@ class RefCache:
             "code": code_fingerprint(),
             "torch": torch.__version__,
             "device": pick_device(agent.pretrain.device).type,
+            # CPU float sums round differently on another thread count: part of what the weights depend on
+            "threads": training_threads() or torch.get_num_threads(),
         }
 
     def key(self, agent: AgentConfig) -> str:
