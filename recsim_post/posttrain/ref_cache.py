@@ -27,6 +27,11 @@ recsim-post's own, so the cache never makes a log or demo folder look changed by
 Delete ``LOGS/cache/`` (or any file in it) at any time; ``recsim-post train --no-cache`` neither
 reads nor writes it.
 
+**Bounded.** The cache keeps the :data:`MAX_ENTRIES` most recently used entries (a hit marks its
+entry used by touching its modification time); after each write the least recently used beyond that
+are deleted. Only files named like its own entries (``pi_ref-<24 hex digits>.pt``) are ever
+counted or deleted: anything else in the folder is left alone.
+
 **Never a crash.** A file that cannot be read, is corrupt, or holds another key is ignored with a
 one-line note, pre-trained again and replaced; a cache that cannot be written (a read-only log
 folder, a full disk) is noted and training goes on. Writes go through
@@ -36,9 +41,12 @@ while writing leaves the old entry or the new one, never half a file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import os
+import re
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -64,6 +72,12 @@ FOLDER = "cache"
 PREFIX = "pi_ref-"
 """Entries are ``pi_ref-<24 hex digits of the key>.pt``."""
 
+ENTRY = re.compile(re.escape(PREFIX) + r"[0-9a-f]{24}\.pt")
+"""The name of a cache entry: the only files eviction may delete."""
+
+MAX_ENTRIES = 8
+"""Entries kept by default: a few recipes' worth of π_ref per log folder (each is a model's weights)."""
+
 
 def semantic_ids_fingerprint(ids: SemanticIds) -> str:
     """A SHA-256 of the semantic IDs: every code, the codebook sizes, and where they came from."""
@@ -86,8 +100,12 @@ class RefCache:
     def __init__(
         self, folder: str | Path, logs_sha256: Mapping[str, str], n_items: int, seed: SeedTree, *,
         semantic_ids: SemanticIds | None = None, say: Callable[[str], None] = lambda _: None,
+        max_entries: int = MAX_ENTRIES,
     ) -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries = {max_entries} must be >= 1")
         self.folder = Path(folder)
+        self.max_entries = max_entries
         self.logs_sha256 = dict(sorted(logs_sha256.items()))
         self.n_items, self.seed, self.say = n_items, seed, say
         self.ids_fingerprint = semantic_ids_fingerprint(semantic_ids) if semantic_ids is not None else None
@@ -127,6 +145,8 @@ class RefCache:
             policy = self._read(path, key, agent)
             if policy is not None:
                 self.hits += 1
+                with contextlib.suppress(OSError):  # a read-only cache still serves hits
+                    os.utime(path)  # mark it used: eviction goes by modification time
                 return policy
         self.misses += 1
         start = time.perf_counter()
@@ -182,6 +202,23 @@ class RefCache:
             self.say(f"cannot write the pi_ref cache {path} ({err.strerror or err}): going on without it")
             return
         self.say(f"cached pi_ref in {path} (delete {self.folder} to clear the cache)")
+        self._evict(keep=path)
+
+    def _evict(self, keep: Path) -> None:
+        """Delete the least recently used entries beyond ``max_entries`` (never ``keep``, just written)."""
+        try:
+            entries = [f for f in self.folder.iterdir() if ENTRY.fullmatch(f.name) and f.is_file() and f != keep]
+            # Newest first; the name breaks ties so equal times evict in a fixed order.
+            entries.sort(key=lambda f: (f.stat().st_mtime_ns, f.name), reverse=True)
+        except OSError:  # the folder vanished or a file went away meanwhile: evict next time
+            return
+        old = entries[self.max_entries - 1 :]
+        for f in old:
+            with contextlib.suppress(OSError):
+                f.unlink()
+        if old:
+            self.say(f"removed {len(old)} least recently used pi_ref cache entr{'y' if len(old) == 1 else 'ies'} "
+                     f"from {self.folder} (it keeps {self.max_entries})")
 
 
 _MARKER_TEXT = (json.dumps({
@@ -191,4 +228,4 @@ _MARKER_TEXT = (json.dumps({
 }, indent=2) + "\n").encode()
 
 
-__all__ = ["FOLDER", "FORMAT", "PREFIX", "RefCache", "public_hashes", "semantic_ids_fingerprint"]
+__all__ = ["ENTRY", "FOLDER", "FORMAT", "MAX_ENTRIES", "PREFIX", "RefCache", "public_hashes", "semantic_ids_fingerprint"]
