@@ -125,6 +125,16 @@ def test_sampled_and_full_softmax_reach_the_same_optimum_and_logq_is_what_makes_
     assert raw.max() / raw.min() < 0.2 * full.max() / full.min()
 
 
+@pytest.mark.parametrize("kind", ["sasrec", "hstu"])
+def test_item_vectors_are_the_output_layer_of_score(kind):
+    from recsim_post.models.policy import build_model, model_config_from_dict
+
+    model = build_model(model_config_from_dict({"kind": kind, "dim": 8, "n_layers": 1, "n_heads": 1, "max_len": 4}), 11)
+    h = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
+    ids = torch.tensor([0, 10, 4, 4])
+    torch.testing.assert_close(h @ model.item_vectors(ids).T, model.score(h)[:, ids])
+
+
 # ---------------------------------------------------------------- in BC training
 
 N_ITEMS = 30

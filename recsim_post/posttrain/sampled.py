@@ -1,7 +1,8 @@
 r"""Sampled softmax with the logQ correction: next-item cross-entropy without the catalogue-wide softmax.
 
-The full softmax scores every item at every position: ``(B, L, n_items)`` logits, 5.4 GB of float32
-for a batch of 128 windows of 50 clicks at 10^5 items (and their gradient as much again). The
+The full softmax scores every item at every position: ``(B, L, n_items)`` logits, 2.6 GB of float32
+for a batch of 128 windows of 50 clicks at 10^5 items (and their log-softmax and gradient as much
+again each). The
 sampled softmax scores each real position's target and ``N`` negatives shared by the whole batch,
 ``j_1 … j_N`` drawn with replacement from a proposal ``Q``. With ``o_j = <h_t, e_j>`` the logit of
 item ``j`` at position ``t`` and ``y`` its target, the loss of the position is::
