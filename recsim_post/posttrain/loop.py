@@ -282,9 +282,11 @@ def train_copy(
     if on != "logp" and is_token_model(policy_ref.model):
         raise ConfigError(f"method {stage!r} trains on item logits over the whole catalogue and has no token-level "
                           "version: use it with generate = 'item'")
-    if (cfg.loss == "sampled") != (on == "sampled"):
-        raise ConfigError(f"loss = {cfg.loss!r} does not fit method {stage!r}: the sampled softmax replaces a "
+    if cfg.loss == "sampled" and on != "sampled":
+        raise ConfigError(f"loss = 'sampled' does not fit method {stage!r}: the sampled softmax replaces a "
                           "next-item cross-entropy only (method 'bc'); use loss = 'full'")
+    if on == "sampled" and cfg.loss != "sampled":
+        raise ValueError(f"on = 'sampled' needs loss = 'sampled', not {cfg.loss!r}")
     policy = policy_ref.clone()
     windows = data.windows(policy.max_len)
     if cfg.epochs and len(windows) == 0:
