@@ -17,7 +17,7 @@ from recsim_post.config import dumps_toml, to_dict
 from recsim_post.outputs import CACHE_MARKER, OutputFolder, foreign
 from recsim_post.posttrain import recipe
 from recsim_post.posttrain.recipe import pretrain_key, reward_model_key
-from recsim_post.posttrain.ref_cache import RefCache, public_hashes
+from recsim_post.posttrain.ref_cache import ENTRY, RefCache, public_hashes
 from recsim_post.seeding import SeedTree
 
 from .conftest import run_cli, tiny_scenario
@@ -343,3 +343,41 @@ def test_a_token_recipe_from_the_cache_is_byte_identical(made, tmp_path, capsys,
     assert run(capsys, "tokenize", "--logs", str(logs), "--levels", "2", "-q")[0] == 0
     assert run(capsys, *argv, "--out", str(tmp_path / "c.pt"))[0] == 0 and count["pretrain"] == 2
     assert len(entries(logs)) == 2
+
+
+def test_the_cache_keeps_its_most_recently_used_entries_and_deletes_nothing_else(tmp_path):
+    import os
+
+    from recsim_post.models.policy import SequencePolicy, build_model
+
+    notes: list[str] = []
+    cache = RefCache(tmp_path / "cache", {"clicks.parquet": "0" * 64}, 20, SeedTree(0), say=notes.append,
+                     max_entries=2)
+    agents = [small_agent("bc", epochs) for epochs in (1, 2, 3, 4)]
+    untrained = lambda a: lambda: SequencePolicy(build_model(a.model, 20), 20)  # noqa: E731 - no training needed
+    foreign = ["pi_ref-notahash.pt", f"pi_ref-{'a' * 24}.pt.bak", "mine.pt", f"PI_REF-{'b' * 24}.pt"]
+    for name in foreign:
+        (tmp_path / "cache").mkdir(exist_ok=True)
+        (tmp_path / "cache" / name).write_text("not a cache entry")
+        os.utime(tmp_path / "cache" / name, ns=(1, 1))  # older than anything: still never evicted
+
+    def age(agent, t: int) -> None:  # noqa: ANN001 - file times, not sleeps: whole-second file systems
+        os.utime(cache.path(agent), ns=(t * 10**9, t * 10**9))
+
+    cache(agents[0], untrained(agents[0]))
+    age(agents[0], 100)
+    cache(agents[1], untrained(agents[1]))
+    age(agents[1], 200)
+    assert cache(agents[0], untrained(agents[0])) is not None and cache.hits == 1  # a hit: agents[0] used now
+    assert cache.path(agents[0]).stat().st_mtime > 200
+    cache(agents[2], untrained(agents[2]))  # a third entry: the least recently used (agents[1]) goes
+    kept = lambda: {p.name for p in (tmp_path / "cache").iterdir() if ENTRY.fullmatch(p.name)}  # noqa: E731
+    assert kept() == {cache.path(agents[0]).name, cache.path(agents[2]).name}
+    age(agents[0], 300)
+    age(agents[2], 400)  # used after agents[0]: it stays when the next write evicts
+    assert lines_with("\n".join(notes), "removed 1 least recently used pi_ref cache entry")
+    cache(agents[3], untrained(agents[3]))
+    assert kept() == {cache.path(agents[3]).name, cache.path(agents[2]).name}
+    for name in foreign:
+        assert (tmp_path / "cache" / name).read_text() == "not a cache entry"
+    assert (tmp_path / "cache" / CACHE_MARKER).is_file()

@@ -57,3 +57,34 @@ def test_kernel_threads_follows_numba_set_num_threads():
     code = ("import numba; from recsim_post.world.kernels import kernel_threads; "
             "a = kernel_threads(); numba.set_num_threads(1); print(a, kernel_threads())")
     assert run(code, NUMBA_NUM_THREADS="2") == ["2", "1"]
+
+
+def test_recsim_post_threads_sets_torchs_threads_when_training_starts(monkeypatch):
+    import torch
+    from torch import nn
+
+    from recsim_post.errors import ConfigError
+    from recsim_post.posttrain.loop import fit
+    from recsim_post.seeding import SeedTree
+
+    def train() -> None:
+        module = nn.Linear(2, 1)
+        fit(module, lambda run: [torch.ones(4, 2)], lambda m, x, run: (m(x).square().mean(), {}), epochs=1,
+            lr=0.1, seed=SeedTree(0), device="cpu", progress=False)
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("RECSIM_POST_THREADS", raising=False)
+        torch.set_num_threads(2)
+        train()
+        assert torch.get_num_threads() == 2  # unset: torch's count is left as it is
+        monkeypatch.setenv("RECSIM_POST_THREADS", "1")
+        train()
+        assert torch.get_num_threads() == 1
+        for bad in ("0", "two", "-1", "1.5", "²", "99999"):
+            monkeypatch.setenv("RECSIM_POST_THREADS", bad)
+            with pytest.raises(ConfigError) as info:
+                train()
+            assert "RECSIM_POST_THREADS" in str(info.value) and "\n" not in str(info.value)
+    finally:
+        torch.set_num_threads(before)

@@ -1,13 +1,19 @@
-"""Where tensors live: device choice and mixed precision.
+"""Where tensors live: device choice, mixed precision and torch's CPU threads.
 
 bf16 autocast on CUDA needs no gradient scaler (bf16 has float32's exponent range), so the training
 loop stays the same on both devices; on CPU autocast is a no-op because CPU bf16 matmuls are slower
 than float32 ones on most machines.
+
+Threads: training runs on ``RECSIM_POST_THREADS`` torch threads when it is set (:func:`apply_threads`),
+else on torch's own default (``OMP_NUM_THREADS``, or every core). The count is fixed, never chosen
+from the cores that look free: float sums split over a different number of threads round
+differently, so trained weights would then depend on the machine's load at the time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Literal
 
 import torch
@@ -41,4 +47,29 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-__all__ = ["DevicePref", "pick_device", "autocast"]
+THREADS_ENV = "RECSIM_POST_THREADS"
+"""The environment variable that fixes torch's CPU thread count for training."""
+
+MAX_THREADS = 4096
+
+
+def training_threads() -> int | None:
+    """The thread count ``RECSIM_POST_THREADS`` asks for, or None when it is unset or empty (torch's
+    default stands). Anything but a whole number from 1 to MAX_THREADS is a one-line ConfigError."""
+    text = os.environ.get(THREADS_ENV, "").strip()
+    if not text:
+        return None
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_THREADS:
+        raise ConfigError(f"{THREADS_ENV} = {text[:40]!r} is not allowed: must be a whole number from 1 to {MAX_THREADS} "
+                          "(torch's CPU threads for training), or unset for torch's default")
+    return int(text)
+
+
+def apply_threads() -> None:
+    """Set torch's CPU thread count to ``RECSIM_POST_THREADS`` when it is set; else change nothing."""
+    threads = training_threads()
+    if threads is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+__all__ = ["DevicePref", "THREADS_ENV", "apply_threads", "autocast", "pick_device", "training_threads"]

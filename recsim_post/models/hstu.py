@@ -256,6 +256,11 @@ class HSTU(nn.Module):
         """Logits ``(..., n_items)`` of hidden states ``(..., dim)`` against every item (pad row excluded)."""
         return h @ self.item_emb.weight[1:].T
 
+    def item_vectors(self, ids: torch.Tensor) -> torch.Tensor:
+        """The output-layer vectors ``(..., dim)`` of item ids ``(...)``: ``score(h)[..., i] == <h, item_vectors(i)>``,
+        for losses that score a few items rather than the catalogue (the sampled softmax)."""
+        return self.item_emb.weight[ids + 1]
+
     def forward(
         self,
         items: torch.Tensor,

@@ -94,7 +94,8 @@ class SASRec(nn.Module):
 
     The sequence-model interface (what :class:`~recsim_post.models.policy.SequencePolicy` and the
     training loop rely on): ``cfg``, ``n_items``, ``encode(items) -> (B, L, dim)``,
-    ``score(h) -> (..., n_items)`` and ``forward = score(encode(.))``.
+    ``score(h) -> (..., n_items)`` and ``forward = score(encode(.))``; ``item_vectors(ids)`` for the
+    training losses that score only a few items.
     """
 
     def __init__(self, cfg: SASRecConfig, n_items: int, generator: torch.Generator | None = None) -> None:
@@ -146,6 +147,11 @@ class SASRec(nn.Module):
     def score(self, h: torch.Tensor) -> torch.Tensor:
         """Logits ``(..., n_items)`` of hidden states ``(..., dim)`` against every item (pad row excluded)."""
         return h @ self.item_emb.weight[1:].T
+
+    def item_vectors(self, ids: torch.Tensor) -> torch.Tensor:
+        """The output-layer vectors ``(..., dim)`` of item ids ``(...)``: ``score(h)[..., i] == <h, item_vectors(i)>``,
+        for losses that score a few items rather than the catalogue (the sampled softmax)."""
+        return self.item_emb.weight[ids + 1]
 
     def forward(self, items: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Next-item logits ``(B, L, n_items)`` at every position of ``items`` ``(B, L)``."""

@@ -86,7 +86,17 @@ def train(
     seed: SeedTree,
     progress: bool = True,
 ) -> TrainedPolicy:
-    """A copy of ``policy_ref`` trained by BC on the training clicks (``policy_ref`` itself is untouched)."""
+    """A copy of ``policy_ref`` trained by BC on the training clicks (``policy_ref`` itself is untouched).
+    With ``train_cfg.loss = "sampled"`` log π(y_t|x_t) is the sampled softmax's estimate
+    (:mod:`~recsim_post.posttrain.sampled`); its history reports ``sampled_nll`` instead of ``nll`` and ``acc``
+    (both would need the logits of the whole catalogue)."""
+    if train_cfg.loss == "sampled":
+
+        def sampled_loss(nll, batch):  # noqa: ANN001, ANN202
+            loss, metrics = bc_nll_loss(nll, batch.mask)
+            return loss, {"sampled_nll": metrics["nll"], "n": metrics["n"]}
+
+        return train_copy(policy_ref, data, sampled_loss, train_cfg, seed, progress, cfg.name, on="sampled")
     if is_token_model(policy_ref.model):  # log π(y|x) from the token head: no softmax over the catalogue
 
         def logp_loss(logp, batch):  # noqa: ANN001, ANN202
@@ -103,5 +113,8 @@ def train(
 TOKEN_LEVEL = True
 """BC reads only log π(y|x): it trains token policies too (``sft-token``)."""
 
+SAMPLED_SOFTMAX = True
+"""BC's loss is the next-item cross-entropy: ``[finetune] loss = "sampled"`` may replace it."""
 
-__all__ = ["BCConfig", "CONFIG", "TOKEN_LEVEL", "bc_loss", "bc_nll_loss", "needs_reward_model", "token_nll", "train"]
+
+__all__ = ["BCConfig", "CONFIG", "SAMPLED_SOFTMAX", "TOKEN_LEVEL", "bc_loss", "bc_nll_loss", "needs_reward_model", "token_nll", "train"]

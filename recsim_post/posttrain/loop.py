@@ -37,11 +37,12 @@ from tqdm.auto import tqdm
 
 from ..config import Config, knob
 from ..errors import ConfigError, LogError
-from ..models.device import DevicePref, autocast, pick_device
+from ..models.device import DevicePref, apply_threads, autocast, pick_device
 from ..models.load import TrainedPolicy
 from ..models.token import Scorer, is_token_model, target_scorer
 from ..seeding import SeedTree
 from .data import Batch, PostTrainData, Windows
+from .sampled import Proposal, sampled_softmax_nll, target_counts
 
 B = TypeVar("B")
 
@@ -85,6 +86,10 @@ LogpLossFn = Callable[[Scorer, Batch], tuple[torch.Tensor, Metrics]]
 The seam for methods that read only log π(y|x): an item policy gathers it from its softmax, a
 token policy sums its token log-probabilities (no softmax over the catalogue)."""
 
+NllLossFn = Callable[[torch.Tensor, Batch], tuple[torch.Tensor, Metrics]]
+"""A method's loss on the next-item NLL: ``loss_fn(nll (B, L), batch) -> (loss, metrics)`` with
+``nll = −log π(y_t|x_t)`` (the sampled softmax's estimate) at real positions and 0 at padding."""
+
 
 @dataclass(frozen=True)
 class TrainConfig(Config):
@@ -96,6 +101,14 @@ class TrainConfig(Config):
     weight_decay: float = knob(0.0, "AdamW decoupled weight decay (matrices and embeddings only)", ge=0.0, le=1.0)
     grad_clip: float = knob(1.0, "clip the global gradient norm to this (0 = no clipping)", ge=0.0, le=1e6)
     device: DevicePref = knob("auto", "where to train: 'auto' (CUDA if present), 'cpu' or 'cuda'")
+    loss: Literal["full", "sampled"] = knob(
+        "full", "next-item cross-entropy over the whole catalogue ('full'), or a sampled softmax over `negatives` "
+        "shared items with the logQ correction ('sampled': never builds the (B, L, n_items) logits; BC only, for "
+        "catalogues of 10^5 items and more; recsim_post.posttrain.sampled)")
+    negatives: int = knob(1024, "loss = 'sampled': negatives per batch, shared by every position", ge=1, le=1_000_000)
+    proposal_power: float = knob(
+        0.75, "loss = 'sampled': negatives are drawn from Q(j) ∝ (clicks on j + 1)^power (1 = unigram, 0 = uniform)",
+        ge=0.0, le=1.0)
 
 
 # ---------------------------------------------------------------- parameter groups
@@ -171,12 +184,14 @@ def fit(
     ``module``'s parameters. ``optimizer(groups, lr=lr, weight_decay=0.0)`` builds the optimiser.
 
     Streams of ``seed``: ``order_stream`` the batch order (``run.order``), ``"dropout"`` the dropout
-    masks (``run.dropout``).
+    masks (``run.dropout``). Torch's CPU threads: ``RECSIM_POST_THREADS`` when set
+    (:func:`~recsim_post.models.device.apply_threads`).
     """
     if inner_steps < 1:
         raise ConfigError(f"inner_steps = {inner_steps} is out of range: must be >= 1")
     if groups is not None and weight_decay:
         raise ConfigError("weight_decay is the decay of the default groups; with explicit groups set it per group")
+    apply_threads()  # before the early return too: a bad RECSIM_POST_THREADS fails every run alike
     if epochs == 0:
         module.eval()
         return []
@@ -245,26 +260,33 @@ def window_batches(windows: Windows, batch_size: int) -> BatchSource[Batch]:
 def train_copy(
     policy_ref: TrainedPolicy,
     data: PostTrainData,
-    loss_fn: LossFn | LogpLossFn,
+    loss_fn: LossFn | LogpLossFn | NllLossFn,
     cfg: TrainConfig,
     seed: SeedTree,
     progress: bool,
     stage: str,
     prepare: Prepare[Batch] | None = None,
     inner_steps: int = 1,
-    on: Literal["logits", "logp"] = "logits",
+    on: Literal["logits", "logp", "sampled"] = "logits",
 ) -> TrainedPolicy:
     """The plumbing most methods share: copy π_ref, cut the clicks into windows and :func:`fit` the
     copy to ``loss_fn``, recording the per-epoch metrics in its history. ``policy_ref`` is left
     untouched.
 
     ``on = "logits"``: ``loss_fn(logits (B, L, n_items), batch)`` (item policies only);
-    ``on = "logp"``: ``loss_fn(logp, batch)`` with the :data:`LogpLossFn` scorer, for any policy."""
+    ``on = "logp"``: ``loss_fn(logp, batch)`` with the :data:`LogpLossFn` scorer, for any policy;
+    ``on = "sampled"`` (``cfg.loss = "sampled"``): ``loss_fn(nll (B, L), batch)`` with nll the sampled
+    softmax's −log π(y_t|x_t) at real positions and 0 at padding (:func:`sampled_nll`)."""
     if data.n_items != policy_ref.n_items:
         raise ConfigError(f"n_items = {data.n_items} does not match the policy's catalogue of {policy_ref.n_items}")
-    if on == "logits" and is_token_model(policy_ref.model):
+    if on != "logp" and is_token_model(policy_ref.model):
         raise ConfigError(f"method {stage!r} trains on item logits over the whole catalogue and has no token-level "
                           "version: use it with generate = 'item'")
+    if cfg.loss == "sampled" and on != "sampled":
+        raise ConfigError(f"loss = 'sampled' does not fit method {stage!r}: the sampled softmax replaces a "
+                          "next-item cross-entropy only (method 'bc'); use loss = 'full'")
+    if on == "sampled" and cfg.loss != "sampled":
+        raise ValueError(f"on = 'sampled' needs loss = 'sampled', not {cfg.loss!r}")
     policy = policy_ref.clone()
     windows = data.windows(policy.max_len)
     if cfg.epochs and len(windows) == 0:
@@ -278,8 +300,12 @@ def train_copy(
     def logp_loss(model: nn.Module, batch: Batch, run: Run) -> tuple[torch.Tensor, Metrics]:
         return loss_fn(target_scorer(model, batch.inputs, run.dropout), batch)
 
+    if on == "sampled":
+        closure = sampled_nll(loss_fn, windows, policy.n_items, cfg, seed)
+    else:
+        closure = logits_loss if on == "logits" else logp_loss
     history = fit(
-        policy.model, window_batches(windows, cfg.batch_size), logits_loss if on == "logits" else logp_loss,
+        policy.model, window_batches(windows, cfg.batch_size), closure,
         epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, device=cfg.device,
         seed=seed, prepare=prepare, inner_steps=inner_steps, progress=progress, desc=stage,
     )
@@ -287,7 +313,34 @@ def train_copy(
     return policy
 
 
+def sampled_nll(
+    loss_fn: NllLossFn, windows: Windows, n_items: int, cfg: TrainConfig, seed: SeedTree
+) -> LossClosure[Batch]:
+    """The loss closure of ``on = "sampled"``: the model's hidden states at the batch's real positions
+    only, scored against their targets and ``cfg.negatives`` shared negatives (no ``(B, L, n_items)``
+    logits, no outputs at padding), then ``loss_fn(nll (B, L), batch)``.
+
+    Negatives are drawn from ``Q(j) ∝ (clicks on j + 1)^proposal_power`` over the windows' targets
+    (:class:`~recsim_post.posttrain.sampled.Proposal`), from a CPU generator seeded by the stream
+    ``"negatives"`` of ``seed``: the batch order and dropout masks are those of a full-softmax run."""
+    proposal = Proposal(target_counts(windows.targets, windows.mask, n_items), cfg.proposal_power)
+    draws = torch.Generator().manual_seed(seed.integer("negatives"))
+    log_q = proposal.log_q.float()
+
+    def loss(model: nn.Module, batch: Batch, run: Run) -> tuple[torch.Tensor, Metrics]:
+        nonlocal log_q
+        log_q = log_q.to(run.device)  # once: a no-op after the first step
+        negatives = proposal.draw(cfg.negatives, draws).to(run.device)
+        with run.autocast():
+            h = model.encode(batch.inputs, generator=run.dropout)[batch.mask]
+            nll = sampled_softmax_nll(h, batch.targets[batch.mask], negatives, log_q, model.item_vectors)
+        full = torch.zeros(batch.mask.shape, device=nll.device).masked_scatter(batch.mask, nll)
+        return loss_fn(full, batch)
+
+    return loss
+
+
 __all__ = [
     "BatchSource", "LogpLossFn", "LossClosure", "LossFn", "Prepare", "Run", "TrainConfig", "check_groups", "decay_groups",
-    "fit", "param_group", "train_copy", "window_batches",
+    "NllLossFn", "fit", "param_group", "sampled_nll", "train_copy", "window_batches",
 ]

@@ -116,6 +116,15 @@ class AgentConfig(Config):
         if self.generate == "item" and getattr(METHODS[self.method.name], "TOKEN_ONLY", False):
             raise ConfigError(f"method.name = {self.method.name!r} works on semantic-ID tokens only: set generate = "
                               "'token' (and a [token_head])")
+        if self.generate == "token":
+            for section, train in (("pretrain", self.pretrain), ("finetune", self.finetune)):
+                if train.loss == "sampled":
+                    raise ConfigError(f"{section}.loss = 'sampled' is for item policies: a token policy (generate = "
+                                      "'token') has no softmax over the catalogue; must be 'full'")
+        if self.finetune.loss == "sampled" and not getattr(METHODS[self.method.name], "SAMPLED_SOFTMAX", False):
+            sampled = ", ".join(repr(n) for n, m in METHODS.items() if getattr(m, "SAMPLED_SOFTMAX", False))
+            raise ConfigError(f"finetune.loss = 'sampled' does not fit method.name = {self.method.name!r}: the sampled "
+                              f"softmax replaces a next-item cross-entropy (method {sampled}); must be 'full'")
         check = getattr(METHODS[self.method.name], "check_for_reward", None)
         if check is not None:  # a method whose knobs depend on the reward's scale
             check(self.method, self.reward)

@@ -13,7 +13,8 @@ everything π_ref depends on:
 * a token recipe's semantic IDs (:func:`semantic_ids_fingerprint`: the codes and their provenance);
 * the training seed (the :class:`~recsim_post.seeding.SeedTree` node pre-training draws from);
 * the code: :func:`~recsim_post.outputs.code_fingerprint` (every source file of the package), the
-  torch version and the device pre-training runs on.
+  torch version, the device pre-training runs on and torch's CPU thread count (``RECSIM_POST_THREADS``,
+  else torch's default: float sums round differently on another count).
 
 A cached π_ref is the pre-trained policy's own payload (``policy.payload()``, weights and history
 exactly), so a recipe fine-tuned from it is byte-identical to one fine-tuned from a fresh π_ref.
@@ -26,6 +27,11 @@ recsim-post's own, so the cache never makes a log or demo folder look changed by
 Delete ``LOGS/cache/`` (or any file in it) at any time; ``recsim-post train --no-cache`` neither
 reads nor writes it.
 
+**Bounded.** The cache keeps the :data:`MAX_ENTRIES` most recently used entries (a hit marks its
+entry used by touching its modification time); after each write the least recently used beyond that
+are deleted. Only files named like its own entries (``pi_ref-<24 hex digits>.pt``) are ever
+counted or deleted: anything else in the folder is left alone.
+
 **Never a crash.** A file that cannot be read, is corrupt, or holds another key is ignored with a
 one-line note, pre-trained again and replaced; a cache that cannot be written (a read-only log
 folder, a full disk) is noted and training goes on. Writes go through
@@ -35,9 +41,12 @@ while writing leaves the old entry or the new one, never half a file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import os
+import re
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -47,7 +56,7 @@ from typing import Any
 import torch
 
 from ..errors import RecsimError
-from ..models.device import pick_device
+from ..models.device import pick_device, training_threads
 from ..models.load import TrainedPolicy, policy_from_payload
 from ..outputs import CACHE_MARKER, atomic_write, code_fingerprint
 from ..semantic.ids import SemanticIds
@@ -62,6 +71,12 @@ FOLDER = "cache"
 
 PREFIX = "pi_ref-"
 """Entries are ``pi_ref-<24 hex digits of the key>.pt``."""
+
+ENTRY = re.compile(re.escape(PREFIX) + r"[0-9a-f]{24}\.pt")
+"""The name of a cache entry: the only files eviction may delete."""
+
+MAX_ENTRIES = 8
+"""Entries kept by default: a few recipes' worth of π_ref per log folder (each is a model's weights)."""
 
 
 def semantic_ids_fingerprint(ids: SemanticIds) -> str:
@@ -85,8 +100,12 @@ class RefCache:
     def __init__(
         self, folder: str | Path, logs_sha256: Mapping[str, str], n_items: int, seed: SeedTree, *,
         semantic_ids: SemanticIds | None = None, say: Callable[[str], None] = lambda _: None,
+        max_entries: int = MAX_ENTRIES,
     ) -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries = {max_entries} must be >= 1")
         self.folder = Path(folder)
+        self.max_entries = max_entries
         self.logs_sha256 = dict(sorted(logs_sha256.items()))
         self.n_items, self.seed, self.say = n_items, seed, say
         self.ids_fingerprint = semantic_ids_fingerprint(semantic_ids) if semantic_ids is not None else None
@@ -107,6 +126,8 @@ class RefCache:
             "code": code_fingerprint(),
             "torch": torch.__version__,
             "device": pick_device(agent.pretrain.device).type,
+            # CPU float sums round differently on another thread count: part of what the weights depend on
+            "threads": training_threads() or torch.get_num_threads(),
         }
 
     def key(self, agent: AgentConfig) -> str:
@@ -124,6 +145,8 @@ class RefCache:
             policy = self._read(path, key, agent)
             if policy is not None:
                 self.hits += 1
+                with contextlib.suppress(OSError):  # a read-only cache still serves hits
+                    os.utime(path)  # mark it used: eviction goes by modification time
                 return policy
         self.misses += 1
         start = time.perf_counter()
@@ -179,6 +202,23 @@ class RefCache:
             self.say(f"cannot write the pi_ref cache {path} ({err.strerror or err}): going on without it")
             return
         self.say(f"cached pi_ref in {path} (delete {self.folder} to clear the cache)")
+        self._evict(keep=path)
+
+    def _evict(self, keep: Path) -> None:
+        """Delete the least recently used entries beyond ``max_entries`` (never ``keep``, just written)."""
+        try:
+            entries = [f for f in self.folder.iterdir() if ENTRY.fullmatch(f.name) and f.is_file() and f != keep]
+            # Newest first; the name breaks ties so equal times evict in a fixed order.
+            entries.sort(key=lambda f: (f.stat().st_mtime_ns, f.name), reverse=True)
+        except OSError:  # the folder vanished or a file went away meanwhile: evict next time
+            return
+        old = entries[self.max_entries - 1 :]
+        for f in old:
+            with contextlib.suppress(OSError):
+                f.unlink()
+        if old:
+            self.say(f"removed {len(old)} least recently used pi_ref cache entr{'y' if len(old) == 1 else 'ies'} "
+                     f"from {self.folder} (it keeps {self.max_entries})")
 
 
 _MARKER_TEXT = (json.dumps({
@@ -188,4 +228,4 @@ _MARKER_TEXT = (json.dumps({
 }, indent=2) + "\n").encode()
 
 
-__all__ = ["FOLDER", "FORMAT", "PREFIX", "RefCache", "public_hashes", "semantic_ids_fingerprint"]
+__all__ = ["ENTRY", "FOLDER", "FORMAT", "MAX_ENTRIES", "PREFIX", "RefCache", "public_hashes", "semantic_ids_fingerprint"]
