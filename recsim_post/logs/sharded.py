@@ -29,6 +29,7 @@ state (theta, satiation, sessions) for the sealed tables. A shard holds the cata
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -193,8 +194,8 @@ class RayShards:
                  shards: int | None) -> None:
         ray = self.ray = ray_module()
         self.started_here = not ray.is_initialized()
-        if self.started_here:
-            ray.init(include_dashboard=False, log_to_driver=False)
+        if self.started_here:  # Ray's own INFO lines would break a quiet run's one line of output
+            ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
         try:
             cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
             self.bounds = shard_bounds(world.n_users, shards or cpus)
