@@ -17,7 +17,8 @@ Each round::
     driver   concatenates the rows in shard order (= user order), updates popularity from every
              slate and click (np.bincount over the gathered rows, the very expression of the
              unsharded run, so no float sum is reduced in another order), draws the shocks
-             (sequential world/shocks) and writes the rows through the same Parquet writers
+             (sequential world/shocks), hands the shards round t + 1 and, while they play it,
+             writes round t's rows through the same Parquet writers
 
 Population-level randomness (shocks, campaigns, the switching chain) never leaves the driver.
 The driver builds the world (World.create: the same initial state as an unsharded run) and hands
@@ -145,12 +146,15 @@ def shard_payload(world: World, logger: TrendLogger, lo: int, hi: int) -> dict[s
 
 
 class ShardSet(Protocol):
-    """The shards of a run, in user order."""
+    """The shards of a run, in user order. :meth:`start` hands them a round and returns at once
+    where it can (Ray), :meth:`collect` waits for their parts of it."""
 
     bounds: list[tuple[int, int]]
 
-    def play(self, t: int, popularity: np.ndarray, shock: np.ndarray, active: int,
-             boost: np.ndarray | None) -> list[ShardRound]: ...
+    def start(self, t: int, popularity: np.ndarray, shock: np.ndarray, active: int,
+              boost: np.ndarray | None) -> Any: ...
+
+    def collect(self, handle: Any) -> list[ShardRound]: ...
 
     def user_state(self) -> list[dict[str, np.ndarray]]: ...
 
@@ -166,9 +170,13 @@ class LocalShards:
         self.shards = [Shard(cfg, lo, world.catalog, shard_payload(world, logger, lo, hi), keys)
                        for lo, hi in self.bounds]
 
-    def play(self, t: int, popularity: np.ndarray, shock: np.ndarray, active: int,
-             boost: np.ndarray | None) -> list[ShardRound]:
+    def start(self, t: int, popularity: np.ndarray, shock: np.ndarray, active: int,
+              boost: np.ndarray | None) -> list[ShardRound]:
+        """Play the round now (copies: the driver moves its popularity and shocks on in place)."""
         return [s.play(t, popularity.copy(), shock.copy(), active, boost) for s in self.shards]
+
+    def collect(self, handle: list[ShardRound]) -> list[ShardRound]:
+        return handle
 
     def user_state(self) -> list[dict[str, np.ndarray]]:
         return [s.user_state() for s in self.shards]
@@ -209,12 +217,15 @@ class RayShards:
             self.close()
             raise
 
-    def play(self, t: int, popularity: np.ndarray, shock: np.ndarray, active: int,
-             boost: np.ndarray | None) -> list[ShardRound]:
+    def start(self, t: int, popularity: np.ndarray, shock: np.ndarray, active: int,
+              boost: np.ndarray | None) -> list[Any]:
+        """The round on every actor, without waiting (object refs of their parts)."""
         ray = self.ray
-        pop, sh = ray.put(popularity), ray.put(shock)  # once per round, shared by every shard
-        # Ray hands arrays from its object store read-only: the shard copies what it keeps
-        return ray.get([a.play.remote(t, pop, sh, active, boost) for a in self.actors])
+        pop, sh = ray.put(popularity), ray.put(shock)  # copies, made now: once per round, shared by every shard
+        return [a.play.remote(t, pop, sh, active, boost) for a in self.actors]
+
+    def collect(self, handle: list[Any]) -> list[ShardRound]:
+        return self.ray.get(handle)
 
     def user_state(self) -> list[dict[str, np.ndarray]]:
         return self.ray.get([a.user_state.remote() for a in self.actors])
@@ -245,6 +256,7 @@ class ShardedLogRun(LogRun):
             self.shards: ShardSet = RayShards(cfg, self.world, self.logger, keys, shards)
         else:
             self.shards = LocalShards(cfg, self.world, self.logger, keys, shards or 1)
+        self._next: tuple[int, Any] | None = None  # the round handed to the shards and not yet collected
 
     def rounds(self, progress: bool = False, chunk_users: int | None = None) -> Iterator[tuple[Columns, Columns | None]]:
         """:meth:`LogRun.rounds`; at the end the shards' user state comes back into the world."""
@@ -259,18 +271,31 @@ class ShardedLogRun(LogRun):
         finally:
             self.close()
 
+    def _start(self, t: int) -> None:
+        """Hand round ``t`` to the shards: the driver sets the logger's round first (campaigns and
+        the switching chain: sequential streams, drawn here only, in round order)."""
+        self.server.set_round(t)
+        st = self.world.state
+        self._next = (t, self.shards.start(t, st.popularity, st.shock, self.logger.active, self.logger.boost))
+
     def step(self, t: int) -> tuple[RoundRecord, np.ndarray | None]:
-        """Round ``t``: the driver sets the logger's round, the shards play it, the driver merges
-        their rows in user order and moves the population state on."""
+        """Round ``t``: the shards play it, the driver merges their rows in user order and moves
+        the population state on, then hands them round t + 1 at once: on Ray they play it while
+        the driver writes round t's rows (the next round needs only the population state)."""
+        if self._next is None or self._next[0] != t:
+            self._start(t)
+        assert self._next is not None
+        parts = self.shards.collect(self._next[1])
+        self._next = None
         world = self.world
-        self.server.set_round(t)  # campaigns and the switching chain: sequential, here only
-        parts = self.shards.play(t, world.state.popularity, world.state.shock, self.logger.active, self.logger.boost)
         rec = merge_rounds(t, parts)
         resp = rec.responses
         clicked = resp.clicked
         items = rec.slates[clicked, resp.choice[clicked]].astype(np.int64)
         world.advance_population(rec.slates, items, self.streams.shocks)
         world.state.round += 1
+        if t + 1 < self.cfg.simulation.n_rounds:
+            self._start(t + 1)
         theta = np.concatenate([p.theta for p in parts]) if self.drift else None
         return rec, theta
 

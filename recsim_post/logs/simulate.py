@@ -121,7 +121,7 @@ class LogRun:
         for t in tqdm(range(n_rounds), desc="simulate", disable=not progress, unit="round"):
             rec, moved = self.step(t)
             theta = None if moved is None else theta_rows(t + 1, rec.clicked_users, moved)
-            logger_id = self.server.active[-1] if self.switching else None
+            logger_id = self.server.active[t] if self.switching else None  # one entry per round begun
             n = len(rec.users)
             step = chunk_users or max(n, 1)
             starts = range(0, n, step) or range(1)  # an empty round still yields its (empty) rows
