@@ -115,6 +115,17 @@ def _check_out(path: str, what: str = "--out") -> None:
     resolve_output(path, what)
 
 
+def _positive_int(text: str) -> int:
+    """argparse type of a count flag (--shards): a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is out of range: must be >= 1")
+    return value
+
+
 def _seed_arg(text: str) -> int:
     """argparse type of every seed flag: a whole number >= 0 (numpy's SeedSequence needs one)."""
     try:
@@ -273,16 +284,29 @@ def _demo_seeds(args, scenario, agents, seeds, closed, say):  # noqa: ANN001, AN
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    """Roll the scenario's logging policy and write a log folder."""
+    """Roll the scenario's logging policy and write a log folder (--backend ray: the users in
+    shards on Ray actors, for scenarios on per-user random streams; the same bytes as local)."""
     from .outputs import OutputFolder
 
+    if args.shards is not None and args.backend != "ray":
+        raise ConfigError("--shards belongs to --backend ray")
     scenario = _scenario(args.scenario, args.seed, args.set, streamed=True)
+    if args.backend == "ray":
+        from .logs.sharded import check_shardable, ray_module
+
+        check_shardable(scenario)  # before Ray or the output folder: a wrong scenario costs nothing
+        ray_module()
     out = OutputFolder(args.out, "simulate", overwrite=args.overwrite, replace_own=False,
                        say=_say(args.quiet))  # refuses before the simulation runs
     from .logs.simulate import stream_log_files
 
     with out as tmp:  # each round goes to disk as it finishes: memory is flat in the rounds
-        m = stream_log_files(scenario, tmp, progress=_progress(args))
+        if args.backend == "ray":
+            from .logs.sharded import stream_sharded_log_files
+
+            m = stream_sharded_log_files(scenario, tmp, args.shards, "ray", progress=_progress(args))
+        else:
+            m = stream_log_files(scenario, tmp, progress=_progress(args))
     print(f"wrote {args.out}: {m['rows']['interactions']:,} impressions, {m['clicks']:,} clicks, "
           f"{m['n_users']:,} users, {m['n_items']:,} items (scenario '{scenario.name}', seed {scenario.seed})")
     return 0
@@ -876,6 +900,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=_seed_arg, default=None, help="overrides the scenario's seed")
     s.add_argument("--out", required=True, help="log folder to write (new or empty)")
     s.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    s.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="local: this process; ray: the users in shards on Ray actors (pip install ray), for a "
+                        "scenario with simulation.streams = \"per-user\"; the same files either way")
+    s.add_argument("--shards", type=_positive_int, default=None, metavar="N",
+                   help="--backend ray: user shards, one Ray actor each (default: the CPUs Ray sees)")
     settings(s)
     common(s)
 

@@ -18,7 +18,8 @@ from recsim_post.envs.vector_env import RecSimVectorEnv
 from recsim_post.logs.simulate import simulate
 from recsim_post.presets import preset_names, resolve
 from recsim_post.seeding import SeedTree
-from recsim_post.world.config import ScenarioConfig, load_scenario
+from recsim_post.world.config import ScenarioConfig, SimulationConfig, load_scenario
+from recsim_post.world.keyed import UserStreams
 from recsim_post.signals import SIGNALS
 
 from .conftest import tiny_scenario
@@ -26,7 +27,8 @@ from .conftest import tiny_scenario
 
 def _logger(cfg: ScenarioConfig, world) -> LoggerServer:  # noqa: ANN001
     node = SeedTree(cfg.seed).child("logging")
-    return LoggerServer.create(TrendLogger.create(cfg.logging, world, node), world.n_items, node)
+    keyed = UserStreams.create(SeedTree(cfg.seed)) if cfg.simulation.streams == "per-user" else None
+    return LoggerServer.create(TrendLogger.create(cfg.logging, world, node), world.n_items, node, keyed)
 
 
 def _rows(t: int, users, slates, clicked_position, signals, observed, true_reward, extras) -> dict:  # noqa: ANN001
@@ -122,6 +124,14 @@ def vector_env_logs(cfg: ScenarioConfig):  # noqa: ANN201
 @pytest.mark.parametrize("env_logs", [single_env_logs, vector_env_logs], ids=["single", "vector"])
 def test_envs_reproduce_the_logs_of_a_tiny_world(env_logs):
     cfg = tiny_scenario(seed=4)
+    df, world = env_logs(cfg)
+    _compare(df, simulate(cfg), world)
+
+
+@pytest.mark.parametrize("env_logs", [single_env_logs, vector_env_logs], ids=["single", "vector"])
+def test_envs_reproduce_the_logs_of_per_user_streams(env_logs):
+    """An env of a scenario on per-user streams draws them too (Session: Streams.logging of the knob)."""
+    cfg = tiny_scenario(seed=4, simulation=SimulationConfig(n_rounds=12, streams="per-user"))
     df, world = env_logs(cfg)
     _compare(df, simulate(cfg), world)
 

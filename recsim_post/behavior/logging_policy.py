@@ -23,6 +23,7 @@ import numpy as np
 from ..seeding import SeedTree
 from ..world import kernels
 from ..world.config import LoggingConfig
+from ..world.keyed import UserStreams
 from ..world.world import World
 
 
@@ -280,6 +281,8 @@ class LoggerServer:
     boost), then slates drawn by Plackett-Luce with their exact propensities as the round's extras
     (``propensity``: the slate's PL probability per position; ``propensity_item``: the single-draw
     probability pi_0(item | u, t)). ``active`` records the active logger of every round served.
+    With per-user streams (``keyed``) a request's K uniforms are keyed by (round, user) instead
+    (stream ``per-user/slates``, world/keyed.py); campaigns and switching stay sequential.
     """
 
     logger: TrendLogger
@@ -288,11 +291,12 @@ class LoggerServer:
     active: list[int] = field(default_factory=list)
     reference: bool = False  # sample with the plain-numpy reference kernels (benchmarks, checks)
     chunk: int = SERVE_CHUNK_USERS  # users per sample() call
+    keyed: UserStreams | None = None  # per-user streams: slate uniforms keyed by (round, user), rng unused
 
     @classmethod
-    def create(cls, logger: TrendLogger, n_items: int, seed: SeedTree) -> "LoggerServer":
+    def create(cls, logger: TrendLogger, n_items: int, seed: SeedTree, keyed: UserStreams | None = None) -> "LoggerServer":
         """The server of ``logger`` with its streams under the logging node ``seed``."""
-        return cls(logger, Suggestions.create(logger.cfg, n_items, seed), seed.generator("slates"))
+        return cls(logger, Suggestions.create(logger.cfg, n_items, seed), seed.generator("slates"), keyed=keyed)
 
     def set_round(self, t: int) -> None:
         """Put the logger in its state of round t (a new campaign may start)."""
@@ -302,9 +306,16 @@ class LoggerServer:
         self.active.append(self.logger.active)
 
     def __call__(self, world: World, rnd) -> tuple[np.ndarray, dict[str, np.ndarray]]:  # noqa: ANN001 - an engine.Round
+        self.set_round(rnd.t)  # draws on other streams than the slates' uniforms: the order is free
+        return self.serve(rnd)
+
+    def serve(self, rnd) -> tuple[np.ndarray, dict[str, np.ndarray]]:  # noqa: ANN001 - an engine.Round
+        """Slates for ``rnd`` from the logger in its current state (a shard's, set by the driver)."""
         K = self.logger.cfg.slate_size
-        uniforms = self.rng.random((rnd.n, K))
-        self.set_round(rnd.t)
+        if self.keyed is not None:
+            uniforms = self.keyed.uniforms("slates", rnd.t, rnd.users, K)
+        else:
+            uniforms = self.rng.random((rnd.n, K))
         slates = np.empty((rnd.n, K), dtype=np.int32)
         prop = np.empty((rnd.n, K))
         p_item = np.empty((rnd.n, K))

@@ -107,7 +107,7 @@ class Session:
         tree = SeedTree(seed)
         self.cfg, self.seed = cfg, seed
         self.world = World.create(cfg, tree.child("world"))
-        self.streams = Streams.logging(tree)
+        self.streams = Streams.logging(tree, per_user=cfg.simulation.streams == "per-user")
         self.pad = self.world.n_items
         self.hist = np.full((self.world.n_users, history_len), self.pad, dtype=np.int64)
         self.round: Round | None = None

@@ -34,7 +34,7 @@ import contextlib
 import hashlib
 import io
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,9 @@ class LogRun:
     logger's support and the external-suggestion campaigns. After :meth:`rounds` the logger is left
     in its state at T = n_rounds (active logger and suggestion boost of round T, no new campaign).
     ``logging/switching`` (only drawn with switch_prob > 0) is the random switching chain.
+    With ``simulation.streams = "per-user"`` the per-user numbers (activity, choice, signal draws,
+    slate uniforms, returns) are keyed under ``per-user/`` instead (world/keyed.py), and
+    ``logs/sharded.py`` writes the same bytes from any number of shards.
 
     Both :func:`simulate` (everything in memory) and :func:`stream_log_files` (each round to disk
     as it finishes) are this loop, so the two give the same rows.
@@ -95,8 +98,8 @@ class LogRun:
         self.cfg = cfg
         self.world = World.create(cfg, tree.child("world"))
         self.logger = TrendLogger.create(cfg.logging, self.world, tree.child("logging"))
-        self.server = LoggerServer.create(self.logger, self.world.n_items, tree.child("logging"))
-        self.streams = Streams.logging(tree)
+        self.streams = Streams.logging(tree, per_user=cfg.simulation.streams == "per-user")
+        self.server = LoggerServer.create(self.logger, self.world.n_items, tree.child("logging"), self.streams.keyed)
         self.switching = cfg.logging.n_loggers > 1
         self.drift = cfg.dynamics.drift_rate > 0
         self.mode = cfg.logging.propensity_mode
@@ -116,11 +119,9 @@ class LogRun:
         n_rounds = self.cfg.simulation.n_rounds
         next_slate = 0
         for t in tqdm(range(n_rounds), desc="simulate", disable=not progress, unit="round"):
-            rec = step_round(self.world, self.streams, self.server)
-            theta = None
-            if self.drift:  # the round moved theta of exactly the users who clicked (at most one click each)
-                theta = theta_rows(t + 1, rec.clicked_users, self.world.users.theta[rec.clicked_users])
-            logger_id = self.server.active[-1] if self.switching else None
+            rec, moved = self.step(t)
+            theta = None if moved is None else theta_rows(t + 1, rec.clicked_users, moved)
+            logger_id = self.server.active[t] if self.switching else None  # one entry per round begun
             n = len(rec.users)
             step = chunk_users or max(n, 1)
             starts = range(0, n, step) or range(1)  # an empty round still yields its (empty) rows
@@ -130,6 +131,15 @@ class LogRun:
                 yield impression_rows(part, next_slate + lo, logger_id), theta if lo == starts[-1] else None
             next_slate += n
         self.server.finish(n_rounds)
+
+    def step(self, t: int) -> tuple[RoundRecord, np.ndarray | None]:
+        """Round ``t``: its record and, with drift, theta of the users who clicked, after it (they
+        are the users it moved: at most one click each)."""
+        rec = step_round(self.world, self.streams, self.server)
+        return rec, self.world.users.theta[rec.clicked_users] if self.drift else None
+
+    def close(self) -> None:
+        """Release what the run holds outside this process (nothing here; a sharded run's workers)."""
 
     def split(self, cols: Columns) -> tuple[Columns, Columns]:
         """Impression rows -> (public interactions columns, sealed impressions columns)."""
@@ -457,16 +467,25 @@ def write_log_files(sim: Simulation, folder: str | Path) -> Path:
     return folder
 
 
-def stream_log_files(cfg: ScenarioConfig, folder: str | Path, progress: bool = False) -> dict[str, Any]:
+def stream_log_files(cfg: ScenarioConfig, folder: str | Path, progress: bool = False,
+                     run: Callable[[], LogRun] | None = None) -> dict[str, Any]:
     """Simulate ``cfg`` and write its log files into ``folder`` round by round: each round's rows
     go to the Parquet writers as it finishes and are dropped, so memory is the world plus one
     round (and one row group per table), flat in the number of rounds. Returns the manifest.
 
-    The files are byte-identical to ``write_log_files(simulate(cfg), folder)``.
+    The files are byte-identical to ``write_log_files(simulate(cfg), folder)``. ``run`` makes the
+    :class:`LogRun` (default ``LogRun(cfg, streamed=True)``; logs/sharded.py passes a sharded one).
     """
     folder = Path(folder)
     (folder / "sealed").mkdir(parents=True, exist_ok=True)
-    run = LogRun(cfg, streamed=True)
+    log_run = LogRun(cfg, streamed=True) if run is None else run()
+    try:
+        return _stream_run(cfg, folder, log_run, progress)
+    finally:
+        log_run.close()
+
+
+def _stream_run(cfg: ScenarioConfig, folder: Path, run: LogRun, progress: bool) -> dict[str, Any]:
     writers = {
         "interactions.parquet": TableWriter(folder / "interactions.parquet", run.interaction_schema()),
         "sealed/impressions.parquet": TableWriter(folder / "sealed" / "impressions.parquet", run.sealed_schema()),

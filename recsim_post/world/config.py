@@ -330,9 +330,19 @@ class LoggingConfig(Config):
 
 @dataclass(frozen=True)
 class SimulationConfig(Config):
-    """How long the logger runs."""
+    """How long the logger runs, and how its per-user random numbers are drawn.
+
+    ``streams = "sequential"``: each per-user random number comes from a whole-population generator
+    drawn in user order (every log made so far). ``"per-user"``: it is a pure function of (seed,
+    stream, round, user, draw) (``world/keyed.py``), so the users can be simulated in shards
+    (``recsim-post simulate --backend ray``) and any number of shards writes the same bytes.
+    The two give different (equally valid) logs of the same world.
+    """
 
     n_rounds: int = knob(30, "rounds of logging; each active user gets one slate per round", ge=1, le=MAX_ROUNDS)
+    streams: Literal["sequential", "per-user"] = knob(
+        "sequential", "sequential: population-wide random streams; per-user: keyed by user, shardable (--backend ray)"
+    )
 
 
 @dataclass(frozen=True)

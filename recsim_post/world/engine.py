@@ -18,7 +18,11 @@ serving it at once gives: an env driven by the logger's slates reproduces ``simu
 
 Random streams (:class:`Streams`) are named, so the same world can be run under the logs' names
 (``Streams.logging``) or a rollout's (``Streams.flat``) and each stream is drawn in the same order
-by every consumer.
+by every consumer. With ``simulation.streams = "per-user"`` (:meth:`Streams.logging` of such a
+scenario) every per-user number (activity, choice, signal draws, slate uniforms, returns) is keyed
+by (round, user) instead (``world/keyed.py``): a round served for any subset of the users gives
+those users exactly the numbers it gives them in the whole population, which is what lets
+``logs/sharded.py`` split the users into shards. Shocks stay sequential (population-level).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import numpy as np
 
 from ..seeding import SeedTree
 from . import feedback
+from .keyed import UserStreams
 from .world import World
 
 
@@ -42,14 +47,17 @@ class Streams:
     shocks: np.random.Generator  # exogenous shocks at the end of each round
     dynamics: np.random.Generator  # who comes back after leaving (sessions)
     signals: dict[str, np.random.Generator] = field(default_factory=dict)  # per signal stream name
+    keyed: UserStreams | None = None  # per-user streams: then activity, choice, signals, dynamics go unused
 
     @classmethod
-    def logging(cls, tree: SeedTree) -> "Streams":
+    def logging(cls, tree: SeedTree, per_user: bool = False) -> "Streams":
         """The streams of ``simulate`` under the scenario's root ``tree``: users/activity,
-        users/choice, world/shocks, users/dynamics and the signal streams at the root."""
+        users/choice, world/shocks, users/dynamics and the signal streams at the root;
+        ``per_user``: the per-user numbers keyed under ``per-user/`` instead (shocks unchanged)."""
         users = tree.child("users")
         return cls(users.generator("activity"), users.generator("choice"), tree.child("world").generator("shocks"),
-                   users.generator("dynamics"), {s: tree.generator(s) for s in feedback.SIGNAL_STREAMS})
+                   users.generator("dynamics"), {s: tree.generator(s) for s in feedback.SIGNAL_STREAMS},
+                   UserStreams.create(tree) if per_user else None)
 
     @classmethod
     def flat(cls, tree: SeedTree) -> "Streams":
@@ -121,13 +129,22 @@ def begin_round(world: World, streams: Streams, cohort: np.ndarray | None = None
     ``cohort``: (N,) bool, the users served at all (a rollout's cohort); the others ask for nothing
     (their activity uniforms are still drawn, so the cohort does not move any stream).
     """
-    users = world.active_users(streams.activity.random(world.n_users))
+    t, keyed = world.state.round, streams.keyed
+    if keyed is not None:
+        users = world.active_users(keyed.uniforms("activity", t, np.arange(world.n_users)))
+    else:
+        users = world.active_users(streams.activity.random(world.n_users))
     if cohort is not None:
         users = users[cohort[users]]
     n = len(users)
-    u_choice = streams.choice.random(n)
-    draws = feedback.draw(streams.signals, n)
-    return Round(world.state.round, users, world.trend(), u_choice, draws)
+    if keyed is not None:
+        u_choice = keyed.uniforms("choice", t, users)
+        draws = {d.name: (keyed.normals if d.kind == "normal" else keyed.uniforms)(d.name, t, users)
+                 for d in feedback.DRAWS}
+    else:
+        u_choice = streams.choice.random(n)
+        draws = feedback.draw(streams.signals, n)
+    return Round(t, users, world.trend(), u_choice, draws)
 
 
 def respond(world: World, rnd: Round, slates: np.ndarray, rows: slice | np.ndarray | None = None,
@@ -151,7 +168,16 @@ def end_round(world: World, rnd: Round, slates: np.ndarray, choice: np.ndarray, 
     """The world moves on after every user of ``rnd`` was served ``slates`` and chose ``choice``."""
     clicked = choice >= 0
     items = slates[clicked, choice[clicked]].astype(np.int64)
-    world.advance(slates, rnd.users[clicked], items, streams.shocks, rnd.users, streams.dynamics)
+    world.advance(slates, rnd.users[clicked], items, streams.shocks, rnd.users, streams.dynamics,
+                  u_return=return_uniforms(world, streams.keyed))
+
+
+def return_uniforms(world: World, keyed: UserStreams | None) -> np.ndarray | None:
+    """Per-user streams with sessions on: every held user's uniform of coming back this round
+    (None otherwise: :meth:`World.advance` then draws them from its sequential stream)."""
+    if keyed is None or world.cfg.dynamics.session_budget <= 0:
+        return None
+    return keyed.uniforms("dynamics", world.state.round, np.arange(world.n_users))
 
 
 def step_round(world: World, streams: Streams, serve: SlateFn, cohort: np.ndarray | None = None) -> RoundRecord:
@@ -167,5 +193,6 @@ def step_round(world: World, streams: Streams, serve: SlateFn, cohort: np.ndarra
 
 
 __all__ = [
-    "Responses", "Round", "RoundRecord", "SlateFn", "Streams", "begin_round", "end_round", "respond", "step_round",
+    "Responses", "Round", "RoundRecord", "SlateFn", "Streams", "begin_round", "end_round", "respond", "return_uniforms",
+    "step_round",
 ]

@@ -215,13 +215,28 @@ class World:
         rng: np.random.Generator,
         shown_users: np.ndarray | None = None,
         rng_dynamics: np.random.Generator | None = None,
+        u_return: np.ndarray | None = None,
     ) -> None:
         """End a round: popularity feeds on exposure and clicks, shocks decay/arrive, satiation moves.
 
         With :class:`~.config.DynamicsConfig` on: preferences drift toward the clicked items, and
         the users shown a slate (``shown_users``, one slate each) count down their session; those
-        away come back with probability return_prob (uniforms from ``rng_dynamics``).
+        away come back with probability return_prob (uniforms ``u_return`` (N,), per-user streams,
+        or else drawn from ``rng_dynamics``). The population part (:meth:`advance_population`)
+        and the per-user part (:meth:`advance_users`) touch disjoint state and streams, which is
+        what lets a sharded run do the first on the driver and the second in the shards.
         """
+        self.advance_population(shown, clicked_items, rng)
+        if self.cfg.dynamics.session_budget > 0 and u_return is None:
+            if rng_dynamics is None:
+                raise ValueError("advance: session_budget > 0 needs rng_dynamics")
+            u_return = rng_dynamics.random(self.n_users)
+        self.advance_users(clicked_users, clicked_items, shown_users, u_return)
+        self.state.round += 1
+
+    def advance_population(self, shown: np.ndarray, clicked_items: np.ndarray, rng: np.random.Generator) -> None:
+        """The population-level end of a round: popularity from every slate ``shown`` (n, K) and
+        every clicked item, then shocks decay and maybe arrive (``rng``: one or two draws)."""
         t, n = self.cfg.trends, self.n_items
         st = self.state
         if shown.size:
@@ -237,6 +252,17 @@ class World:
         st.shock *= t.shock_decay
         if rng.random() < t.shock_rate:
             st.shock[rng.integers(n)] += t.shock_size
+
+    def advance_users(
+        self,
+        clicked_users: np.ndarray,
+        clicked_items: np.ndarray,
+        shown_users: np.ndarray | None = None,
+        u_return: np.ndarray | None = None,
+    ) -> None:
+        """The per-user end of a round: satiation, drift and sessions of the users held here
+        (each row on its own: a shard's users move as they would in the whole population)."""
+        st = self.state
         kernels.satiation_step(
             st.satiation, np.asarray(clicked_users, np.int64), np.asarray(self.catalog.genre[clicked_items], np.int64),
             float(self.cfg.satiation.decay),
@@ -250,9 +276,9 @@ class World:
                 + dyn.drift_rate * self.catalog.vectors[clicked_items]
             )
         if dyn.session_budget > 0:
-            if rng_dynamics is None:
-                raise ValueError("advance: session_budget > 0 needs rng_dynamics")
-            back = st.away & (rng_dynamics.random(len(st.away)) < dyn.return_prob)
+            if u_return is None:
+                raise ValueError("advance_users: session_budget > 0 needs u_return")
+            back = st.away & (u_return < dyn.return_prob)
             st.away &= ~back
             st.session_slates[back] = 0
             if shown_users is not None and len(shown_users):
@@ -260,7 +286,6 @@ class World:
                 done = shown_users[st.session_slates[shown_users] >= dyn.session_budget]
                 st.away[done] = True
                 st.session_slates[done] = 0
-        st.round += 1
 
 
 def initial_state(cfg: ScenarioConfig, catalog: Catalog, rng: np.random.Generator) -> WorldState:
