@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, Hashable, Mapping
+from typing import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -341,6 +341,10 @@ class ExactSums:
     """With ``ref_of``: per user KL(π ‖ π_ref) in nats."""
     entropy_profile: dict[Hashable, np.ndarray] = field(default_factory=dict)
     """With ``sharpness``: the mean entropy at each temperature of ``sharpness.TAU_GRID``."""
+    profile_chunks: dict[Hashable, np.ndarray] = field(default_factory=dict)
+    """With ``sharpness``: (n_chunks, len(TAU_GRID)) each chunk's summed entropies, the terms that
+    ``entropy_profile`` adds up in chunk order (so shards of whole chunks combine exactly:
+    :func:`combine_sums`)."""
 
     def references(self) -> References:
         n = len(self.uniform)
@@ -406,6 +410,7 @@ def exact_sums(
     ent = {name: np.empty(n) for name in policies} if sharpness else {}
     top1 = {name: np.empty(n) for name in policies} if sharpness else {}
     prof = {name: np.zeros(len(TAU_GRID)) for name in policies} if sharpness else {}
+    prof_chunks: dict[Hashable, list] = {name: [] for name in prof}
     kls = {name: np.empty(n) for name in ref_of}
     uni_b = ora_b = None
     if belief is not None:
@@ -441,14 +446,46 @@ def exact_sums(
                 rows = entropy_profile(logits)  # (users, temperatures); τ = 1 is the policy's own entropy
                 ent[name][sl] = rows[:, TAU_ONE]
                 top1[name][sl] = topk_mean(logits, r, 1)
-                prof[name] += rows.sum(axis=0)
+                part = rows.sum(axis=0)
+                prof_chunks[name].append(part)
+                prof[name] += part
             if name in ref_of:
                 kls[name][sl] = kl(logits, kept[ref_of[name]])
             if name in refs_needed:
                 kept[name] = logits
             del logits
     profile = {name: p / max(n, 1) for name, p in prof.items()}
-    return ExactSums(uniform, oracle, oracle_topk, k, value, topk, believed, uni_b, ora_b, ent, top1, kls, profile)
+    chunks = {name: np.asarray(parts, np.float64).reshape(len(parts), len(TAU_GRID)) for name, parts in prof_chunks.items()}
+    return ExactSums(uniform, oracle, oracle_topk, k, value, topk, believed, uni_b, ora_b, ent, top1, kls, profile,
+                     chunks)
+
+
+def combine_sums(parts: Sequence[ExactSums]) -> ExactSums:
+    """The sums of consecutive runs of users, joined in order: per-user arrays concatenated, each
+    entropy profile re-added chunk by chunk in the order :func:`exact_sums` adds it. Bit-identical to
+    one pass over all the users when every part but the last holds whole chunks (shard boundaries on
+    multiples of the chunk size: ``truth/sharded.py``), since each chunk then sees the same users."""
+    if not parts:
+        raise ValueError("combine_sums needs at least one part")
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    cat = lambda get: np.concatenate([get(p) for p in parts])  # noqa: E731
+    per_name = lambda attr: {name: cat(lambda p: getattr(p, attr)[name]) for name in getattr(first, attr)}  # noqa: E731
+    n = sum(len(p.uniform) for p in parts)
+    chunks = per_name("profile_chunks")
+    profile = {}
+    for name, rows in chunks.items():
+        acc = np.zeros(rows.shape[1])
+        for row in rows:  # the very additions of exact_sums' loop, in its order
+            acc += row
+        profile[name] = acc / max(n, 1)
+    optional = lambda attr: None if getattr(first, attr) is None else cat(lambda p: getattr(p, attr))  # noqa: E731
+    return ExactSums(
+        cat(lambda p: p.uniform), cat(lambda p: p.oracle), cat(lambda p: p.oracle_topk), first.k,
+        per_name("value"), per_name("topk"), per_name("belief"), optional("uniform_belief"),
+        optional("oracle_belief"), per_name("entropy"), per_name("top1"), per_name("kl"), profile, chunks,
+    )
 
 
 def references(truth: GroundTruth, users: np.ndarray, k: int = 10, chunk: int | None = None) -> References:

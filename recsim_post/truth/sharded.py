@@ -1,0 +1,122 @@
+"""``recsim-post evaluate --backend ray``: the exact pass over r* with the users in shards.
+
+:func:`exact_sums` computes every number per user, chunk by chunk (:func:`chunk_users`: a size that
+depends on the catalogue only); the only quantity summed across users inside the pass is each
+policy's entropy-vs-temperature profile, one term per chunk. :func:`sharded_exact_sums` cuts the
+users into contiguous shards **on chunk boundaries**, runs :func:`exact_sums` on each (in this
+process, or as Ray tasks), and joins them with :func:`combine_sums`: per-user arrays concatenated in
+user order, the profile re-added chunk by chunk in the unsharded order. Every chunk then holds the
+same users as in the unsharded pass, so every policy scores the very same batches (a batched
+matrix product may round differently for another batch) and the result is bit-identical to
+``exact_sums`` over all the users, whatever the number of shards or the backend.
+
+The truth (its per-user and catalogue arrays, without the sealed impressions) and the policies go
+to the object store once (``ray.put``), shared by every shard's task; histories and beliefs must be
+picklable callables (e.g. a ``HistoryIndex``'s ``gather``, not a method of an object holding the logs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Hashable, Mapping
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..policy import Policy
+from .ground_truth import BeliefFn, ExactSums, GroundTruth, Histories, chunk_users, combine_sums, exact_sums
+
+BACKENDS = ("local", "ray")
+
+
+def chunk_shards(n_users: int, shards: int, chunk: int) -> list[tuple[int, int]]:
+    """Contiguous user ranges [lo, hi) of at most ``shards`` shards whose cuts fall on multiples of
+    ``chunk`` (whole chunks, near-equal in number; no empty shard unless there are no users)."""
+    if int(shards) < 1:
+        raise ConfigError(f"shards = {shards} is out of range: must be >= 1")
+    if int(chunk) < 1:
+        raise ValueError(f"chunk must be a positive number of users, got {chunk}")
+    n_chunks = -(-int(n_users) // int(chunk))
+    s = max(1, min(int(shards), n_chunks))
+    cuts = [min(int(n_users), int(chunk) * (n_chunks * i // s)) for i in range(s + 1)]
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+def slim(truth: GroundTruth) -> GroundTruth:
+    """The truth a shard needs (users, catalogue, logger, trend): without the sealed impressions and
+    theta's history, which can outweigh everything else and which the exact pass never reads."""
+    return dataclasses.replace(truth, impressions=None, theta_history=None)
+
+
+def _shard_sums(truth: GroundTruth, users: np.ndarray, policies: Mapping[Hashable, Policy], k: int,
+                belief: BeliefFn | None, chunk: int, histories: Histories | None, sharpness: bool,
+                ref_of: Mapping[Hashable, Hashable] | None, threads: int | None = None) -> ExactSums:
+    """One shard's pass (the body of a Ray task; ``threads``: torch's threads there, the driver's count)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, int(threads)))
+    return exact_sums(truth, users, policies, k, belief=belief, chunk=chunk, histories=histories,
+                      sharpness=sharpness, ref_of=ref_of)
+
+
+def ray_module():  # noqa: ANN201 - the ray module
+    """Ray, or a one-line ConfigError naming the install."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--backend ray needs Ray: pip install 'recsim-post[sweep]' (or pip install ray)") from None
+    return ray
+
+
+def sharded_exact_sums(
+    truth: GroundTruth,
+    users: np.ndarray,
+    policies: Mapping[Hashable, Policy] | None = None,
+    k: int = 10,
+    belief: BeliefFn | None = None,
+    chunk: int | None = None,
+    histories: Histories | None = None,
+    sharpness: bool = False,
+    ref_of: Mapping[Hashable, Hashable] | None = None,
+    shards: int | None = None,
+    backend: str = "local",
+) -> ExactSums:
+    """:func:`exact_sums` with ``users`` in contiguous shards of whole chunks: bit-identical numbers.
+
+    ``backend`` "local": the shards one after the other in this process; "ray": one Ray task each
+    (``ray.init`` here unless Ray is up, shut down after only if started here). ``shards=None``: one
+    per CPU Ray sees (local: 1).
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend '{backend}' is not one of {', '.join(BACKENDS)}")
+    if shards is not None and int(shards) < 1:
+        raise ConfigError(f"shards = {shards} is out of range: must be >= 1")
+    users = np.asarray(users, np.int64)
+    chunk = chunk_users(truth.n_items) if chunk is None else int(chunk)
+    policies = dict(policies or {})
+    args = dict(k=k, belief=belief, chunk=chunk, histories=histories, sharpness=sharpness, ref_of=ref_of)
+    if backend == "local":
+        bounds = chunk_shards(len(users), shards or 1, chunk)
+        return combine_sums([_shard_sums(truth, users[lo:hi], policies, **args) for lo, hi in bounds])
+    ray = ray_module()
+    started_here = not ray.is_initialized()
+    if started_here:  # Ray's own INFO lines would break the table on stdout
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    try:
+        import torch
+
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        bounds = chunk_shards(len(users), shards or cpus, chunk)
+        task = ray.remote(num_cpus=1)(_shard_sums)
+        # top-level arguments: Ray resolves each reference to its object, put once for every shard
+        truth_ref, policies_ref = ray.put(slim(truth)), ray.put(policies)
+        # histories and beliefs can hold every user's clicks or a reward model: put once as well
+        extra: dict[str, Any] = {**args, "belief": ray.put(belief), "histories": ray.put(histories)}
+        refs = [task.remote(truth_ref, users[lo:hi], policies_ref, threads=torch.get_num_threads(), **extra)
+                for lo, hi in bounds]
+        return combine_sums(ray.get(refs))
+    finally:
+        if started_here and ray.is_initialized():
+            ray.shutdown()

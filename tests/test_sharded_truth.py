@@ -1,0 +1,104 @@
+"""The exact pass with the users in shards (truth/sharded.py) gives the unsharded numbers, bit for bit.
+
+Shards cut on chunk boundaries, so every chunk (and every policy's batch) holds the same users as in
+one pass; the per-user arrays are joined in user order and the entropy profile re-added chunk by
+chunk. Local shards in-process, Ray tasks, the Evaluator and ``recsim-post evaluate --backend ray``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from recsim_post.cli import main
+from recsim_post.errors import ConfigError
+from recsim_post.experiments.evaluate import Evaluator
+from recsim_post.logs.public import HistoryIndex
+from recsim_post.logs.simulate import simulate
+from recsim_post.policy import HISTORY_LEN, UniformPolicy
+from recsim_post.truth.ground_truth import ExactSums, GroundTruth, exact_sums
+from recsim_post.truth.references import LoggerPolicy
+from recsim_post.truth.sharded import chunk_shards, sharded_exact_sums
+
+from .conftest import require, tiny_scenario
+
+
+@pytest.fixture(scope="module")
+def sim():
+    return simulate(tiny_scenario())
+
+
+class Factors:
+    """A picklable float32 policy (a BLAS product per batch): users' rows times items' columns."""
+
+    def __init__(self, n_users: int, n_items: int) -> None:
+        rng = np.random.default_rng(1)
+        self.n_items = n_items
+        self.u = torch.from_numpy(rng.normal(size=(n_users, 8)).astype(np.float32))
+        self.v = torch.from_numpy(rng.normal(size=(8, n_items)).astype(np.float32))
+
+    def logits(self, history, context):  # noqa: ANN001, ANN201
+        with torch.no_grad():
+            return (self.u[torch.from_numpy(np.asarray(context.users))] @ self.v).numpy()
+
+
+def _policies(truth: GroundTruth) -> dict:
+    n = truth.n_items
+    return {
+        "logger": LoggerPolicy(truth.logger, truth.trend),
+        "factors": Factors(truth.n_users, n),
+        "uniform": UniformPolicy(n),
+    }
+
+
+def assert_same_sums(a: ExactSums, b: ExactSums) -> None:
+    for f in dataclasses.fields(ExactSums):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, dict):
+            assert x.keys() == y.keys(), f.name
+            for key in x:
+                np.testing.assert_array_equal(x[key], y[key], err_msg=f"{f.name}[{key!r}]")
+        elif x is None or isinstance(x, int):
+            assert x == y, f.name
+        else:
+            np.testing.assert_array_equal(x, y, err_msg=f.name)
+
+
+def test_chunk_shards_cut_on_chunk_boundaries():
+    assert chunk_shards(80, 1, 7) == [(0, 80)]
+    assert chunk_shards(80, 2, 7) == [(0, 42), (42, 80)]  # 12 chunks: 6 + 6
+    assert chunk_shards(80, 3, 7) == [(0, 28), (28, 56), (56, 80)]
+    assert chunk_shards(10, 5, 7) == [(0, 7), (7, 10)]  # no more shards than chunks
+    assert chunk_shards(0, 3, 7) == [(0, 0)]
+    with pytest.raises(ConfigError, match="shards = 0"):
+        chunk_shards(10, 0, 7)
+
+
+@pytest.mark.parametrize("chunk", [7, 80])
+def test_local_shards_give_the_unsharded_sums(sim, chunk):
+    truth = GroundTruth.from_simulation(sim)
+    users = np.arange(3, truth.n_users)  # a shard need not start at user 0
+    pols = _policies(truth)
+    index = HistoryIndex.build(sim.public.clicks())
+    hist = lambda u: index.gather(u, HISTORY_LEN)  # noqa: E731
+    belief = lambda u: truth.true_reward(u) * 0.5 + 0.1  # noqa: E731
+    ref_of = {"factors": "logger"}
+    whole = exact_sums(truth, users, pols, 5, belief=belief, chunk=chunk, histories=hist, sharpness=True, ref_of=ref_of)
+    assert whole.profile_chunks["factors"].shape[0] == -(-len(users) // chunk)
+    for shards in (1, 2, 3):
+        got = sharded_exact_sums(truth, users, pols, 5, belief=belief, chunk=chunk, histories=hist,
+                                 sharpness=True, ref_of=ref_of, shards=shards)
+        assert_same_sums(got, whole)
+    plain = exact_sums(truth, users, pols, 5, chunk=chunk)
+    assert_same_sums(sharded_exact_sums(truth, users, pols, 5, chunk=chunk, shards=3), plain)
+
+
+def test_bad_backend_or_shards_are_one_line_errors(sim):
+    truth = GroundTruth.from_simulation(sim)
+    with pytest.raises(ConfigError, match="backend 'spark'"):
+        sharded_exact_sums(truth, np.arange(5), backend="spark")
+    with pytest.raises(ConfigError, match="shards = 0"):
+        sharded_exact_sums(truth, np.arange(5), shards=0)
