@@ -36,7 +36,7 @@ class Factors:
 
     def __init__(self, n_users: int, n_items: int) -> None:
         rng = np.random.default_rng(1)
-        self.n_items = n_items
+        self.n_items, self.max_len = n_items, HISTORY_LEN
         self.u = torch.from_numpy(rng.normal(size=(n_users, 8)).astype(np.float32))
         self.v = torch.from_numpy(rng.normal(size=(8, n_items)).astype(np.float32))
 
@@ -102,3 +102,79 @@ def test_bad_backend_or_shards_are_one_line_errors(sim):
         sharded_exact_sums(truth, np.arange(5), backend="spark")
     with pytest.raises(ConfigError, match="shards = 0"):
         sharded_exact_sums(truth, np.arange(5), shards=0)
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of 7 users (the tiny catalogue would otherwise fit every user in one chunk, one shard)."""
+    import recsim_post.truth.ground_truth as gt
+    import recsim_post.truth.sharded as sh
+
+    monkeypatch.setattr(gt, "chunk_users", lambda n_items, budget_bytes=None: 7)
+    monkeypatch.setattr(sh, "chunk_users", lambda n_items, budget_bytes=None: 7)
+
+
+def _frame(rows):
+    import pandas as pd
+
+    return pd.DataFrame([dataclasses.asdict(r) for r in rows])
+
+
+def _table(truth: GroundTruth):
+    from recsim_post.posttrain.reward_model import TableRewardModel
+
+    g = torch.Generator().manual_seed(0)
+    return TableRewardModel(torch.linspace(0, 1, truth.n_items), n_members=3, member_noise=0.2, generator=g)
+
+
+def _check_evaluator(sim, backend: str, shard_counts) -> None:
+    import pandas as pd
+
+    truth = GroundTruth.from_simulation(sim)
+    pols = {"factors": Factors(truth.n_users, truth.n_items)}
+    pi_refs = {"factors": UniformPolicy(truth.n_items)}
+    whole = Evaluator.prepare(sim.public, truth, k=5)
+    whole.reward_model = _table(truth)
+    expected = _frame(whole.rows(pols, pi_refs=pi_refs))
+    assert expected["rm_value"].notna().all() and expected["kl_ref"].notna().any()
+    for shards in shard_counts:
+        ev = Evaluator.prepare(sim.public, truth, k=5, backend=backend, shards=shards)
+        ev.reward_model = _table(truth)
+        assert ev.refs == whole.refs
+        pd.testing.assert_frame_equal(_frame(ev.rows(pols, pi_refs=pi_refs)), expected, check_exact=True)
+        assert ev.values(pols) == whole.values(pols)
+
+
+def test_evaluator_rows_are_the_same_in_shards(sim, small_chunks):
+    """Rows with beliefs, sharpness, KL to a π_ref and the tempered pass: local 2 and 3 shards."""
+    _check_evaluator(sim, "local", (2, 3))
+
+
+@pytest.fixture
+def local_ray():
+    ray = require("ray")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.mark.slow
+def test_ray_shards_give_the_local_numbers(sim, small_chunks, local_ray):
+    """Ray tasks (the truth and policies put once; histories and beliefs shipped as the index and the
+    model) give the local rows, bit for bit. Workers import the package afresh, so the chunk size
+    reaches them as an argument: the monkeypatched 7 holds there too."""
+    truth = GroundTruth.from_simulation(sim)
+    pols = _policies(truth)
+    users = np.arange(truth.n_users)
+    index = HistoryIndex.build(sim.public.clicks())
+    from functools import partial
+
+    hist = partial(index.gather, max_len=HISTORY_LEN)
+    whole = exact_sums(truth, users, pols, 5, chunk=7, histories=hist, sharpness=True, ref_of={"factors": "logger"})
+    got = sharded_exact_sums(truth, users, pols, 5, chunk=7, histories=hist, sharpness=True,
+                             ref_of={"factors": "logger"}, shards=2, backend="ray")
+    assert_same_sums(got, whole)
+    _check_evaluator(sim, "ray", (2,))

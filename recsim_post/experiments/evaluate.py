@@ -16,7 +16,7 @@ training split), the logging policy at T and the oracle (ranks by the true rewar
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any, Hashable, Mapping
 
 import numpy as np
@@ -31,9 +31,36 @@ from ..posttrain.reward_model import next_item_scores
 from ..seeding import SeedTree
 from ..truth.ground_truth import BUDGET_BYTES, ExactSums, GroundTruth, References, chunk_users, exact_sums, references
 from ..truth.references import reference_policies
+from ..truth.sharded import sharded_exact_sums
 from ..truth.sharpness import TAU_GRID, Tempered, matching_tau, nll_profile
 from ..truth.rollout import ClosedLoop
 from .report import SMALL_K, ResultRow
+
+
+@dataclass(frozen=True)
+class ModelBelief:
+    """A reward model's R̂(h_u, i) for every item after each user's history at T: a picklable
+    callable (the reward model and the clicks' index, not the evaluator), for shards on Ray."""
+
+    reward_model: Any
+    index: HistoryIndex
+    n_items: int
+
+    def __call__(self, users: np.ndarray) -> np.ndarray:
+        """(B, n_items) float64: the members' mean, scored at the last position only, in sub-batches
+        that keep the members' (E, rows, n_items) scores within the byte budget. The mean is taken in
+        float64 (a float32 mean of E members is off by up to half an ulp, ~3e-8 relative, per item)."""
+        rm = self.reward_model
+        max_len = int(getattr(rm, "max_len", HISTORY_LEN))
+        hist = self.index.gather(users, HISTORY_LEN)[:, -max_len:]
+        out = np.empty((len(users), self.n_items))
+        # the head holds about three (E, rows, n_items) float32 arrays at once (scores, + item bias, + user bias)
+        step = max(1, BUDGET_BYTES // (3 * 4 * max(int(getattr(rm, "n_members", 1)), 1) * self.n_items))
+        with torch.no_grad():
+            for lo in range(0, len(users), step):
+                scores = next_item_scores(rm, torch.from_numpy(hist[lo : lo + step]))
+                out[lo : lo + step] = scores.mean(dim=0, dtype=torch.float64).cpu().numpy()
+        return out
 
 
 @dataclass
@@ -56,6 +83,11 @@ class Evaluator:
     sharpness: bool = True
     """Add each row's entropy, greedy value, KL to its π_ref and temperature-matched values
     (truth/sharpness.py); False skips them (one pass over r* instead of two)."""
+    backend: str = "local"
+    """Where the exact passes run: "local" (this process) or "ray" (the users in shards on Ray tasks,
+    truth/sharded.py); the numbers are the same, bit for bit."""
+    shards: int | None = None
+    """Shards of the exact passes (whole chunks of users); None: unsharded locally, one per CPU on Ray."""
 
     @classmethod
     def prepare(
@@ -65,8 +97,11 @@ class Evaluator:
         k: int = 10,
         max_users: int | None = 5000,
         seed: SeedTree | None = None,
+        backend: str = "local",
+        shards: int | None = None,
     ) -> "Evaluator":
-        """Split the clicks and compute the reference values (sampling at most ``max_users``)."""
+        """Split the clicks and compute the reference values (sampling at most ``max_users``);
+        ``backend`` and ``shards``: where the exact passes run (:attr:`backend`)."""
         clicks = logs.clicks()
         split = split_leave_last_out(clicks)
         users = np.arange(truth.n_users)
@@ -79,12 +114,15 @@ class Evaluator:
             truth=truth,
             clicks=clicks,
             users=users,
-            refs=references(truth, users, k),
+            refs=(references(truth, users, k) if backend == "local" and shards is None
+                  else sharded_exact_sums(truth, users, k=k, shards=shards, backend=backend).references()),
             test_users=split.test["user_id"].to_numpy(np.int64),
             test_targets=split.test["item_id"].to_numpy(np.int64),
             before_test=clicks[keep].reset_index(drop=True),
             train=split.train,
             k=k,
+            backend=backend,
+            shards=shards,
         )
 
     @cached_property
@@ -125,28 +163,25 @@ class Evaluator:
         return out
 
     def _belief(self, users: np.ndarray) -> np.ndarray:
-        """The reward model's R̂(h_u, i) for every item after each user's history at T: (B, n_items)
-        float64: the members' mean, scored at the last position only, in sub-batches that keep the
-        members' (E, rows, n_items) scores within the byte budget. The mean is taken in float64 (a
-        float32 mean of E members is off by up to half an ulp, ~3e-8 relative, per item)."""
-        rm = self.reward_model
-        max_len = int(getattr(rm, "max_len", HISTORY_LEN))
-        hist = self._hist_at_t(users)[:, -max_len:]
-        out = np.empty((len(users), self.truth.n_items))
-        # the head holds about three (E, rows, n_items) float32 arrays at once (scores, + item bias, + user bias)
-        step = max(1, BUDGET_BYTES // (3 * 4 * max(int(getattr(rm, "n_members", 1)), 1) * self.truth.n_items))
-        with torch.no_grad():
-            for lo in range(0, len(users), step):
-                scores = next_item_scores(rm, torch.from_numpy(hist[lo : lo + step]))
-                out[lo : lo + step] = scores.mean(dim=0, dtype=torch.float64).cpu().numpy()
-        return out
+        """The reward model's R̂(h_u, i) for every item after each user's history at T (:class:`ModelBelief`)."""
+        return ModelBelief(self.reward_model, self._clicks_index, self.truth.n_items)(users)
 
     def _exact(self, policies: Mapping[Hashable, Policy], ref_of: Mapping[Hashable, Hashable] | None = None,
                belief: bool = True) -> ExactSums:
         """One pass over r* for the references and every policy, each given the histories at T."""
-        belief_fn = self._belief if (belief and self.reward_model is not None) else None
-        return exact_sums(self.truth, self.users, policies, self.refs.k, belief=belief_fn, histories=self._hist_at_t,
-                          sharpness=self.sharpness and belief, ref_of=ref_of)
+        belief_fn = None
+        if belief and self.reward_model is not None:
+            belief_fn = ModelBelief(self.reward_model, self._clicks_index, self.truth.n_items)
+        return self._sums(policies, belief=belief_fn, sharpness=self.sharpness and belief, ref_of=ref_of)
+
+    def _sums(self, policies: Mapping[Hashable, Policy], **kwargs: Any) -> ExactSums:
+        """:func:`exact_sums` over :attr:`users` with their histories at T; with :attr:`backend` "ray"
+        or :attr:`shards`, the users in shards of whole chunks (truth/sharded.py): the same numbers."""
+        if self.backend == "local" and self.shards is None:
+            return exact_sums(self.truth, self.users, policies, self.refs.k, histories=self._hist_at_t, **kwargs)
+        hist = partial(self._clicks_index.gather, max_len=HISTORY_LEN)  # picklable: the index, not the evaluator
+        return sharded_exact_sums(self.truth, self.users, policies, self.refs.k, histories=hist,
+                                  shards=self.shards, backend=self.backend, **kwargs)
 
     def _closed(self, policy: Policy) -> float | None:
         if self.closed_loop is None:
@@ -287,7 +322,7 @@ class Evaluator:
     def values(self, policies: Mapping[str, Policy]) -> dict[str, float]:
         """Each policy's normalised ground truth (``true_value_norm``) alone: one pass over r*, no
         offline metrics, sharpness or beliefs (e.g. ideal policies that read the truth)."""
-        sums = exact_sums(self.truth, self.users, policies, self.refs.k, histories=self._hist_at_t)
+        sums = self._sums(policies)
         return {name: float(sums.policy(name, self.refs).value_norm) for name in policies}
 
     def policy_row(self, method: str, policy: Policy, pi_ref: Policy | None = None) -> ResultRow:
