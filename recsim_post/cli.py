@@ -497,9 +497,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .experiments.evaluate import Evaluator
     from .experiments.report import format_table, results_frame
 
+    ray = None
+    if args.backend == "ray":
+        from .truth.sharded import ray_module
+
+        ray = ray_module()  # before reading anything: a missing Ray costs nothing
     logs, truth, policies = _evaluation_inputs(args.logs, args.policy)
-    evaluator = Evaluator.prepare(logs, truth, k=args.k)
-    rows = evaluator.reference_rows() + [evaluator.policy_row(n, p) for n, p in policies.items()]
+    started = ray is not None and not ray.is_initialized()
+    if started:  # once for every pass (Ray's own INFO lines would break the table)
+        import logging
+
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    try:
+        evaluator = Evaluator.prepare(logs, truth, k=args.k, backend=args.backend, shards=args.shards)
+        rows = evaluator.reference_rows() + [evaluator.policy_row(n, p) for n, p in policies.items()]
+    finally:
+        if started and ray.is_initialized():
+            ray.shutdown()
     frame = results_frame(rows, k=args.k)
     legend = TRUE_VALUE_LEGEND.format(k=args.k)
     if args.json:
@@ -957,6 +971,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--policy", nargs="+", required=True, help="policy files written by 'train'")
     e.add_argument("--k", type=int, default=10, help="cut-off of NDCG@k, HR@k and the top-k value")
     e.add_argument("--json", action="store_true", help="machine-readable output")
+    e.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="local: this process; ray: the exact ground-truth passes with the users in shards on Ray "
+                        "tasks (pip install ray); the same numbers either way")
+    e.add_argument("--shards", type=_positive_int, default=None, metavar="N",
+                   help="user shards of the exact passes, whole chunks of users each (default: ray, one per CPU "
+                        "Ray sees; local, none)")
 
     r = command("rollout", cmd_rollout)
     r.add_argument("--logs", required=True, help="log folder written by 'simulate' or 'demo' (with sealed/)")

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from recsim_post.cli import main
 from recsim_post.errors import ConfigError
 from recsim_post.experiments.evaluate import Evaluator
 from recsim_post.logs.public import HistoryIndex
@@ -23,7 +22,7 @@ from recsim_post.truth.ground_truth import ExactSums, GroundTruth, exact_sums
 from recsim_post.truth.references import LoggerPolicy
 from recsim_post.truth.sharded import chunk_shards, sharded_exact_sums
 
-from .conftest import require, tiny_scenario
+from .conftest import require, run_cli, tiny_scenario
 
 
 @pytest.fixture(scope="module")
@@ -178,3 +177,42 @@ def test_ray_shards_give_the_local_numbers(sim, small_chunks, local_ray):
                              ref_of={"factors": "logger"}, shards=2, backend="ray")
     assert_same_sums(got, whole)
     _check_evaluator(sim, "ray", (2,))
+
+
+def test_cli_evaluate_refuses_bad_shards_and_missing_ray(capsys, monkeypatch, tmp_path):
+    code, _, err = run_cli(capsys, "evaluate", "--logs", str(tmp_path), "--policy", "p.pt", "--shards", "0")
+    assert code == 2 and "--shards" in err and "must be >= 1" in err
+    code, _, err = run_cli(capsys, "evaluate", "--logs", str(tmp_path), "--policy", "p.pt", "--shards", "two")
+    assert code == 2 and "'two' is not a whole number" in err
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)  # import ray fails as if not installed
+    code, _, err = run_cli(capsys, "evaluate", "--logs", str(tmp_path), "--policy", "p.pt", "--backend", "ray")
+    assert code == 2 and err.strip().count("\n") == 0 and "--backend ray needs Ray" in err
+
+
+@pytest.mark.slow
+def test_cli_evaluate_on_ray_prints_the_local_table(tmp_path, capsys, small_chunks, local_ray):
+    from recsim_post.config import dumps_toml, to_dict
+    from recsim_post.posttrain.recipe import load_agent
+    from recsim_post.presets import resolve
+
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text(dumps_toml(to_dict(tiny_scenario())))
+    data = to_dict(load_agent(resolve("agents", "bc")))
+    data["model"].update(dim=16, n_layers=1, n_heads=1, max_len=12)
+    data["pretrain"]["epochs"] = 1
+    data["finetune"]["epochs"] = 1
+    agent = tmp_path / "small-bc.toml"
+    agent.write_text(dumps_toml(data))
+    logs, policy = tmp_path / "logs", tmp_path / "p.pt"
+    assert run_cli(capsys, "simulate", "--scenario", str(scenario), "--out", str(logs), "-q")[0] == 0
+    assert run_cli(capsys, "train", "--logs", str(logs), "--agent", str(agent), "--out", str(policy), "-q")[0] == 0
+    code, local, _ = run_cli(capsys, "evaluate", "--logs", str(logs), "--policy", str(policy))
+    assert code == 0
+    for extra in (["--shards", "3"], ["--backend", "ray", "--shards", "2"]):
+        code, out, err = run_cli(capsys, "evaluate", "--logs", str(logs), "--policy", str(policy), *extra)
+        assert code == 0, err
+        assert out == local
+    code, out, _ = run_cli(capsys, "evaluate", "--logs", str(logs), "--policy", str(policy), "--json")
+    code, ray_json, _ = run_cli(capsys, "evaluate", "--logs", str(logs), "--policy", str(policy), "--json",
+                                "--backend", "ray", "--shards", "2")
+    assert code == 0 and ray_json == out  # every digit of the JSON, not only the table's three decimals
