@@ -38,6 +38,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..behavior.logging_policy import LoggerServer, TrendLogger
+from ..truth.sharded import ray_module  # one place says how to install Ray (cli imports it from here too)
 from ..errors import ConfigError
 from ..outputs import OutputFolder
 from ..world.config import ScenarioConfig
@@ -184,14 +185,6 @@ class LocalShards:
     def close(self) -> None:
         self.shards = []
 
-
-def ray_module():  # noqa: ANN201 - the ray module
-    """Ray, or a one-line ConfigError saying how to install it."""
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError("--backend ray needs Ray: pip install 'recsim-post[sweep]' (or pip install ray)") from None
-    return ray
 
 
 class RayShards:
