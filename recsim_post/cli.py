@@ -705,11 +705,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     keys = {c.name: cell_key(cell_spec(c, agents, eval_users)) for c in cells}
     with Workspace(args.out, "sweep", keys, overwrite=args.overwrite, say=say) as ws:
         from .experiments.report import write_csv
-        from .experiments.sweep import format_sweep, paired_differences, plot_sweep, run_sweep
+        from .experiments.sweep import format_sweep, plot_sweep, run_sweep, sweep_summary
 
         long = run_sweep(scenario, dial, agents, args.seeds, backend=args.backend, eval_users=eval_users,
-                         say=say, store=ws)
-        summary = paired_differences(long, baseline=args.baseline)
+                         say=say, store=ws, workers=args.workers)
+        summary = sweep_summary(long, baseline=args.baseline)
         ws.write("sweep.csv", lambda path: write_csv(long, path))
         ws.write("sweep_summary.csv", lambda path: write_csv(summary, path))
         ws.write("sweep.png", lambda path: plot_sweep(summary, dial.key, path))
@@ -931,6 +931,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--seeds", type=_seed_arg, nargs="+", default=[0, 1, 2], help="seeds per value (default: 0 1 2)")
     w.add_argument("--backend", choices=["local", "ray"], default="local",
                    help="local: cells one after another; ray: cells as Ray tasks (pip install ray)")
+    w.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                   help="local cells run at once in a process pool (default: 1, one after another)")
     w.add_argument("--out", default="recsim-post-sweep",
                    help="output folder; each finished cell is kept there, and rerunning the command resumes "
                         "(default: ./recsim-post-sweep)")
@@ -944,7 +946,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--small", action="store_true", help="the study's [small] size: seconds to minutes, as CI runs it")
     st.add_argument("--backend", choices=["local", "ray"], default="local",
                     help="local: cells in this machine's processes; ray: cells as Ray tasks (pip install ray)")
-    st.add_argument("--workers", type=int, default=1, metavar="N",
+    st.add_argument("--workers", type=_positive_int, default=1, metavar="N",
                     help="local cells run at once in a process pool (default: 1, one after another)")
     st.add_argument("--out", default=None,
                     help="output folder; finished cells are kept and a rerun resumes (default: ./recsim-post-study-NAME)")

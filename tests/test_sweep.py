@@ -11,7 +11,7 @@ import pytest
 
 from recsim_post.config import override, parse_value
 from recsim_post.errors import ConfigError
-from recsim_post.experiments.sweep import Dial, format_sweep, paired_differences, plot_sweep, run_sweep
+from recsim_post.experiments.sweep import Dial, format_sweep, paired_differences, plot_sweep, run_sweep, sweep_summary
 from recsim_post.world.config import ScenarioConfig
 
 from .conftest import require, tiny_scenario
@@ -78,6 +78,16 @@ def test_paired_differences_hand_computed():
     assert math.isnan(s.loc["bc", "delta_mean"])
     with pytest.raises(ConfigError, match="baseline 'dpo' is not among the methods: bc, x"):
         paired_differences(long, baseline="dpo")
+    assert "matched_delta_mean" not in sweep_summary(long).columns  # rows without a matched view
+    # at π_ref's entropy x's deltas are 0, -0.1, +0.1: the raw gain was sharpening
+    long["matched_norm"] = [0.2, 0.2, 0.5, 0.4, 0.1, 0.2]
+    m = sweep_summary(long).set_index("method")
+    assert m.loc["x", "delta_mean"] == pytest.approx(0.35 / 3)
+    assert m.loc["x", "matched_delta_mean"] == pytest.approx(0.0)
+    assert m.loc["x", "matched_delta_std"] == pytest.approx(0.1)
+    assert m.loc["x", "matched_wins"] == 1 and math.isnan(m.loc["bc", "matched_delta_mean"])
+    text = format_sweep(m.reset_index(), "d")
+    assert "at π_ref's entropy" in text and "+0.000 ± 0.100 (1/3)" in text
 
 
 @pytest.mark.slow
@@ -93,9 +103,10 @@ def test_sweep_end_to_end_is_deterministic_and_tabulated(tmp_path):
     # the dial changes only the feedback: the reference rows (world + logger) are the same per seed
     refs = long[long["kind"] == "reference"].pivot_table(index=["seed", "method"], columns="value", values="true_value_norm")
     np.testing.assert_allclose(refs["0"], refs["0.4"])
-    summary = paired_differences(long)
+    summary = sweep_summary(long)
     text = format_sweep(summary, dial.key)
     assert "feedback.flip_rate=0.4" in text and "exp-rsft" in text and "/2)" in text
+    assert "at π_ref's entropy" in text and summary["matched_delta_mean"].notna().any()
     from matplotlib.image import imread
 
     png = plot_sweep(summary, dial.key, tmp_path / "sweep.png")
@@ -143,9 +154,11 @@ def test_sweep_command_writes_tables_and_plot(tmp_path, capsys, files):
     scenario, agents = files
     out = tmp_path / "sw"
     code, stdout, _ = _run(capsys, "sweep", "--scenario", scenario, "--dial", "feedback.noise_std=0,1",
-                           "--agents", *agents, "--baseline", "small-bc", "--seeds", "0", "--out", str(out), "-q")
+                           "--agents", *agents, "--baseline", "small-bc", "--seeds", "0", "--out", str(out), "-q",
+                           "--workers", "2")
     assert code == 0
     assert "paired difference to small-bc" in stdout and "feedback.noise_std=1" in stdout
+    assert "paired difference to small-bc at π_ref's entropy" in stdout
     assert {p.name for p in out.iterdir()} >= {"sweep.csv", "sweep_summary.csv", "sweep.png"}
     long = pd.read_csv(out / "sweep.csv")
     assert len(long[long["kind"] == "trained"]) == 2 * 2  # 2 values x 2 recipes x 1 seed
@@ -157,6 +170,7 @@ def test_sweep_command_writes_tables_and_plot(tmp_path, capsys, files):
     (["--dial", "feedback.noise_std=0,1", "--baseline", "dpo"], "--baseline dpo must be one of the recipes swept"),
     (["--dial", "feedback.noise_std=0,1", "--set", "logging.epsilon=2"], "logging.epsilon = 2.0 is out of range"),
     (["--dial", "feedback.noise_std=0,1", "--backend", "spark"], "invalid choice: 'spark'"),
+    (["--dial", "feedback.noise_std=0,1", "--workers", "0"], "--workers"),
 ])
 def test_sweep_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, files, argv, needle):
     scenario, agents = files

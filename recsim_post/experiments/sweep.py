@@ -44,6 +44,7 @@ if TYPE_CHECKING:  # the recipes import torch: only a sweep's cells need it, not
 
 BACKENDS = ("local", "ray")
 VALUE_COLUMN = "true_value_norm"
+MATCHED_COLUMN = "matched_norm"  # the same policy at π_ref's entropy (truth/sharpness.py)
 
 
 @dataclass(frozen=True)
@@ -182,15 +183,17 @@ def run_sweep(
     eval_users: int | None = 5000,
     say: Callable[[str], None] = lambda _: None,
     store: CellStore | None = None,
+    workers: int = 1,
 ) -> pd.DataFrame:
     """Every (value, seed) cell; one long frame: ``dial``, ``value``, ``seed`` + the results columns.
 
     With a ``store`` each cell is saved as soon as it finishes and cells the store already holds
-    are not run again, so an interrupted sweep resumes where it stopped.
+    are not run again, so an interrupted sweep resumes where it stopped. ``workers > 1`` runs local
+    cells in a process pool.
     """
     cells = sweep_cells(base, dial, seeds)
     frames = run_cells(
-        cells, agents, backend=backend, eval_users=eval_users, say=say, store=store,
+        cells, agents, backend=backend, eval_users=eval_users, say=say, store=store, workers=workers,
         describe=lambda c: f"{dial.key} = {c.value}, seed {c.seed}",
         info=lambda c: {"value": _label(c.value), "seed": c.seed},
     )
@@ -338,9 +341,23 @@ def paired_differences(
     return out.reset_index()
 
 
+def sweep_summary(long: pd.DataFrame, baseline: str = "bc") -> pd.DataFrame:
+    """:func:`paired_differences` of the raw ground truth, with the same paired difference at π_ref's
+    entropy beside it (``matched_delta_mean``, ``matched_delta_std``, ``matched_wins``) when the rows
+    carry ``matched_norm``: a method that only sharpens π gains raw and not matched."""
+    summary = paired_differences(long, baseline=baseline)
+    if MATCHED_COLUMN not in long.columns or long.loc[long["method"] == baseline, MATCHED_COLUMN].isna().all():
+        return summary
+    matched = paired_differences(long, baseline=baseline, column=MATCHED_COLUMN)
+    keep = {"delta_mean": "matched_delta_mean", "delta_std": "matched_delta_std", "wins": "matched_wins"}
+    matched = matched[["value", "method", *keep]].rename(columns=keep)
+    return summary.merge(matched, on=["value", "method"], how="left")
+
+
 def format_sweep(summary: pd.DataFrame, dial: str, baseline: str = "bc", column: str = VALUE_COLUMN) -> str:
-    """Two terminal tables, methods x dial values: the value itself, then the paired delta to the
-    baseline with its seed std and wins ("+0.060 ± 0.033 (3/3)")."""
+    """Terminal tables, methods x dial values: the value itself, then the paired delta to the
+    baseline with its seed std and wins ("+0.060 ± 0.033 (3/3)"), and the same delta at π_ref's
+    entropy when the summary has it (:func:`sweep_summary`)."""
 
     def cell(m: float, s: float, signed: bool = False) -> str:
         if m is None or math.isnan(m):
@@ -352,12 +369,19 @@ def format_sweep(summary: pd.DataFrame, dial: str, baseline: str = "bc", column:
     methods = list(dict.fromkeys(summary["method"]))
     idx = summary.set_index(["method", "value"])
     blocks = []
-    for title, fmt in (
+    def delta(prefix: str) -> Callable[[pd.Series], str]:
+        return lambda r: ("—" if math.isnan(r[f"{prefix}delta_mean"]) else
+                          f"{cell(r[f'{prefix}delta_mean'], r[f'{prefix}delta_std'], True)} "
+                          f"({int(r[f'{prefix}wins'])}/{int(r['n_seeds'])})")
+
+    views = [
         (f"{column} (mean ± std over seeds)", lambda r: cell(r[f"{column}_mean"], r[f"{column}_std"])),
-        (f"paired difference to {baseline} (mean ± std over seeds, seeds won)", lambda r: (
-            "—" if math.isnan(r["delta_mean"]) else f"{cell(r['delta_mean'], r['delta_std'], True)} "
-            f"({int(r['wins'])}/{int(r['n_seeds'])})")),
-    ):
+        (f"paired difference to {baseline} (mean ± std over seeds, seeds won)", delta("")),
+    ]
+    if "matched_delta_mean" in summary.columns:
+        views.append((f"paired difference to {baseline} at π_ref's entropy ({MATCHED_COLUMN}: "
+                      "what is left once sharpening is taken out)", delta("matched_")))
+    for title, fmt in views:
         rows = [[m] + [fmt(idx.loc[(m, v)]) if (m, v) in idx.index else "—" for v in values] for m in methods]
         if title.startswith("paired"):
             rows = [r for r in rows if r[0] != baseline]
@@ -389,6 +413,8 @@ def plot_sweep(summary: pd.DataFrame, dial: str, path: Any, column: str = VALUE_
                     linestyle=":" if ref else "-", alpha=0.6 if ref else 1.0, **style)
         if not ref and g["delta_mean"].notna().any():
             ad.errorbar(x, g["delta_mean"], yerr=g["delta_std"].fillna(0), **style)
+            if "matched_delta_mean" in g.columns:  # dashed: the same method at π_ref's entropy
+                ad.plot(x, g["matched_delta_mean"], linestyle="--", color=style["color"], alpha=0.8)
     ad.axhline(0.0, color="0.5", linewidth=0.8)
     for a in (ax, ad):
         a.set_xticks(x, values)
@@ -396,7 +422,8 @@ def plot_sweep(summary: pd.DataFrame, dial: str, path: Any, column: str = VALUE_
     ax.set_ylabel(f"{column} (0 = uniform, 1 = oracle)")
     ax.set_title("ground-truth value")
     baseline = summary.loc[summary["delta_mean"].isna() & summary["kind"].eq("trained"), "method"]
-    ad.set_title(f"paired difference to {baseline.iloc[0] if len(baseline) else 'the baseline'}")
+    ad.set_title(f"paired difference to {baseline.iloc[0] if len(baseline) else 'the baseline'}"
+                 + (" (dashed: at π_ref's entropy)" if "matched_delta_mean" in summary.columns else ""))
     ad.set_ylabel(f"Δ {column}")
     ax.legend(fontsize=8, ncols=2)
     fig.suptitle("What turning the dial does to each method")
@@ -412,5 +439,5 @@ def plot_sweep(summary: pd.DataFrame, dial: str, path: Any, column: str = VALUE_
 
 __all__ = [
     "BACKENDS", "CellStore", "Dial", "SweepCell", "cell_spec", "format_sweep", "paired_differences", "plot_sweep",
-    "run_cell", "run_cells", "run_sweep", "sweep_cells",
+    "run_cell", "run_cells", "run_sweep", "sweep_cells", "sweep_summary",
 ]
