@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from recsim_post.config import from_dict
 from recsim_post.errors import ConfigError
 from recsim_post.models import SASRecConfig
-from recsim_post.posttrain import AgentConfig, BCConfig, ExpRSFTConfig, TrainConfig, exp_rsft, post_train, pretrain
+from recsim_post.posttrain import (AgentConfig, ASFTConfig, BCConfig, CQLConfig, ExpRSFTConfig, LinearRSFTConfig, TrainConfig,
+                                  cql, exp_rsft, post_train, pretrain)
 from recsim_post.posttrain.data import PostTrainData
 from recsim_post.posttrain.sampled import Proposal, sampled_softmax_nll
 from recsim_post.seeding import SeedTree
@@ -203,8 +204,12 @@ def test_sampled_bc_with_many_negatives_learns_what_full_bc_learns():
         ({"pretrain": {"loss": "approx"}}, "pretrain.loss = 'approx' is not allowed: must be one of 'full', 'sampled'"),
         ({"finetune": {"negatives": 0}}, "finetune.negatives = 0 is out of range"),
         ({"pretrain": {"proposal_power": 2.0}}, "pretrain.proposal_power = 2.0 is out of range"),
-        ({"method": {"name": "exp-rsft"}, "finetune": {"loss": "sampled"}},
-         "finetune.loss = 'sampled' does not fit method.name = 'exp-rsft'"),
+        ({"method": {"name": "cql"}, "finetune": {"loss": "sampled"}},
+         "finetune.loss = 'sampled' does not fit method.name = 'cql'"),
+        ({"method": {"name": "exp-rsft", "normalize": "context"}, "finetune": {"loss": "sampled"}},
+         "does not fit method.normalize = 'context'"),
+        ({"method": {"name": "asft", "baseline": "reward-model"}, "finetune": {"loss": "sampled"}},
+         "does not fit method.baseline = 'reward-model'"),
     ],
 )
 def test_config_errors_are_one_line(data, needle):
@@ -218,5 +223,39 @@ def test_full_is_the_default_and_a_method_without_it_refuses_sampled_in_code():
     clicks = random_clicks(n_users=5)
     ref = pretrain(clicks, N_ITEMS, agent(SAMPLED, SAMPLED), SeedTree(0), progress=False)
     data = PostTrainData(clicks, N_ITEMS)
-    with pytest.raises(ConfigError, match="does not fit method 'exp-rsft'"):  # the loop refuses without a recipe
-        exp_rsft.train(ref, data, ExpRSFTConfig(), SAMPLED, SeedTree(0), progress=False)
+    with pytest.raises(ConfigError, match="does not fit method 'cql'"):  # the loop refuses without a recipe
+        cql.train(ref, data, CQLConfig(), SAMPLED, SeedTree(0), progress=False)
+    with pytest.raises(ConfigError, match="normalize = 'context'"):
+        exp_rsft.train(ref, data, ExpRSFTConfig(normalize="context"), SAMPLED, SeedTree(0), progress=False)
+
+
+@pytest.mark.parametrize("method", [ExpRSFTConfig(lam=0.5), ExpRSFTConfig(lam=0.5, normalize="user"),
+                                    ASFTConfig(beta=0.5), LinearRSFTConfig()], ids=lambda m: f"{m.name}")
+def test_sampled_weighted_sft_learns_what_full_weighted_sft_learns(method):
+    """The weighted-SFT family reads only −log π(y|x), so the sampled softmax's estimate can stand in
+    for it: with many negatives the post-trained policy lands where the full-softmax one does, and the
+    weights matter (the post-trained policy moves away from π_ref, toward the well-rated clicks)."""
+    rng = np.random.default_rng(0)  # half the users click "previous + 1" and rate it 5; the others click at random
+    items = rng.integers(0, N_ITEMS, (24, 10))
+    good = np.arange(24) < 12
+    for t in range(1, 10):
+        items[good, t] = (items[good, t - 1] + 1) % N_ITEMS
+    clicks = clicks_frame(np.repeat(np.arange(24), 10), items.ravel())
+    clicks["rating"] = np.where(np.repeat(good, 10), 5.0, rng.integers(1, 3, 240).astype(float))
+    bc = TrainConfig(epochs=1, batch_size=16, lr=1e-2, device="cpu")
+    full = TrainConfig(epochs=3, batch_size=16, lr=1e-2, device="cpu")
+    many = TrainConfig(epochs=3, batch_size=16, lr=1e-2, device="cpu", loss="sampled", negatives=2048)
+    hist = np.random.default_rng(1).integers(0, N_ITEMS, (16, 8))
+    with one_thread():
+        ref = pretrain(clicks, N_ITEMS, agent(bc, full), SeedTree(0), progress=False)
+        p_ref = torch.softmax(torch.from_numpy(ref.logits(hist)), -1)
+        p_full, p_many, p_bc = (torch.softmax(torch.from_numpy(post_train(
+            ref, clicks, N_ITEMS, agent(bc, cfg, m), SeedTree(0), progress=False).logits(hist)), -1)
+            for cfg, m in ((full, method), (many, method), (full, BCConfig())))
+
+    def tv(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(0.5 * (a - b).abs().sum(-1).mean())
+
+    # measured: moved 0.16–0.23, weighting 0.08–0.14 (how far the weights take π from BC's fine-tuning), gap 0.007–0.013
+    moved, weighting, gap = tv(p_full, p_ref), tv(p_full, p_bc), tv(p_full, p_many)
+    assert moved > 0.1 and gap < 0.15 * moved and gap < 0.5 * weighting

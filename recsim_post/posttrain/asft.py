@@ -219,12 +219,24 @@ def train(
         batch.extra["value"] = baseline(batch)
         return batch
 
-    def loss_fn(logp, batch):  # noqa: ANN001, ANN202 - logp(items) = log π(items | x_t), any policy
-        return asft_nll_loss(
-            -logp(batch.targets), batch.rewards, batch.mask, batch.extra["value"], cfg.beta, cfg.w_max, cfg.normalize
-        )
+    def loss_fn(nll, batch):  # noqa: ANN001, ANN202 - nll = −log π(y_t | x_t), exact or sampled
+        return asft_nll_loss(nll, batch.rewards, batch.mask, batch.extra["value"], cfg.beta, cfg.w_max, cfg.normalize)
 
-    return train_copy(policy_ref, data, loss_fn, train_cfg, seed, progress, cfg.name, prepare=prepare, on="logp")
+    if train_cfg.loss == "sampled":
+        check_sampled(cfg)
+    return train_copy(policy_ref, data, loss_fn, train_cfg, seed, progress, cfg.name, prepare=prepare, on="nll")
+
+
+SAMPLED_SOFTMAX = True
+"""A-SFT's loss reads only −log π(y|x): ``[finetune] loss = "sampled"`` may estimate it (not with the
+reward-model baseline)."""
+
+
+def check_sampled(cfg: ASFTConfig) -> None:
+    """Refuse ``loss = "sampled"`` with the reward-model baseline: V̂(x) sums π_ref·R̂ over the whole catalogue."""
+    if cfg.baseline == "reward-model":
+        raise ConfigError("finetune.loss = 'sampled' does not fit method.baseline = 'reward-model': V̂(x) needs "
+                          "π_ref's logits over the whole catalogue; use baseline = 'user-mean' or loss = 'full'")
 
 
 TOKEN_LEVEL = True
@@ -236,6 +248,8 @@ __all__ = [
     "ASFTConfig",
     "Baseline",
     "CONFIG",
+    "SAMPLED_SOFTMAX",
+    "check_sampled",
     "asft_loss",
     "asft_nll_loss",
     "TOKEN_LEVEL",

@@ -325,22 +325,34 @@ def train(
             batch.extra["log_z"] = context_log_normalizer(ref_logits, r_hat, cfg.lam, r_max)
             return batch
 
-    def loss_fn(logp, batch):  # noqa: ANN001, ANN202 - logp(items) = log π(items | x_t), any policy
-        return exp_rsft_nll_loss(
-            -logp(batch.targets), batch.rewards, batch.mask, cfg.lam, r_max, cfg.normalize, batch.extra.get("log_z")
-        )
+    def loss_fn(nll, batch):  # noqa: ANN001, ANN202 - nll = −log π(y_t | x_t), exact or sampled
+        return exp_rsft_nll_loss(nll, batch.rewards, batch.mask, cfg.lam, r_max, cfg.normalize, batch.extra.get("log_z"))
 
-    return train_copy(policy_ref, data, loss_fn, train_cfg, seed, progress, cfg.name, prepare=prepare, on="logp")
+    if train_cfg.loss == "sampled":
+        check_sampled(cfg)
+    return train_copy(policy_ref, data, loss_fn, train_cfg, seed, progress, cfg.name, prepare=prepare, on="nll")
 
 
 TOKEN_LEVEL = True
 """exp-RSFT reads only log π(y|x) (and, for 'context', π_ref's exact item distribution): it trains
 token policies too (``exp-rsft-token``)."""
 
+SAMPLED_SOFTMAX = True
+"""exp-RSFT's loss reads only −log π(y|x): ``[finetune] loss = "sampled"`` may estimate it (not with 'context')."""
+
+
+def check_sampled(cfg: ExpRSFTConfig) -> None:
+    """Refuse ``loss = "sampled"`` for 'context': its Z(x) sums π_ref over the whole catalogue at every position."""
+    if cfg.normalize == "context":
+        raise ConfigError("finetune.loss = 'sampled' does not fit method.normalize = 'context': Z(x) needs π_ref's "
+                          "logits over the whole catalogue; use normalize = 'user' (Z per user, no model) or loss = 'full'")
+
 
 __all__ = [
     "CONFIG",
     "ExpRSFTConfig",
+    "SAMPLED_SOFTMAX",
+    "check_sampled",
     "Normalize",
     "check_for_reward",
     "check_reward_model",

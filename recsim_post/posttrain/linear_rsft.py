@@ -73,9 +73,18 @@ def linear_rsft_loss(
     with BC), ``weighted_nll`` (Σw·nll/Σw, whatever ``normalize``), ``mean_w`` (mean reward),
     ``ess`` ((Σw)²/Σw²), ``ess_frac`` (ess / rated targets), ``n`` (rated targets).
     """
+    return linear_rsft_nll_loss(token_nll(logits, targets), rewards, mask, normalize)
+
+
+def linear_rsft_nll_loss(
+    nll: torch.Tensor,
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    normalize: Literal["batch", "none"] = "batch",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """:func:`linear_rsft_loss` from the targets' ``nll`` = −log π(y_t|x_t) ``(...)`` (exact or sampled)."""
     if normalize not in ("batch", "none"):
         raise ConfigError(f"normalize = {normalize!r} is not allowed: must be one of 'batch', 'none'")
-    nll = token_nll(logits, targets)
     r = rewards.float()
     valid = mask & torch.isfinite(r)
     w = torch.where(valid, torch.nan_to_num(r), torch.zeros_like(r))  # NaN never reaches the graph
@@ -114,10 +123,15 @@ def train(
 ) -> SequencePolicy:
     """A copy of ``policy_ref`` fine-tuned by linear reward-weighted SFT on the training clicks."""
 
-    def loss_fn(logits, batch):  # noqa: ANN001, ANN202
-        return linear_rsft_loss(logits, batch.targets, batch.rewards, batch.mask, cfg.normalize)
+    def loss_fn(nll, batch):  # noqa: ANN001, ANN202 - nll = −log π(y_t | x_t), exact or sampled
+        return linear_rsft_nll_loss(nll, batch.rewards, batch.mask, cfg.normalize)
 
-    return train_copy(policy_ref, data, loss_fn, train_cfg, seed, progress, cfg.name)
+    return train_copy(policy_ref, data, loss_fn, train_cfg, seed, progress, cfg.name, on="nll")
 
 
-__all__ = ["LinearRSFTConfig", "CONFIG", "linear_rsft_loss", "needs_reward_model", "train"]
+SAMPLED_SOFTMAX = True
+"""Linear RSFT's loss reads only −log π(y|x): ``[finetune] loss = "sampled"`` may estimate it."""
+
+
+__all__ = ["LinearRSFTConfig", "CONFIG", "SAMPLED_SOFTMAX", "linear_rsft_loss", "linear_rsft_nll_loss",
+           "needs_reward_model", "train"]

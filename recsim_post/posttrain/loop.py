@@ -103,8 +103,9 @@ class TrainConfig(Config):
     device: DevicePref = knob("auto", "where to train: 'auto' (CUDA if present), 'cpu' or 'cuda'")
     loss: Literal["full", "sampled"] = knob(
         "full", "next-item cross-entropy over the whole catalogue ('full'), or a sampled softmax over `negatives` "
-        "shared items with the logQ correction ('sampled': never builds the (B, L, n_items) logits; BC only, for "
-        "catalogues of 10^5 items and more; recsim_post.posttrain.sampled)")
+        "shared items with the logQ correction ('sampled': never builds the (B, L, n_items) logits; for catalogues "
+        "of 10^5 items and more; bc, linear-rsft, exp-rsft and asft, whose losses read only −log π(y|x); "
+        "recsim_post.posttrain.sampled)")
     negatives: int = knob(1024, "loss = 'sampled': negatives per batch, shared by every position", ge=1, le=1_000_000)
     proposal_power: float = knob(
         0.75, "loss = 'sampled': negatives are drawn from Q(j) ∝ (clicks on j + 1)^power (1 = unigram, 0 = uniform)",
@@ -267,7 +268,7 @@ def train_copy(
     stage: str,
     prepare: Prepare[Batch] | None = None,
     inner_steps: int = 1,
-    on: Literal["logits", "logp", "sampled"] = "logits",
+    on: Literal["logits", "logp", "nll", "sampled"] = "logits",
 ) -> TrainedPolicy:
     """The plumbing most methods share: copy π_ref, cut the clicks into windows and :func:`fit` the
     copy to ``loss_fn``, recording the per-epoch metrics in its history. ``policy_ref`` is left
@@ -276,16 +277,24 @@ def train_copy(
     ``on = "logits"``: ``loss_fn(logits (B, L, n_items), batch)`` (item policies only);
     ``on = "logp"``: ``loss_fn(logp, batch)`` with the :data:`LogpLossFn` scorer, for any policy;
     ``on = "sampled"`` (``cfg.loss = "sampled"``): ``loss_fn(nll (B, L), batch)`` with nll the sampled
-    softmax's −log π(y_t|x_t) at real positions and 0 at padding (:func:`sampled_nll`)."""
+    softmax's −log π(y_t|x_t) at real positions and 0 at padding (:func:`sampled_nll`);
+    ``on = "nll"``: ``loss_fn(nll (B, L), batch)`` for a loss that reads only the targets' −log π(y_t|x_t)
+    (the weighted-SFT family): the exact −log π from the :data:`LogpLossFn` scorer under ``cfg.loss =
+    "full"`` (any policy), the sampled softmax's estimate under ``"sampled"``."""
     if data.n_items != policy_ref.n_items:
         raise ConfigError(f"n_items = {data.n_items} does not match the policy's catalogue of {policy_ref.n_items}")
     if on != "logp" and is_token_model(policy_ref.model):
         raise ConfigError(f"method {stage!r} trains on item logits over the whole catalogue and has no token-level "
                           "version: use it with generate = 'item'")
-    if cfg.loss == "sampled" and on != "sampled":
-        raise ConfigError(f"loss = 'sampled' does not fit method {stage!r}: the sampled softmax replaces a "
-                          "next-item cross-entropy only (method 'bc'); use loss = 'full'")
-    if on == "sampled" and cfg.loss != "sampled":
+    if cfg.loss == "sampled" and on not in ("sampled", "nll"):
+        raise ConfigError(f"loss = 'sampled' does not fit method {stage!r}: the sampled softmax replaces the targets' "
+                          "−log π(y|x) only (methods bc, linear-rsft, exp-rsft, asft); use loss = 'full'")
+    if on == "nll":
+        on = "sampled" if cfg.loss == "sampled" else "logp"
+        nll_fn = loss_fn
+        if on == "logp":
+            loss_fn = lambda logp, batch: nll_fn(-logp(batch.targets), batch)  # noqa: E731
+    elif on == "sampled" and cfg.loss != "sampled":
         raise ValueError(f"on = 'sampled' needs loss = 'sampled', not {cfg.loss!r}")
     policy = policy_ref.clone()
     windows = data.windows(policy.max_len)

@@ -121,10 +121,15 @@ class AgentConfig(Config):
                 if train.loss == "sampled":
                     raise ConfigError(f"{section}.loss = 'sampled' is for item policies: a token policy (generate = "
                                       "'token') has no softmax over the catalogue; must be 'full'")
-        if self.finetune.loss == "sampled" and not getattr(METHODS[self.method.name], "SAMPLED_SOFTMAX", False):
-            sampled = ", ".join(repr(n) for n, m in METHODS.items() if getattr(m, "SAMPLED_SOFTMAX", False))
-            raise ConfigError(f"finetune.loss = 'sampled' does not fit method.name = {self.method.name!r}: the sampled "
-                              f"softmax replaces a next-item cross-entropy (method {sampled}); must be 'full'")
+        if self.finetune.loss == "sampled":
+            module = METHODS[self.method.name]
+            if not getattr(module, "SAMPLED_SOFTMAX", False):
+                sampled = ", ".join(repr(n) for n, m in METHODS.items() if getattr(m, "SAMPLED_SOFTMAX", False))
+                raise ConfigError(f"finetune.loss = 'sampled' does not fit method.name = {self.method.name!r}: the "
+                                  f"sampled softmax estimates −log π(y|x) of the logged targets (methods {sampled}); "
+                                  "must be 'full'")
+            if hasattr(module, "check_sampled"):  # a variant that needs the whole catalogue
+                module.check_sampled(self.method)
         check = getattr(METHODS[self.method.name], "check_for_reward", None)
         if check is not None:  # a method whose knobs depend on the reward's scale
             check(self.method, self.reward)
