@@ -19,7 +19,7 @@ from recsim_post import cli
 from recsim_post.config import dumps_toml
 from recsim_post.errors import ConfigError
 from recsim_post.experiments.study import (
-    load_study, run_study, selection_regret, study_agents, study_cells, summarise, t_interval,
+    family, load_study, run_study, selection_regret, study_agents, study_cells, summarise, t_interval,
 )
 from recsim_post.presets import preset_dir, preset_names
 
@@ -105,6 +105,12 @@ def _long() -> pd.DataFrame:
             {"scenario": "w", "seed": seed, "method": "f[k=b]", "kind": "trained", "true_value_norm": vb, "ndcg@10": nb},
         ]
     return pd.DataFrame(rows)
+
+
+def test_family_is_the_recipe_with_every_knob_but_the_first():
+    assert family("bc") == "bc" and family("exp-rsft[lam=0.3]") == "exp-rsft"
+    assert family("exp-rsft[lam=0.3,normalize=user]") == "exp-rsft[normalize=user]"
+    assert family("a[x=1,y=b,z=2]") == "a[y=b,z=2]"
 
 
 def test_selection_regret_and_paired_summary_by_hand():

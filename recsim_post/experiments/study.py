@@ -304,8 +304,13 @@ def _short(v: Any) -> str:
 
 
 def family(method: str) -> str:
-    """``exp-rsft[lam=0.3]`` -> ``exp-rsft``: a recipe and its knob variants form one family."""
-    return method.split("[", 1)[0]
+    """A recipe and its variants along their first knob form one family: ``exp-rsft[lam=0.3]`` ->
+    ``exp-rsft``; with more knobs the others split families, ``exp-rsft[lam=0.3,normalize=user]`` ->
+    ``exp-rsft[normalize=user]``, so a variant's first knob is what selection picks and what the
+    frontier runs along, and two normalisations are compared at equal KL, not merged into one curve."""
+    base, _, knobs = method.partition("[")
+    rest = knobs.rstrip("]").split(",")[1:]
+    return f"{base}[{','.join(rest)}]" if rest else base
 
 
 # ---------------------------------------------------------------- statistics
