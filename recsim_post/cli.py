@@ -582,6 +582,8 @@ def cmd_ope(args: argparse.Namespace) -> int:
         if args.reward != "true":
             raise ConfigError(f"--reward {args.reward} belongs to --logs: a study (--scenario) measures each "
                               "estimator's error against the exact truth, which only --reward true has")
+        if args.backend != "local" or args.shards is not None:
+            raise ConfigError("--backend and --shards belong to --logs: they shard one log's rows")
         return _ope_study(args, q_models)
     from .truth.ground_truth import GroundTruth
     from .ope.report import format_report, format_summary, ope_report, summarise
@@ -604,7 +606,7 @@ def cmd_ope(args: argparse.Namespace) -> int:
     report = ope_report(
         logs, GroundTruth.load(args.logs), policies, n_bootstrap=args.bootstrap,
         seed=args.seed if args.seed is not None else 0, propensity=args.propensity, q_model=q_models,
-        say=_say(args.quiet), reward=args.reward,
+        say=_say(args.quiet), reward=args.reward, backend=args.backend, shards=args.shards,
     )
     legend = OPE_TRUTH_LEGEND if args.reward == "true" else OPE_SIGNAL_LEGEND.format(reward=args.reward)
     if args.json:
@@ -1016,6 +1018,11 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples per interval")
     o.add_argument("--seed", type=_seed_arg, default=None, help="with --logs: seed of the bootstrap and the models (default: 0)")
     o.add_argument("--json", action="store_true", help="machine-readable output")
+    o.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="with --logs: score the logged rows in this process, or in shards as Ray tasks (the same "
+                        "numbers, bit for bit)")
+    o.add_argument("--shards", type=_positive_int, default=None, metavar="N",
+                   help="--backend ray: row shards, one Ray task each (default: the CPUs Ray sees)")
     settings(o)
     common(o)
 

@@ -99,3 +99,11 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:  # noqa: ANN001
         code = exc.code if isinstance(exc.code, int) else 1
     out, err = capsys.readouterr()
     return code, out, err
+
+
+@pytest.fixture
+def small_row_chunks(monkeypatch):
+    """Chunks of 7 logged rows in the off-policy pass (a tiny catalogue would put every row in one)."""
+    import recsim_post.ope.report as report
+
+    monkeypatch.setattr(report, "chunk_rows", lambda n_items, arrays=1: 7)

@@ -23,6 +23,7 @@ from recsim_post.truth.references import LoggerPolicy
 from recsim_post.truth.sharded import chunk_shards, sharded_exact_sums
 
 from .conftest import require, run_cli, tiny_scenario
+from .test_sharded_ope import check_ope_shards
 
 
 @pytest.fixture(scope="module")
@@ -161,10 +162,11 @@ def local_ray():
 
 
 @pytest.mark.slow
-def test_ray_shards_give_the_local_numbers(sim, small_chunks, local_ray):
+def test_ray_shards_give_the_local_numbers(sim, small_chunks, small_row_chunks, local_ray):
     """Ray tasks (the truth and policies put once; histories and beliefs shipped as the index and the
     model) give the local rows, bit for bit. Workers import the package afresh, so the chunk size
-    reaches them as an argument: the monkeypatched 7 holds there too."""
+    reaches them as an argument: the monkeypatched 7 holds there too. The off-policy report over
+    row shards is checked in the same Ray session (one start-up for both)."""
     truth = GroundTruth.from_simulation(sim)
     pols = _policies(truth)
     users = np.arange(truth.n_users)
@@ -177,6 +179,7 @@ def test_ray_shards_give_the_local_numbers(sim, small_chunks, local_ray):
                              ref_of={"factors": "logger"}, shards=2, backend="ray")
     assert_same_sums(got, whole)
     _check_evaluator(sim, "ray", (2,))
+    check_ope_shards(sim, "ray", (2,))
 
 
 def test_cli_evaluate_refuses_bad_shards_and_missing_ray(capsys, monkeypatch, tmp_path):

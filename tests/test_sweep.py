@@ -14,7 +14,7 @@ from recsim_post.errors import ConfigError
 from recsim_post.experiments.sweep import Dial, format_sweep, paired_differences, plot_sweep, run_sweep, sweep_summary
 from recsim_post.world.config import ScenarioConfig
 
-from .conftest import require, tiny_scenario
+from .conftest import tiny_scenario
 from .test_story import small_agent
 
 
@@ -190,11 +190,5 @@ def test_simulate_with_set_changes_the_knob(tmp_path, capsys, files):
     assert code == 0 and "pscore" in read_public(tmp_path / "logs").interactions.columns
 
 
-@pytest.mark.slow
-def test_ray_backend_gives_the_same_cells_as_local():
-    require("ray")
-    dial = Dial.parse("feedback.flip_rate=0,0.4")
-    agents = [small_agent("bc", 1)]
-    local = run_sweep(tiny_scenario(), dial, agents, seeds=[0], eval_users=None)
-    remote = run_sweep(tiny_scenario(), dial, agents, seeds=[0], eval_users=None, backend="ray")
-    pd.testing.assert_frame_equal(local, remote)
+# Ray: sweeps and studies run their cells through the same run_cells / _run_ray; tests/test_study.py's
+# test_ray_and_a_process_pool_give_the_local_table holds Ray's cells equal to local ones for both.

@@ -283,10 +283,9 @@ def _run_ray(
     finished: Callable[[SweepCell, dict[str, pd.DataFrame]], None], ope_reward: str | None = None,
     ideal_tilt: bool = False,
 ) -> None:
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError("backend 'ray' needs Ray: pip install 'recsim-post[sweep]' (or pip install ray)") from None
+    from ..truth.sharded import ray_module  # the one place that says how to install Ray
+
+    ray = ray_module()
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(include_dashboard=False, log_to_driver=False)

@@ -133,6 +133,89 @@ class _PolicyTerms:
     support_bias: float = math.nan  # -(1/n) sum_i sum_{a off support} pi(a | x_i) r*(u_i, a, t_i)
 
 
+@dataclass
+class _RowPart:
+    """:func:`_stream_part` over logged rows [lo, hi): per-row arrays, and the sums over rows as one
+    term per chunk (re-added in chunk order by :func:`_join_parts`, so a sharded pass is bit-identical)."""
+
+    pi_on_action: dict[str, np.ndarray]
+    q_hat_pi: dict[str, dict[str, np.ndarray]]
+    off_mass: dict[str, np.ndarray]
+    q_fact: dict[str, np.ndarray]
+    tot: dict[str, list[float]]
+    off_tot: dict[str, list[float]]
+    scale: list[float]
+
+
+def _stream_part(
+    ctx: LoggedContexts,
+    policies: Mapping[str, Policy],
+    q_hats: Mapping[str, TableQ | SequenceQRows],
+    exact: ExactReward | None,
+    off: np.ndarray | None,
+    step: int,
+    lo: int,
+    hi: int,
+    threads: int | None = None,
+) -> _RowPart:
+    """The rows [lo, hi) of :func:`_stream_rows`, chunk by chunk (``lo`` on a multiple of ``step``):
+    the body of a shard (``threads``: torch's threads in a Ray task, the driver's count)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, int(threads)))
+    n = hi - lo
+    part = _RowPart({p: np.empty(n) for p in policies}, {p: {m: np.empty(n) for m in q_hats} for p in policies},
+                    {p: np.zeros(n) for p in policies}, {m: np.empty(n) for m in q_hats},
+                    {p: [] for p in policies}, {p: [] for p in policies}, [])
+    for start in range(lo, hi, step):
+        sl, out = slice(start, min(start + step, hi)), slice(start - lo, min(start + step, hi) - lo)
+        rows = np.arange(sl.stop - sl.start)
+        act = ctx.action[sl]
+        qs = {m: q.rows(sl) for m, q in q_hats.items()}
+        for m, q in qs.items():
+            part.q_fact[m][out] = q[rows, act]
+        r = exact.rows(sl) if exact is not None else None
+        if r is not None:
+            part.scale.append(float((r.max(axis=1) - r.mean(axis=1)).sum()))
+        for name, policy in policies.items():
+            pi = softmax(policy_logits(policy, ctx, sl))
+            part.pi_on_action[name][out] = pi[rows, act]
+            for m, q in qs.items():
+                part.q_hat_pi[name][m][out] = (pi * q).sum(axis=1)
+            if off is not None:
+                part.off_mass[name][out] = pi[:, off].sum(axis=1)
+            if r is not None:
+                pr = pi * r
+                part.tot[name].append(float(pr.sum()))
+                part.off_tot[name].append(float(pr[:, off].sum()) if off is not None else 0.0)
+    return part
+
+
+def _join_parts(parts: Sequence[_RowPart], policies: Sequence[str], q_models: Sequence[str], n: int,
+                exact: bool) -> tuple[dict[str, _PolicyTerms], dict[str, np.ndarray], float]:
+    """The parts of consecutive row ranges as one pass: arrays concatenated, sums re-added chunk by chunk."""
+    cat = np.concatenate
+    terms = {p: _PolicyTerms(cat([x.pi_on_action[p] for x in parts]),
+                             {m: cat([x.q_hat_pi[p][m] for x in parts]) for m in q_models},
+                             cat([x.off_mass[p] for x in parts])) for p in policies}
+    q_fact = {m: cat([x.q_fact[m] for x in parts]) for m in q_models}
+    if not exact:
+        return terms, q_fact, math.nan
+    for p, t in terms.items():
+        tot = off_tot = 0.0
+        for x in parts:
+            for a, b in zip(x.tot[p], x.off_tot[p]):
+                tot += a
+                off_tot += b
+        t.truth, t.support_bias = tot / n, -off_tot / n
+    scale = 0.0
+    for x in parts:
+        for v in x.scale:
+            scale += v
+    return terms, q_fact, scale / n
+
+
 def _stream_rows(
     ctx: LoggedContexts,
     policies: Mapping[str, Policy],
@@ -140,43 +223,58 @@ def _stream_rows(
     exact: ExactReward | None,
     off: np.ndarray | None,
     n_items: int,
+    shards: int | None = None,
+    backend: str = "local",
 ) -> tuple[dict[str, _PolicyTerms], dict[str, np.ndarray], float]:
     """One pass over chunks of logged rows for every policy: (terms per policy, q^(x_i, a_i) per q^
     model, the normalising scale). Each chunk's q^ rows and exact r* rows are computed once and
-    shared by the policies; memory is O(chunk x items)."""
-    n = len(ctx)
-    terms = {name: _PolicyTerms(np.empty(n), {m: np.empty(n) for m in q_hats}, np.zeros(n)) for name in policies}
-    tot = {name: 0.0 for name in policies}
-    off_tot = {name: 0.0 for name in policies}
-    q_fact = {m: np.empty(n) for m in q_hats}
-    scale_tot = 0.0
-    step = chunk_rows(n_items, 3 + len(q_hats))
-    for lo in range(0, n, step):
-        sl = slice(lo, lo + step)
-        rows = np.arange(len(ctx.user[sl]))
-        act = ctx.action[sl]
-        qs = {m: q.rows(sl) for m, q in q_hats.items()}
-        for m, q in qs.items():
-            q_fact[m][sl] = q[rows, act]
-        r = exact.rows(sl) if exact is not None else None
-        if r is not None:
-            scale_tot += float((r.max(axis=1) - r.mean(axis=1)).sum())
-        for name, policy in policies.items():
-            pi = softmax(policy_logits(policy, ctx, sl))
-            t = terms[name]
-            t.pi_on_action[sl] = pi[rows, act]
-            for m, q in qs.items():
-                t.q_hat_pi[m][sl] = (pi * q).sum(axis=1)
-            if off is not None:
-                t.off_mass[sl] = pi[:, off].sum(axis=1)
-            if r is not None:
-                pr = pi * r
-                tot[name] += float(pr.sum())
-                off_tot[name] += float(pr[:, off].sum()) if off is not None else 0.0
-    for name, t in terms.items():
-        if exact is not None:
-            t.truth, t.support_bias = tot[name] / n, -off_tot[name] / n
-    return terms, q_fact, (scale_tot / n if exact is not None else math.nan)
+    shared by the policies; memory is O(chunk x items).
+
+    ``shards``: the rows in contiguous shards of whole chunks, one after the other (``backend``
+    "local") or as Ray tasks ("ray"; None: one per CPU Ray sees): every chunk holds the same rows as
+    in one pass, so the numbers are bit-identical whatever the shards."""
+    from ..truth.sharded import BACKENDS, chunk_shards
+
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend '{backend}' is not one of {', '.join(BACKENDS)}")
+    if shards is not None and int(shards) < 1:
+        raise ConfigError(f"shards = {shards} is out of range: must be >= 1")
+    n, step = len(ctx), chunk_rows(n_items, 3 + len(q_hats))
+    names, q_models = list(policies), list(q_hats)
+    if backend == "local":
+        parts = [_stream_part(ctx, policies, q_hats, exact, off, step, lo, hi)
+                 for lo, hi in chunk_shards(n, shards or 1, step)]
+        return _join_parts(parts, names, q_models, n, exact is not None)
+    return _join_parts(_ray_parts(ctx, policies, q_hats, exact, off, step, shards), names, q_models, n,
+                       exact is not None)
+
+
+def _ray_parts(ctx: LoggedContexts, policies: Mapping[str, Policy], q_hats: Mapping[str, TableQ | SequenceQRows],
+               exact: ExactReward | None, off: np.ndarray | None, step: int, shards: int | None) -> list[_RowPart]:
+    """:func:`_stream_part` of each shard as a Ray task; contexts, policies, q^ and r* put once."""
+    import dataclasses
+    import logging
+
+    import torch
+
+    from ..truth.sharded import chunk_shards, ray_module
+
+    ray = ray_module()
+    started_here = not ray.is_initialized()
+    if started_here:  # Ray's own INFO lines would break the table on stdout
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    try:
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        bounds = chunk_shards(len(ctx), shards or cpus, step)
+        if exact is not None:  # the sealed impressions are never read by r*: leave them home
+            exact = dataclasses.replace(exact, truth=dataclasses.replace(exact.truth, impressions=None))
+        task = ray.remote(num_cpus=1)(_stream_part)
+        shared = [ray.put(x) for x in (ctx, dict(policies), dict(q_hats), exact, off)]
+        refs = [task.remote(*shared, step, lo, hi, threads=torch.get_num_threads()) for lo, hi in bounds]
+        return list(ray.get(refs))
+    finally:
+        if started_here and ray.is_initialized():
+            ray.shutdown()
 
 
 def ope_report(
@@ -199,6 +297,8 @@ def ope_report(
     q_cfg: SequenceQConfig | None = None,
     say: Callable[[str], None] | None = None,
     interval: str = "bootstrap",
+    shards: int | None = None,
+    backend: str = "local",
 ) -> pd.DataFrame:
     """One row per policy x estimator x pscore source x q^ model: estimate, CI, exact truth, error, covered.
 
@@ -216,6 +316,10 @@ def ope_report(
     ``"normal"`` (delta-method normal intervals, no resampling); see ope.py. Everything per policy
     is streamed over chunks of logged rows: pi(a_i | x_i) and sum_a pi(a | x_i) q^(x_i, a) are kept
     per row, never the (n x n_items) matrices.
+
+    ``backend`` / ``shards``: the pass over the logged rows that scores every policy (and r*, q^) in
+    contiguous shards of whole chunks, in this process ("local") or as Ray tasks ("ray"): the report
+    is bit-identical whatever the shards (``tests/test_sharded_ope.py``).
     """
     q_models = _q_models(q_model, q_fit)
     if reward not in OPE_REWARDS:
@@ -262,7 +366,7 @@ def ope_report(
     if support_idx is not None:
         off = np.ones(truth.n_items, bool)
         off[support_idx] = False
-    terms, q_fact, scale = _stream_rows(ctx, policies, q_hats, exact, off, truth.n_items)
+    terms, q_fact, scale = _stream_rows(ctx, policies, q_hats, exact, off, truth.n_items, shards, backend)
     q_mse = {m: float(np.mean((q_fact[m] - base.reward) ** 2)) for m in q_models}
 
     rows = []
