@@ -1,4 +1,5 @@
-"""BC training throughput: full softmax vs sampled softmax (logQ-corrected) over large catalogues.
+"""BC training throughput: full softmax vs sampled softmax (logQ-corrected), with dense or sparse
+item-embedding updates, over large catalogues.
 
     python benchmarks/train.py                        # 10^3, 10^4, 10^5 items, full and sampled, batch 128
     python benchmarks/train.py --large                # plus 10^6 items
@@ -8,7 +9,7 @@
 Each row runs in a fresh process (its peak memory is its own) and trains the agents/bc.toml model
 (SASRec, dim 64, 2 layers, 2 heads, max_len 50) through the training loop itself (``fit`` with the
 closure ``train_copy`` builds: the full softmax's logits + ``bc_loss``, or ``sampled_nll`` +
-``bc_nll_loss``) on synthetic windows: random item ids, 50 real targets per window. One warm-up
+``bc_nll_loss``; ``sparse``: the same with ``sparse_rows``, i.e. ``sparse_embeddings = true``) on synthetic windows: random item ids, 50 real targets per window. One warm-up
 ``fit`` of two steps, then a timed ``fit`` of as many steps as fit in ``--seconds`` (at least
 ``--min-steps``). ``windows/s`` counts training windows (sequences of 50 clicks; the issue's
 "examples"), ``targets/s`` the next-item targets in them (50 per window).
@@ -43,7 +44,7 @@ def measure_row(n_items: int, loss: str, batch_size: int, negatives: int, second
     from recsim_post.models.sasrec import SASRecConfig
     from recsim_post.posttrain.bc import bc_loss, bc_nll_loss
     from recsim_post.posttrain.data import Windows
-    from recsim_post.posttrain.loop import TrainConfig, fit, sampled_nll, window_batches
+    from recsim_post.posttrain.loop import TrainConfig, fit, sampled_nll, sparse_rows, window_batches
     from recsim_post.seeding import SeedTree
 
     dev = pick_device(device)  # type: ignore[arg-type]
@@ -67,11 +68,14 @@ def measure_row(n_items: int, loss: str, batch_size: int, negatives: int, second
         cfg = TrainConfig(loss="sampled", negatives=negatives)
         return sampled_nll(lambda nll, batch: bc_nll_loss(nll, batch.mask), w, n_items, cfg, seed)
 
+    # "sparse": the sampled softmax with sparse_embeddings (the table's rows under a lazy Adam)
+    optim = sparse_rows(model) if loss == "sparse" else {}
+
     def run(n_steps: int) -> float:
         w = windows(n_steps * batch_size)
         start = time.perf_counter()
         fit(model, window_batches(w, batch_size), closure(w), epochs=1, lr=1e-3, seed=seed, grad_clip=1.0,
-            device=device, progress=False)  # type: ignore[arg-type]
+            device=device, progress=False, **optim)  # type: ignore[arg-type]
         if dev.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - start
@@ -85,7 +89,7 @@ def measure_row(n_items: int, loss: str, batch_size: int, negatives: int, second
     wall = run(steps)
     peak = (torch.cuda.max_memory_allocated() if dev.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return dict(n_items=n_items, loss=loss, batch_size=batch_size, negatives=negatives if loss == "sampled" else 0,
+    return dict(n_items=n_items, loss=loss, batch_size=batch_size, negatives=negatives if loss != "full" else 0,
                 steps=steps, wall=wall, windows_per_s=steps * batch_size / wall,
                 targets_per_s=steps * batch_size * LENGTH / wall, peak_mb=peak / 2**20, device=dev.type,
                 threads=torch.get_num_threads(), cpu=os.cpu_count(),
@@ -110,7 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--items", type=int, nargs="+", default=[1_000, 10_000, 100_000], help="catalogue sizes")
     ap.add_argument("--large", action="store_true", help="add 10^6 items")
-    ap.add_argument("--losses", nargs="+", default=["full", "sampled"], choices=["full", "sampled"])
+    ap.add_argument("--losses", nargs="+", default=["full", "sampled", "sparse"], choices=["full", "sampled", "sparse"],
+                    help="full softmax; sampled softmax (logQ); sampled + sparse_embeddings (default: all three)")
     ap.add_argument("--batch-size", type=int, default=128, help="windows (of 50 clicks) per step")
     ap.add_argument("--negatives", type=int, default=1024, help="shared negatives per step (sampled rows)")
     ap.add_argument("--seconds", type=float, default=10.0, help="time budget of a row's timed run")

@@ -150,7 +150,10 @@ class SASRec(nn.Module):
 
     def item_vectors(self, ids: torch.Tensor) -> torch.Tensor:
         """The output-layer vectors ``(..., dim)`` of item ids ``(...)``: ``score(h)[..., i] == <h, item_vectors(i)>``,
-        for losses that score a few items rather than the catalogue (the sampled softmax)."""
+        for losses that score a few items rather than the catalogue (the sampled softmax). With
+        ``item_emb.sparse`` set (``sparse_embeddings`` training) a lookup, so the gradient holds only these rows."""
+        if self.item_emb.sparse:
+            return F.embedding(ids + 1, self.item_emb.weight, sparse=True)
         return self.item_emb.weight[ids + 1]
 
     def forward(self, items: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

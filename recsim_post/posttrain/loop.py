@@ -27,6 +27,7 @@ of ``loss`` and of every metric the loss closure reports. ``epochs = 0`` trains 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -110,6 +111,18 @@ class TrainConfig(Config):
     proposal_power: float = knob(
         0.75, "loss = 'sampled': negatives are drawn from Q(j) ∝ (clicks on j + 1)^power (1 = unigram, 0 = uniform)",
         ge=0.0, le=1.0)
+    sparse_embeddings: bool = knob(
+        False, "loss = 'sampled': the item embedding's gradient holds only the rows a batch touches (inputs, targets, "
+        "negatives) and a lazy Adam (torch.optim.SparseAdam) updates only those; AdamW the rest. For 10^6 items, where "
+        "a dense step over the whole table is most of the time; needs weight_decay = 0")
+
+    def check(self) -> None:
+        if self.sparse_embeddings and self.loss != "sampled":
+            raise ConfigError("sparse_embeddings = true needs loss = 'sampled': the full softmax reads every item's "
+                              "vector, so its gradient is dense anyway")
+        if self.sparse_embeddings and self.weight_decay:
+            raise ConfigError(f"sparse_embeddings = true needs weight_decay = 0 (got {self.weight_decay!r}): the lazy "
+                              "Adam of the embedding rows has no weight decay")
 
 
 # ---------------------------------------------------------------- parameter groups
@@ -153,6 +166,64 @@ def check_groups(module: nn.Module, groups: Sequence[Mapping[str, Any]]) -> None
     if missing:
         raise ConfigError(f"trainable parameters in no optimizer group: {', '.join(missing[:5])}; add them to a "
                           "group or freeze them (requires_grad_(False))")
+
+
+class SparseRowsAdam:
+    """AdamW over the dense parameter groups and SparseAdam (lazy Adam: moments and weights move only
+    at the rows a step's gradient holds) over the parameters listed in ``sparse``; one optimiser to
+    :func:`fit` (``zero_grad``, ``step``). Groups hold either sparse or dense parameters, never both."""
+
+    def __init__(self, groups: Sequence[Mapping[str, Any]], lr: float, weight_decay: float = 0.0,
+                 sparse: Sequence[nn.Parameter] = ()) -> None:
+        ids = {id(p) for p in sparse}
+        dense = [g for g in groups if not any(id(p) in ids for p in g["params"])]
+        rows = [dict(g) for g in groups if any(id(p) in ids for p in g["params"])]
+        if any(not all(id(p) in ids for p in g["params"]) or g.get("weight_decay") for g in rows):
+            raise ValueError("a sparse group must hold only sparse parameters, without weight decay")
+        for g in rows:
+            g.pop("weight_decay", None)
+        self.dense = torch.optim.AdamW(dense, lr=lr, weight_decay=weight_decay) if dense else None
+        self.rows = torch.optim.SparseAdam(rows, lr=lr) if rows else None
+        self.optimizers = [o for o in (self.dense, self.rows) if o is not None]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for o in self.optimizers:
+            o.step()
+
+
+def sparse_rows(model: nn.Module) -> dict[str, Any]:
+    """``sparse_embeddings``: switch ``model``'s item table to sparse gradients (lookups only; the
+    caller switches it back after training) and return :func:`fit`'s ``groups`` and ``optimizer``
+    for it: the table alone under a lazy Adam, the other parameters under AdamW."""
+    table = model.item_emb.weight
+    rest = [p for p in model.parameters() if p.requires_grad and p is not table]
+    model.item_emb.sparse = True
+    return dict(groups=[param_group([table]), param_group([p for p in rest if p.ndim >= 2]),
+                        param_group([p for p in rest if p.ndim < 2])],
+                optimizer=functools.partial(SparseRowsAdam, sparse=[table]))
+
+
+def clip_gradients(params: Sequence[nn.Parameter], max_norm: float) -> None:
+    """Clip the global gradient norm of ``params`` to ``max_norm``: torch's ``clip_grad_norm_``, which
+    sparse gradients (``sparse_embeddings``) do not pass, so with one of those the norm is computed here
+    (a sparse gradient coalesced first: a row drawn twice is one row)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not any(g.is_sparse for g in grads):
+        nn.utils.clip_grad_norm_(params, max_norm)
+        return
+    for p in params:
+        if p.grad is not None and p.grad.is_sparse:
+            p.grad = p.grad.coalesce()
+    sq = sum(((p.grad.values() if p.grad.is_sparse else p.grad).float() ** 2).sum()
+             for p in params if p.grad is not None)
+    coef = torch.clamp(max_norm / (torch.sqrt(sq) + 1e-6), max=1.0)
+    for p in params:
+        if p.grad is not None:
+            p.grad.mul_(coef.to(p.grad.dtype))
 
 
 # ---------------------------------------------------------------- the loop
@@ -227,7 +298,7 @@ def fit(
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     if grad_clip > 0:
-                        nn.utils.clip_grad_norm_(trained, grad_clip)
+                        clip_gradients(trained, grad_clip)
                     opt.step()
                     for name, value in {"loss": loss, **metrics}.items():
                         sums[name] = sums.get(name, 0.0) + torch.as_tensor(value).detach().float()
@@ -313,11 +384,15 @@ def train_copy(
         closure = sampled_nll(loss_fn, windows, policy.n_items, cfg, seed)
     else:
         closure = logits_loss if on == "logits" else logp_loss
-    history = fit(
-        policy.model, window_batches(windows, cfg.batch_size), closure,
-        epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, device=cfg.device,
-        seed=seed, prepare=prepare, inner_steps=inner_steps, progress=progress, desc=stage,
-    )
+    sparse = sparse_rows(policy.model) if cfg.sparse_embeddings else {}
+    try:
+        history = fit(
+            policy.model, window_batches(windows, cfg.batch_size), closure,
+            epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, device=cfg.device,
+            seed=seed, prepare=prepare, inner_steps=inner_steps, progress=progress, desc=stage, **sparse,
+        )
+    finally:
+        policy.model.item_emb.sparse = False  # a trained policy scores the whole catalogue as usual
     policy.history.extend({"stage": stage, **row} for row in history)
     return policy
 
@@ -350,6 +425,6 @@ def sampled_nll(
 
 
 __all__ = [
-    "BatchSource", "LogpLossFn", "LossClosure", "LossFn", "Prepare", "Run", "TrainConfig", "check_groups", "decay_groups",
+    "BatchSource", "SparseRowsAdam", "clip_gradients", "sparse_rows", "LogpLossFn", "LossClosure", "LossFn", "Prepare", "Run", "TrainConfig", "check_groups", "decay_groups",
     "NllLossFn", "fit", "param_group", "sampled_nll", "train_copy", "window_batches",
 ]
