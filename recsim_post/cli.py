@@ -12,6 +12,7 @@ finished cell at once and resume when rerun.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import signal
@@ -497,23 +498,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .experiments.evaluate import Evaluator
     from .experiments.report import format_table, results_frame
 
-    ray = None
+    session = contextlib.nullcontext()
     if args.backend == "ray":
-        from .truth.sharded import ray_module
+        from .truth.sharded import ray_module, ray_session
 
-        ray = ray_module()  # before reading anything: a missing Ray costs nothing
+        ray_module()  # before reading anything: a missing Ray costs nothing
+        session = ray_session()  # one Ray for every pass
     logs, truth, policies = _evaluation_inputs(args.logs, args.policy)
-    started = ray is not None and not ray.is_initialized()
-    if started:  # once for every pass (Ray's own INFO lines would break the table)
-        import logging
-
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    try:
+    with session:
         evaluator = Evaluator.prepare(logs, truth, k=args.k, backend=args.backend, shards=args.shards)
         rows = evaluator.reference_rows() + [evaluator.policy_row(n, p) for n, p in policies.items()]
-    finally:
-        if started and ray.is_initialized():
-            ray.shutdown()
     frame = results_frame(rows, k=args.k)
     legend = TRUE_VALUE_LEGEND.format(k=args.k)
     if args.json:

@@ -283,13 +283,9 @@ def _run_ray(
     finished: Callable[[SweepCell, dict[str, pd.DataFrame]], None], ope_reward: str | None = None,
     ideal_tilt: bool = False,
 ) -> None:
-    from ..truth.sharded import ray_module  # the one place that says how to install Ray
+    from ..truth.sharded import ray_session  # Ray as it is, or started (and shut down) here
 
-    ray = ray_module()
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(include_dashboard=False, log_to_driver=False)
-    try:
+    with ray_session() as (ray, _):
         task = ray.remote(run_cell)
         pending = {task.remote(to_dict(c.scenario), agent_data, c.seed, eval_users, ope_reward, ideal_tilt): c for c in cells}
         say(f"{len(pending)} cells submitted to Ray")
@@ -299,9 +295,6 @@ def _run_ray(
                 cell = pending.pop(ref)
                 finished(cell, ray.get(ref))
                 say(f"cell done: {cell.name} ({len(cells) - len(pending)}/{len(cells)})")
-    finally:
-        if started_here:
-            ray.shutdown()
 
 
 def _label(v: Any) -> str:

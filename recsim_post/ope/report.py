@@ -253,18 +253,12 @@ def _ray_parts(ctx: LoggedContexts, policies: Mapping[str, Policy], q_hats: Mapp
                exact: ExactReward | None, off: np.ndarray | None, step: int, shards: int | None) -> list[_RowPart]:
     """:func:`_stream_part` of each shard as a Ray task; contexts, policies, q^ and r* put once."""
     import dataclasses
-    import logging
 
     import torch
 
-    from ..truth.sharded import chunk_shards, ray_module
+    from ..truth.sharded import chunk_shards, ray_session
 
-    ray = ray_module()
-    started_here = not ray.is_initialized()
-    if started_here:  # Ray's own INFO lines would break the table on stdout
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    try:
-        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    with ray_session() as (ray, cpus):
         bounds = chunk_shards(len(ctx), shards or cpus, step)
         if exact is not None:  # the sealed impressions are never read by r*: leave them home
             exact = dataclasses.replace(exact, truth=dataclasses.replace(exact.truth, impressions=None))
@@ -272,9 +266,6 @@ def _ray_parts(ctx: LoggedContexts, policies: Mapping[str, Policy], q_hats: Mapp
         shared = [ray.put(x) for x in (ctx, dict(policies), dict(q_hats), exact, off)]
         refs = [task.remote(*shared, step, lo, hi, threads=torch.get_num_threads()) for lo, hi in bounds]
         return list(ray.get(refs))
-    finally:
-        if started_here and ray.is_initialized():
-            ray.shutdown()
 
 
 def ope_report(

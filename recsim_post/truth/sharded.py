@@ -17,9 +17,10 @@ picklable callables (e.g. a ``HistoryIndex``'s ``gather``, not a method of an ob
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-from typing import Any, Hashable, Mapping
+from typing import Any, Hashable, Iterator, Mapping
 
 import numpy as np
 
@@ -70,6 +71,21 @@ def ray_module():  # noqa: ANN201 - the ray module
     return ray
 
 
+@contextlib.contextmanager
+def ray_session() -> Iterator[tuple[Any, int]]:
+    """(ray, the CPUs it sees): Ray as it is when it is up, else started here (quietly: its INFO lines
+    would break a table on stdout) and shut down on the way out."""
+    ray = ray_module()
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    try:
+        yield ray, max(1, int(ray.cluster_resources().get("CPU", 1)))
+    finally:
+        if started_here and ray.is_initialized():
+            ray.shutdown()
+
+
 def sharded_exact_sums(
     truth: GroundTruth,
     users: np.ndarray,
@@ -100,14 +116,9 @@ def sharded_exact_sums(
     if backend == "local":
         bounds = chunk_shards(len(users), shards or 1, chunk)
         return combine_sums([_shard_sums(truth, users[lo:hi], policies, **args) for lo, hi in bounds])
-    ray = ray_module()
-    started_here = not ray.is_initialized()
-    if started_here:  # Ray's own INFO lines would break the table on stdout
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    try:
+    with ray_session() as (ray, cpus):
         import torch
 
-        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         bounds = chunk_shards(len(users), shards or cpus, chunk)
         task = ray.remote(num_cpus=1)(_shard_sums)
         # top-level arguments: Ray resolves each reference to its object, put once for every shard
@@ -117,6 +128,3 @@ def sharded_exact_sums(
         refs = [task.remote(truth_ref, users[lo:hi], policies_ref, threads=torch.get_num_threads(), **extra)
                 for lo, hi in bounds]
         return combine_sums(ray.get(refs))
-    finally:
-        if started_here and ray.is_initialized():
-            ray.shutdown()
