@@ -104,6 +104,8 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:  # noqa: ANN001
 @pytest.fixture
 def small_row_chunks(monkeypatch):
     """Chunks of 7 logged rows in the off-policy pass (a tiny catalogue would put every row in one)."""
+    import recsim_post.ope.propensity as propensity
     import recsim_post.ope.report as report
 
     monkeypatch.setattr(report, "chunk_rows", lambda n_items, arrays=1: 7)
+    monkeypatch.setattr(propensity, "chunk_rows", lambda n_items, arrays=1: 7)

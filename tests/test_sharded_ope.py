@@ -1,5 +1,5 @@
-"""Off-policy estimation over sharded logs (ope/report.py): the pass over the logged rows that scores
-every target policy, r* and q^ runs in contiguous shards of whole chunks, in this process or as Ray
+"""Off-policy estimation over sharded logs (ope/report.py): the passes over the logged rows that score
+every target policy, r* and q^, and the propensity model, run in contiguous shards of whole chunks, in this process or as Ray
 tasks, and the report is the unsharded one bit for bit (the Ray case runs inside
 ``tests/test_sharded_truth.py``'s Ray test, one Ray start for both)."""
 
@@ -11,6 +11,8 @@ import pytest
 
 from recsim_post.errors import ConfigError
 from recsim_post.logs.simulate import simulate
+from recsim_post.ope.data import logged_contexts
+from recsim_post.ope.propensity import PropensityModelConfig, fit_logger_model
 from recsim_post.ope.report import ope_report
 from recsim_post.policy import UniformPolicy
 from recsim_post.truth.ground_truth import GroundTruth
@@ -24,11 +26,11 @@ def sim():
     return simulate(tiny_scenario())
 
 
-def check_ope_shards(sim, backend: str, shard_counts, reward: str = "true") -> None:  # noqa: ANN001
+def check_ope_shards(sim, backend: str, shard_counts, reward: str = "true", **extra) -> None:  # noqa: ANN001, ANN003
     """Every shard count gives the unsharded report, exactly (estimates, intervals, truth, errors)."""
     truth = GroundTruth.from_simulation(sim)
     policies = {"uniform": UniformPolicy(truth.n_items), "logger": LoggerPolicy(truth.logger, truth.trend)}
-    kw = dict(reward=reward, propensity="frequency", q_model="item", interval="normal")
+    kw = {"reward": reward, "propensity": "frequency", "q_model": "item", "interval": "normal", **extra}
     whole = ope_report(sim.public, truth, policies, **kw)
     assert len(whole) > 0 and whole["estimate"].notna().any()
     if reward == "true":
@@ -41,6 +43,11 @@ def check_ope_shards(sim, backend: str, shard_counts, reward: str = "true") -> N
 def test_local_shards_give_the_unsharded_report(sim, small_row_chunks):
     check_ope_shards(sim, "local", (1, 2, 3))
     check_ope_shards(sim, "local", (3,), reward="rating")  # no exact truth: the per-row terms alone
+    # the propensity model's pass over the rows is sharded too (the model is fitted once, in the driver)
+    ctx = logged_contexts(sim.public.interactions, max_len=8)
+    tiny = PropensityModelConfig(dim=8, max_len=8, epochs=1)
+    model = fit_logger_model(ctx, sim.public.n_items, tiny)
+    check_ope_shards(sim, "local", (3,), propensity="bc", propensity_model=model, max_len=8)
 
 
 def test_bad_backend_or_shards_are_one_line_errors(sim):

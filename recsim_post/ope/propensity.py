@@ -84,6 +84,17 @@ def fit_logger_model(
     return policy
 
 
+def _propensity_part(model: SequencePolicy, hist: np.ndarray, action: np.ndarray, step: int, lo: int,
+                     hi: int) -> np.ndarray:
+    """p^(a_i | x_i) for the rows [lo, hi), ``step`` rows at a time (a shard of :func:`estimated_propensities`)."""
+    out = np.empty(hi - lo)
+    for start in range(lo, hi, step):
+        sl = slice(start, min(start + step, hi))
+        probs = softmax(model.logits(hist[sl]))
+        out[sl.start - lo:sl.stop - lo] = probs[np.arange(len(probs)), action[sl]]
+    return out
+
+
 def estimated_propensities(
     ctx: LoggedContexts,
     n_items: int,
@@ -92,10 +103,14 @@ def estimated_propensities(
     model_cfg: PropensityModelConfig = PropensityModelConfig(),
     seed: int = 0,
     model: SequencePolicy | None = None,
+    shards: int | None = None,
+    backend: str = "local",
 ) -> np.ndarray:
     """p^(a_i | x_i) from the public logs, clipped to [floor, 1]: (n,).
 
-    ``"bc"``: the softmax of :func:`fit_logger_model` (or ``model``) at the logged action.
+    ``"bc"``: the softmax of :func:`fit_logger_model` (or ``model``) at the logged action, the rows
+    scored chunk by chunk, in ``shards`` on ``backend`` ("ray": Ray tasks) with the same numbers
+    (:func:`~recsim_post.truth.sharded.map_row_shards`); the model is fitted here, once.
     ``"frequency"``: the share of rows that showed a_i (ignores the context).
     """
     if not 0 < floor <= 1:
@@ -103,13 +118,12 @@ def estimated_propensities(
     if method == "frequency":
         p = np.bincount(ctx.action, minlength=n_items)[ctx.action] / len(ctx)
     elif method == "bc":
+        from ..truth.sharded import map_row_shards
+
         model = model if model is not None else fit_logger_model(ctx, n_items, model_cfg, seed)
-        p = np.empty(len(ctx))
         step = chunk_rows(n_items, 3)
-        for lo in range(0, len(ctx), step):
-            sl = slice(lo, lo + step)
-            probs = softmax(model.logits(ctx.hist[sl]))
-            p[sl] = probs[np.arange(len(probs)), ctx.action[sl]]
+        p = np.concatenate(map_row_shards(_propensity_part, len(ctx), step, (model, ctx.hist, ctx.action, step),
+                                          shards, backend))
     else:
         raise ValueError(f"propensity method must be one of {', '.join(map(repr, PROPENSITY_METHODS))}, got {method!r}")
     return np.clip(p, floor, 1.0)

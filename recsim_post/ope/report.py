@@ -156,14 +156,9 @@ def _stream_part(
     step: int,
     lo: int,
     hi: int,
-    threads: int | None = None,
 ) -> _RowPart:
     """The rows [lo, hi) of :func:`_stream_rows`, chunk by chunk (``lo`` on a multiple of ``step``):
-    the body of a shard (``threads``: torch's threads in a Ray task, the driver's count)."""
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(max(1, int(threads)))
+    the body of a shard."""
     n = hi - lo
     part = _RowPart({p: np.empty(n) for p in policies}, {p: {m: np.empty(n) for m in q_hats} for p in policies},
                     {p: np.zeros(n) for p in policies}, {m: np.empty(n) for m in q_hats},
@@ -233,39 +228,15 @@ def _stream_rows(
     ``shards``: the rows in contiguous shards of whole chunks, one after the other (``backend``
     "local") or as Ray tasks ("ray"; None: one per CPU Ray sees): every chunk holds the same rows as
     in one pass, so the numbers are bit-identical whatever the shards."""
-    from ..truth.sharded import BACKENDS, chunk_shards
+    from ..truth.sharded import map_row_shards
 
-    if backend not in BACKENDS:
-        raise ConfigError(f"backend '{backend}' is not one of {', '.join(BACKENDS)}")
-    if shards is not None and int(shards) < 1:
-        raise ConfigError(f"shards = {shards} is out of range: must be >= 1")
     n, step = len(ctx), chunk_rows(n_items, 3 + len(q_hats))
-    names, q_models = list(policies), list(q_hats)
-    if backend == "local":
-        parts = [_stream_part(ctx, policies, q_hats, exact, off, step, lo, hi)
-                 for lo, hi in chunk_shards(n, shards or 1, step)]
-        return _join_parts(parts, names, q_models, n, exact is not None)
-    return _join_parts(_ray_parts(ctx, policies, q_hats, exact, off, step, shards), names, q_models, n,
-                       exact is not None)
+    if backend == "ray" and exact is not None:  # r* never reads the sealed impressions: leave them home
+        import dataclasses
 
-
-def _ray_parts(ctx: LoggedContexts, policies: Mapping[str, Policy], q_hats: Mapping[str, TableQ | SequenceQRows],
-               exact: ExactReward | None, off: np.ndarray | None, step: int, shards: int | None) -> list[_RowPart]:
-    """:func:`_stream_part` of each shard as a Ray task; contexts, policies, q^ and r* put once."""
-    import dataclasses
-
-    import torch
-
-    from ..truth.sharded import chunk_shards, ray_session
-
-    with ray_session() as (ray, cpus):
-        bounds = chunk_shards(len(ctx), shards or cpus, step)
-        if exact is not None:  # the sealed impressions are never read by r*: leave them home
-            exact = dataclasses.replace(exact, truth=dataclasses.replace(exact.truth, impressions=None))
-        task = ray.remote(num_cpus=1)(_stream_part)
-        shared = [ray.put(x) for x in (ctx, dict(policies), dict(q_hats), exact, off)]
-        refs = [task.remote(*shared, step, lo, hi, threads=torch.get_num_threads()) for lo, hi in bounds]
-        return list(ray.get(refs))
+        exact = dataclasses.replace(exact, truth=dataclasses.replace(exact.truth, impressions=None))
+    parts = map_row_shards(_stream_part, n, step, (ctx, dict(policies), dict(q_hats), exact, off, step), shards, backend)
+    return _join_parts(parts, list(policies), list(q_hats), n, exact is not None)
 
 
 def ope_report(
@@ -330,7 +301,8 @@ def ope_report(
     inter = logs.interactions
     ctx = logged_contexts(inter, max_len=max_len)
     mcfg = model_cfg or PropensityModelConfig(max_len=max_len)
-    p_hat = estimated_propensities(ctx, truth.n_items, propensity, floor, mcfg, seed, propensity_model)
+    p_hat = estimated_propensities(ctx, truth.n_items, propensity, floor, mcfg, seed, propensity_model,
+                                   shards=shards, backend=backend)
     has_pscore = PSCORE_COLUMN in truth.impressions.columns
     if not has_pscore:
         note(f"the sealed impressions hold no propensities (propensity_mode = 'none'): "

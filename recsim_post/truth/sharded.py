@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from typing import Any, Hashable, Iterator, Mapping
+from typing import Any, Callable, Hashable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -84,6 +84,37 @@ def ray_session() -> Iterator[tuple[Any, int]]:
     finally:
         if started_here and ray.is_initialized():
             ray.shutdown()
+
+
+def _threaded(fn: Callable[..., Any], threads: int, *args: Any) -> Any:
+    """``fn(*args)`` on ``threads`` torch threads: a Ray task's torch runs on the driver's count, so
+    its float32 products round as the driver's."""
+    import torch
+
+    torch.set_num_threads(max(1, int(threads)))
+    return fn(*args)
+
+
+def map_row_shards(fn: Callable[..., Any], n: int, step: int, shared: Sequence[Any], shards: int | None = None,
+                   backend: str = "local") -> list[Any]:
+    """``[fn(*shared, lo, hi) for each shard]`` over rows [0, n) cut into contiguous shards of whole
+    ``step``-row chunks (:func:`chunk_shards`), in shard order: one after the other in this process
+    ("local"; ``shards`` None = 1), or as Ray tasks ("ray"; None = one per CPU Ray sees), each
+    ``shared`` object put in the object store once. ``fn`` must walk its rows in ``step`` chunks from
+    ``lo``, so every chunk holds the rows of the unsharded pass and its numbers are the same."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend '{backend}' is not one of {', '.join(BACKENDS)}")
+    if shards is not None and int(shards) < 1:
+        raise ConfigError(f"shards = {shards} is out of range: must be >= 1")
+    if backend == "local":
+        return [fn(*shared, lo, hi) for lo, hi in chunk_shards(n, shards or 1, step)]
+    import torch
+
+    with ray_session() as (ray, cpus):
+        task = ray.remote(num_cpus=1)(_threaded)
+        refs = [ray.put(x) for x in shared]
+        return list(ray.get([task.remote(fn, torch.get_num_threads(), *refs, lo, hi)
+                             for lo, hi in chunk_shards(n, shards or cpus, step)]))
 
 
 def sharded_exact_sums(
