@@ -354,7 +354,7 @@ def train_copy(
     "full"`` (any policy), the sampled softmax's estimate under ``"sampled"``."""
     if data.n_items != policy_ref.n_items:
         raise ConfigError(f"n_items = {data.n_items} does not match the policy's catalogue of {policy_ref.n_items}")
-    if on != "logp" and is_token_model(policy_ref.model):
+    if on not in ("logp", "nll") and is_token_model(policy_ref.model):
         raise ConfigError(f"method {stage!r} trains on item logits over the whole catalogue and has no token-level "
                           "version: use it with generate = 'item'")
     if cfg.loss == "sampled" and on not in ("sampled", "nll"):
