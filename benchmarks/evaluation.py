@@ -90,6 +90,20 @@ def gt_world(n_users: int, n_items: int, d: int = 16, n_genres: int = 50, seed: 
     )
 
 
+class FactorPolicy:
+    """:func:`factor_policy`'s scorer as a Policy (``logits(history, context)``, by ``context.users``),
+    still callable on users directly."""
+
+    def __init__(self, score, n_items: int) -> None:  # noqa: ANN001
+        self.score, self.n_items = score, n_items
+
+    def __call__(self, users: np.ndarray) -> np.ndarray:
+        return self.score(users)
+
+    def logits(self, history, context) -> np.ndarray:  # noqa: ANN001
+        return self.score(np.asarray(context.users))
+
+
 def factor_policy(n_users: int, n_items: int, seed: int = 1):  # noqa: ANN201
     """float32 logits a_u w_i + b_u w'_i + c_i: personal, cheap (about 1 ns per user and item, so the
     row times the ground truth rather than a policy's scoring) and elementwise, so a user's logits do
@@ -112,7 +126,7 @@ def factor_policy(n_users: int, n_items: int, seed: int = 1):  # noqa: ANN201
         out += c
         return out
 
-    return score
+    return FactorPolicy(score, n_items)
 
 
 def run_ground_truth(variant: str, size: dict) -> dict:
@@ -168,7 +182,7 @@ def rm_setup(size: dict):  # noqa: ANN201
     ev = Evaluator(truth, clicks, np.arange(n_users), References(0.0, 1.0, 1.0, 10), np.zeros(0, np.int64),
                    np.zeros(0, np.int64), clicks, clicks, reward_model=rm)
     policy = factor_policy(n_users, n_items)
-    return ev, rm, (lambda users, hist: policy(users))
+    return ev, rm, policy
 
 
 def run_rm_value(variant: str, size: dict) -> dict:
@@ -176,14 +190,14 @@ def run_rm_value(variant: str, size: dict) -> dict:
 
     from recsim_post.logs.public import histories
 
-    ev, rm, score = rm_setup(size)
+    ev, rm, policy = rm_setup(size)
     start, cpu0 = time.perf_counter(), time.process_time()
     if variant == "old":  # the evaluator's former _believed, verbatim but for the chunk size
         chunk, total = size["rm_old_chunk"], 0.0
         for lo in range(0, len(ev.users), chunk):
             users = ev.users[lo : lo + chunk]
             hist = histories(ev.clicks, users, 200)
-            logits = score(users, hist).astype(np.float64)
+            logits = policy(users).astype(np.float64)
             p = np.exp(logits - logits.max(axis=1, keepdims=True))
             p /= p.sum(axis=1, keepdims=True)
             with torch.no_grad():
@@ -191,7 +205,7 @@ def run_rm_value(variant: str, size: dict) -> dict:
             total += float((p * r_hat.double().cpu().numpy()).sum())
         value = total / len(ev.users)
     else:
-        value = ev._exact({"pi": score}).believed("pi")
+        value = ev._exact({"pi": policy}).believed("pi")
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu0
     return dict(seconds=seconds, cpu=cpu, check=[value], size=f"{size['rm_users']:,} users x {size['rm_items']:,} items, E = 5")
 
