@@ -127,3 +127,35 @@ def test_true_reward_stats_are_r_star_and_its_row_statistics(B, n, G, k, seed):
     np.testing.assert_array_equal(best, ref.max(axis=1))
     kk = min(k, n)
     np.testing.assert_allclose(top, -np.partition(-ref, kk - 1, axis=1)[:, :kk].mean(axis=1), rtol=1e-13, atol=1e-14)
+
+
+TAUS = st.lists(st.sampled_from([1 / 64, 0.1, 0.5, 1.0, 2.0, 7.3, 64.0]), min_size=1, max_size=5)
+
+
+@SETTINGS
+@given(rows(), TAUS, st.booleans())
+def test_tempered_softmax_matches_reference(problem, taus, with_entropy):
+    z, _ = problem
+    lse, ent = kernels.tempered_softmax(z, np.array(taus), entropy=with_entropy)
+    lse_ref, ent_ref = kernels.tempered_softmax_ref(z, np.array(taus), entropy=with_entropy)
+    np.testing.assert_allclose(lse, lse_ref, rtol=1e-12, atol=1e-12)
+    if with_entropy:
+        np.testing.assert_allclose(ent, ent_ref, rtol=1e-11, atol=1e-11)
+        assert (ent >= -1e-12).all() and (ent <= np.log(z.shape[1]) + 1e-12).all()  # 0 <= H <= log n
+    else:
+        assert ent is None and ent_ref is None
+
+
+def test_tempered_softmax_by_hand():
+    # probabilities 1/4, 3/4, 0 at τ = 1; at τ = 1/2 the odds square: 1/10, 9/10
+    z = np.array([[0.0, np.log(3.0), -np.inf]])
+    lse, ent = kernels.tempered_softmax(z, np.array([1.0, 0.5]))
+    assert abs(lse[0, 0] - np.log(4 / 3)) < 1e-15  # s = (-log 3, 0): Σ e^s = 1/3 + 1
+    assert abs(lse[0, 1] - np.log(10 / 9)) < 1e-15
+    h = lambda p: -sum(q * np.log(q) for q in p)  # noqa: E731
+    assert abs(ent[0, 0] - h([0.25, 0.75])) < 1e-15
+    assert abs(ent[0, 1] - h([0.1, 0.9])) < 1e-15
+    # rows without a distribution are NaN, as in the reference
+    bad = np.array([[0.0, np.nan], [-np.inf, -np.inf], [np.inf, 0.0]])
+    lse, ent = kernels.tempered_softmax(bad, np.array([1.0]))
+    assert np.isnan(lse).all() and np.isnan(ent).all()

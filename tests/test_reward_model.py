@@ -19,6 +19,8 @@ from recsim_post.posttrain.reward_model import (
     TableRewardModel,
     UserMeanReward,
     bootstrap_weights,
+    candidate_member_scores,
+    ensemble_mean_scores,
     fit_reward_model,
     mean_std,
     reward_mse_loss,
@@ -149,6 +151,37 @@ def test_ensemble_shapes_and_protocol(world):
         ens.predict(inputs.numpy(), np.array([0, 1]))
     with pytest.raises(ValueError):
         ens.predict(inputs.numpy(), np.array([0, 1, N_ITEMS]))
+
+
+def test_mean_and_candidate_scores_equal_the_full_member_scores(world):
+    """What DPO/IPO (K candidates) and PPO/GRPO/exp-RSFT (the member mean) read off the ensemble
+    without scoring every item E times: the numbers of member_scores, to float rounding; the table
+    model (no shortcuts) goes through the generic fallback."""
+    _, _, ens = world
+    g = torch.Generator().manual_seed(3)
+    inputs = torch.tensor([[PAD, PAD, 3, 4], [1, 2, 3, 4], [PAD, PAD, PAD, 7]])
+    cand = torch.randint(0, N_ITEMS, (3, 4, 6), generator=g)
+    table = TableRewardModel(torch.arange(N_ITEMS, dtype=torch.float32), member_noise=1.0, generator=g)
+    for model in (ens, table):
+        full = model.member_scores(inputs)
+        mean = ensemble_mean_scores(model, inputs)
+        assert mean.shape == (3, 4, N_ITEMS)
+        assert torch.allclose(mean, full.mean(0), atol=1e-5)
+        picked = candidate_member_scores(model, inputs, cand)
+        assert picked.shape == (5, 3, 4, 6)
+        assert torch.allclose(picked, full.gather(-1, cand.expand(5, 3, 4, 6)), atol=1e-5)
+    # by hand for the table model: member m's score of item y is its table entry, whatever the history
+    picked = candidate_member_scores(table, inputs, cand)
+    assert torch.equal(picked[2, 1, 3], table.members[2, cand[1, 3]])
+    for kind in ("bilinear", "mlp"):  # both heads are linear in their user factor
+        head = EnsembleHead(3, 8, N_ITEMS, kind, hidden=5, init_std=0.5, init_bias=torch.tensor([1.0, 2.0, 3.0]), generator=g)
+        with torch.no_grad():
+            head.b.normal_(generator=g)
+            head.g.normal_(generator=g)
+        h, vecs = torch.randn(2, 4, 8, generator=g), torch.randn(N_ITEMS, 8, generator=g)
+        assert torch.allclose(head.mean_forward(h, vecs), head(h, vecs).mean(0), atol=1e-5)
+        c = torch.randint(0, N_ITEMS, (2, 4, 3), generator=g)
+        assert torch.allclose(head.candidate_forward(h, vecs, c), head(h, vecs).gather(-1, c.expand(3, 2, 4, 3)), atol=1e-5)
 
 
 # ---------------------------------------------------------------- learning

@@ -117,6 +117,29 @@ def test_exact_sums_sharpness_agrees_with_dense(world):
         exact_sums(truth, users, {"sharp": pols["sharp"]}, ref_of={"sharp": "ref"})
 
 
+def test_temperatures_of_one_policy_share_its_forward_pass(world):
+    """Two temperatures of one policy: its logits are computed once per chunk, and every number is
+    the one each Tempered copy gets alone."""
+    sim, truth, table = world
+    users = np.arange(truth.n_users)
+
+    class Counting(_Table):
+        calls = 0
+
+        def logits(self, hist, context=None):  # noqa: ANN001, ANN202
+            Counting.calls += 1
+            return super().logits(hist, context)
+
+    inner = Counting(table)
+    both = exact_sums(truth, users, {"a": Tempered(inner, 0.5), "b": Tempered(inner, 2.0)}, chunk=7)
+    n_chunks = -(-len(users) // 7)
+    assert Counting.calls == n_chunks
+    for key, tau in (("a", 0.5), ("b", 2.0)):
+        alone = exact_sums(truth, users, {key: Tempered(_Table(table), tau)}, chunk=7)
+        np.testing.assert_array_equal(both.value[key], alone.value[key])
+        np.testing.assert_array_equal(both.topk[key], alone.topk[key])
+
+
 def test_a_sharpened_copy_gains_raw_value_but_not_matched_value(world):
     """The point of the columns: π = softmax(3 z_ref) ranks exactly like π_ref, scores higher at
     temperature 1, and scores what π_ref scores once compared at π_ref's entropy."""

@@ -85,7 +85,7 @@ from ..signals import reward_range
 from .bc import token_nll
 from .data import Batch, PostTrainData, reward_column
 from .loop import TrainConfig, train_copy
-from .reward_model import RewardModel, check_reward_model
+from .reward_model import RewardModel, check_reward_model, ensemble_mean_scores
 
 Normalize = Literal["raw", "shifted", "batch", "context", "user"]
 NORMALIZE = ("raw", "shifted", "batch", "context", "user")
@@ -284,7 +284,7 @@ def reference_and_reward(
         ref.to(inputs.device)
         with autocast(inputs.device):
             ref_logits = ref(inputs)
-        r_hat = reward_model.member_scores(inputs).mean(dim=0)  # ensemble mean (the spread is not needed)
+        r_hat = ensemble_mean_scores(reward_model, inputs)  # ensemble mean (the spread is not needed)
     return ref_logits.float(), r_hat.float()
 
 

@@ -49,7 +49,7 @@ from ..models.token import Scorer, is_token_model, sample_next, target_scorer
 from ..seeding import SeedTree
 from .data import Batch, PostTrainData, masked_mean
 from .loop import TrainConfig, train_copy
-from .reward_model import RewardModel, check_reward_model, mean_std
+from .reward_model import RewardModel, candidate_member_scores, check_reward_model, mean_std
 
 Rule = Literal["strict", "loose"]
 PairSource = Literal["offline", "online"]
@@ -245,7 +245,8 @@ def make_prepare(
                 with autocast(device):
                     policy_logp = F.log_softmax(model(batch.inputs).float(), dim=-1)
                 candidates = online_candidates(policy_logp, gen)
-        pairs = mine_pairs(candidates, reward_model.member_scores(batch.inputs), batch.mask, cfg.z, cfg.rule)
+        mu, sd = mean_std(candidate_member_scores(reward_model, batch.inputs, candidates).float())  # K items, not V
+        pairs = pick_pairs(candidates, mu, sd, batch.mask, cfg.z, cfg.rule)
         # The loop runs the update right after prepare, in the mode left here: eval mode is TRL's
         # disable_dropout (h is exactly 0 at π = π_ref and not noised by dropout masks).
         model.train(not cfg.disable_dropout)

@@ -30,7 +30,7 @@ from ..errors import ConfigError
 from ..models.device import autocast
 from ..models.policy import SequencePolicy
 from .data import masked_mean  # noqa: F401 - re-exported for the methods
-from .reward_model import RewardModel
+from .reward_model import RewardModel, ensemble_mean_scores
 
 
 def clipped_surrogate(
@@ -147,7 +147,7 @@ def on_policy_samples(
     model.train(not disable_dropout)
     actions = sample(logits, n, sampler.generator(inputs.device))
     old_logp = F.log_softmax(logits, dim=-1).gather(-1, actions)
-    rewards_all = reward_model.member_scores(inputs).mean(dim=0).float()
+    rewards_all = ensemble_mean_scores(reward_model, inputs).float()
     return logits, actions, old_logp, rewards_all
 
 

@@ -86,6 +86,31 @@ def next_item_scores(model: RewardModel, inputs: torch.Tensor) -> torch.Tensor:
     return model.member_scores(inputs)[:, :, -1]
 
 
+def ensemble_mean_scores(model: RewardModel, inputs: torch.Tensor) -> torch.Tensor:
+    """The member mean R̂ of every item after every position: (B, L, n_items), equal (to float
+    rounding) to ``member_scores(inputs).mean(0)``.
+
+    Uses the model's ``mean_scores`` when it has one: the learned ensemble's prediction is linear in
+    its user factor, so the mean over members costs one (B, L, dim) x (dim, n_items) product instead
+    of E of them.
+    """
+    mean = getattr(model, "mean_scores", None)
+    if mean is not None:
+        return mean(inputs)
+    return model.member_scores(inputs).mean(dim=0)
+
+
+def candidate_member_scores(model: RewardModel, inputs: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """Every member's prediction for K candidate items after each position: ``candidates``
+    (B, L, K) -> (E, B, L, K), equal (to float rounding) to ``member_scores(inputs)`` gathered at
+    the candidates. Uses the model's ``candidate_scores`` when it has one (K items scored, not all)."""
+    cand = getattr(model, "candidate_scores", None)
+    if cand is not None:
+        return cand(inputs, candidates)
+    scores = model.member_scores(inputs)
+    return scores.gather(-1, candidates.unsqueeze(0).expand(scores.shape[0], *candidates.shape))
+
+
 def check_reward_model(method: str, data: PostTrainData) -> RewardModel:
     """``data.reward_model`` (of a PostTrainData), or a one-line ConfigError saying why it is
     missing or does not fit the catalogue."""
@@ -228,6 +253,26 @@ class EnsembleHead(nn.Module):
         b = self.b[:, items]  # (E, ...)
         return (p * e).sum(-1) + b + a + user_bias
 
+    def mean_forward(self, h: torch.Tensor, item_vecs: torch.Tensor) -> torch.Tensor:
+        """The member mean of ``forward(h, item_vecs)``, ``(..., n_items)``: by linearity in the
+        user factor, one product with the item vectors instead of E."""
+        extra = h.dim() - 1
+        p = self.user_factor(h).mean(dim=0)  # (..., dim)
+        user_bias = torch.einsum("ej,...j->e...", self.g, h)  # (E, ...)
+        offset = (self.a.view(-1, *([1] * extra)) + user_bias).mean(dim=0)  # (...)
+        return p @ item_vecs.T + self.b.mean(dim=0) + offset.unsqueeze(-1)
+
+    def candidate_forward(self, h: torch.Tensor, item_vecs: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """``forward(h, item_vecs)`` at K candidates per state: ``h`` (..., dim), ``candidates``
+        (..., K) -> (E, ..., K), without scoring the rest of the catalogue."""
+        extra = h.dim() - 1
+        p = self.user_factor(h)  # (E, ..., dim)
+        user_bias = torch.einsum("ej,...j->e...", self.g, h)  # (E, ...)
+        a = self.a.view(-1, *([1] * extra))
+        e = item_vecs[candidates]  # (..., K, dim)
+        dots = (p.unsqueeze(-2) * e.unsqueeze(0)).sum(-1)  # (E, ..., K)
+        return dots + self.b[:, candidates] + (a + user_bias).unsqueeze(-1)
+
 
 def reward_mse_loss(
     pred: torch.Tensor,
@@ -334,6 +379,16 @@ class RewardEnsemble:
     def last_scores(self, inputs: torch.Tensor) -> torch.Tensor:
         """``member_scores(inputs)[:, :, -1]`` without scoring the other positions: (E, B, n_items)."""
         return self.head(self._states(inputs)[:, -1], self.item_vecs)
+
+    @torch.no_grad()
+    def mean_scores(self, inputs: torch.Tensor) -> torch.Tensor:
+        """``member_scores(inputs).mean(0)`` in one product with the item vectors: (B, L, n_items)."""
+        return self.head.mean_forward(self._states(inputs), self.item_vecs)
+
+    @torch.no_grad()
+    def candidate_scores(self, inputs: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """``member_scores(inputs)`` at ``candidates`` (B, L, K) only: (E, B, L, K)."""
+        return self.head.candidate_forward(self._states(inputs), self.item_vecs, candidates.to(self.device))
 
     @torch.no_grad()
     def predict(self, hist: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -539,6 +594,8 @@ __all__ = [
     "fit_reward_model",
     "item_vectors",
     "mean_std",
+    "candidate_member_scores",
+    "ensemble_mean_scores",
     "next_item_scores",
     "reward_mse_loss",
     "target_states",

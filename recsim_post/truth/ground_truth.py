@@ -386,7 +386,7 @@ def exact_sums(
     ``ref_of`` maps a policy to the name of its π_ref among ``policies`` and adds KL(π ‖ π_ref)
     (truth/sharpness.py). A reference's logits are kept for its chunk only.
     """
-    from .sharpness import TAU_GRID, TAU_ONE, entropy_profile, kl
+    from .sharpness import TAU_GRID, TAU_ONE, Tempered, entropy_profile, kl
 
     policies = dict(policies or {})
     ref_of = {a: b for a, b in (ref_of or {}).items() if a in policies}
@@ -435,8 +435,16 @@ def exact_sums(
         hist = (histories(u) if histories is not None else empty_histories(len(u))) if policies else None
         context = Context(u)
         kept: dict[Hashable, np.ndarray] = {}
+        base: tuple[object, np.ndarray] | None = None  # the last tempered policy's own logits
         for name, policy in policies.items():
-            logits = policy.logits(hist, context)
+            if isinstance(policy, Tempered):
+                # one forward pass for the consecutive temperatures of one policy: logits / τ, the
+                # very numbers Tempered.logits computes
+                if base is None or base[0] is not policy.policy:
+                    base = (policy.policy, np.asarray(policy.policy.logits(hist, context), np.float64))
+                logits = base[1] / policy.tau
+            else:
+                logits = policy.logits(hist, context)
             if logits.shape != r.shape:
                 raise ValueError(f"policy {name!r} returned logits of shape {logits.shape}, expected {r.shape}")
             value[name][sl], topk[name][sl], b = policy_sums(logits, r, k, rb)

@@ -15,6 +15,8 @@ the world's (:func:`recsim_post.world.kernels.true_reward_rows`).
   sorted buffer of k entries. Which k items argpartition picks among items tied at the k-th score
   is its own choice, so a row with such a tie (or a NaN) is flagged and the caller falls back to
   ``np.argpartition`` for it: every result is the one argpartition gives.
+* :func:`tempered_softmax`: the log-partition and the entropy of softmax(z / τ) at every τ of a
+  grid (the sharpness view's entropy and likelihood profiles), one vectorised pass per row and τ.
 * :func:`poisson_accumulate`: the streamed Poisson bootstrap of the OPE estimators: each resample's
   weighted sum of each per-row column, ``S[j, b] += N_ib x_ij``, with N_ib ~ Poisson(1) read off a
   uniform by the inverse CDF; the (rows x resamples) counts are never stored.
@@ -279,6 +281,99 @@ def policy_sums(
 
 
 # ---------------------------------------------------------------------------------------------
+# the softmax at many temperatures: log-partition and entropy of softmax(z / tau), per row and tau
+# ---------------------------------------------------------------------------------------------
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc"})
+def _tempered_sums(z, m, inv_tau, with_entropy):  # pragma: no cover - compiled
+    # a = (z - m) / tau <= 0; -inf logits (a = -inf) are floored at -745, where e^a is already 0, so
+    # e * a is 0 rather than 0 * -inf = NaN and the loop stays branch-free (vectorised)
+    s = 0.0
+    d = 0.0
+    for i in range(z.shape[0]):
+        a = (np.float64(z[i]) - m) * inv_tau
+        a = a if a > -745.0 else -745.0
+        e = exp_nonpositive(a)
+        s += e
+        if with_entropy:
+            d += e * a
+    return s, d
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _tempered_rows(z, m, inv_taus, with_entropy, lo, hi, lse, ent):  # pragma: no cover - compiled
+    for b in range(lo, hi):
+        for j in range(inv_taus.shape[0]):
+            s, d = _tempered_sums(z[b], m[b], inv_taus[j], with_entropy)
+            lse[b, j] = math.log(s)
+            if with_entropy:
+                ent[b, j] = lse[b, j] - d / s
+
+
+def tempered_softmax(
+    logits: np.ndarray, taus: np.ndarray, entropy: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per row b and temperature τ_j, with s = z − max_i z_i (so the row's top item has s = 0)::
+
+        lse[b, j] = log Σ_i e^{s_i / τ_j}            (log softmax(z / τ)_i = s_i / τ_j − lse[b, j])
+        ent[b, j] = lse[b, j] − Σ_i π_i s_i / τ_j     = H(softmax(z / τ_j)), nats
+
+    float64, ``(B, len(taus))`` each (``ent`` None unless ``entropy``); one pass over the row per τ,
+    no (rows × items) temporaries. -inf logits have probability 0; a row with a NaN, a +inf or only
+    -inf logits gives NaN, as the reference (:func:`tempered_softmax_ref`) does."""
+    z = np.asarray(logits)
+    if z.dtype not in (np.float32, np.float64):
+        z = z.astype(np.float64)
+    z = np.ascontiguousarray(z)
+    taus = np.asarray(taus, np.float64).reshape(-1)
+    if z.ndim != 2:
+        raise ValueError(f"logits must be a (B, I) array, got shape {z.shape}")
+    if not (np.isfinite(taus).all() and (taus > 0).all()):
+        raise ValueError("temperatures must be positive finite numbers")
+    B, n = z.shape
+    lse = np.full((B, len(taus)), np.nan)
+    ent = np.full((B, len(taus)), np.nan) if entropy else np.empty((0, 0))
+    if n == 0 or B == 0:
+        return lse, (ent if entropy else None)
+    m = z.max(axis=1).astype(np.float64)
+    ok = np.isfinite(m)
+    inv = 1.0 / taus
+    run_row_blocks(lambda lo, hi: _tempered_rows(z, m, inv, entropy, lo, hi, lse, ent), B, n * len(taus))
+    bad = ~ok
+    if bad.any():  # NaN, +inf or only -inf: no distribution (the kernel's numbers there are meaningless)
+        lse[bad] = np.nan
+        if entropy:
+            ent[bad] = np.nan
+    return lse, (ent if entropy else None)
+
+
+def tempered_softmax_ref(
+    logits: np.ndarray, taus: np.ndarray, entropy: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Plain-numpy reference of :func:`tempered_softmax`: the full log-softmax at each τ."""
+    z = np.asarray(logits, np.float64)
+    s = z - z.max(axis=1, keepdims=True)
+    lse_cols, ent_cols = [], []
+    with np.errstate(invalid="ignore", under="ignore", divide="ignore"):
+        for t in np.asarray(taus, np.float64).reshape(-1):
+            a = s / t
+            lse = np.log(np.exp(a).sum(axis=1))
+            lse_cols.append(lse)
+            if entropy:
+                logp = a - lse[:, None]
+                p = np.exp(logp)
+                ent_cols.append(-np.where(p > 0, p * logp, 0.0).sum(axis=1))
+    lse_all = np.stack(lse_cols, axis=1) if lse_cols else np.empty((len(z), 0))
+    ent_all = (np.stack(ent_cols, axis=1) if ent_cols else np.empty((len(z), 0))) if entropy else None
+    bad = ~np.isfinite(z.max(axis=1)) if z.shape[1] else np.ones(len(z), bool)
+    lse_all[bad] = np.nan
+    if ent_all is not None:
+        ent_all[bad] = np.nan
+    return lse_all, ent_all
+
+
+# ---------------------------------------------------------------------------------------------
 # r* finished in place, with the references' per-user statistics, in one pass
 # ---------------------------------------------------------------------------------------------
 
@@ -416,5 +511,5 @@ def poisson_accumulate_ref(u: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 __all__ = [
-    "POISSON1_CDF", "POISSON1_THRESHOLDS", "poisson_accumulate", "poisson_accumulate_ref", "poisson_counts_ref", "exp_nonpositive", "policy_sums", "softmax_dot", "softmax_dot_ref", "true_reward_stats", "topk_mean", "topk_mean_ref",
+    "POISSON1_CDF", "POISSON1_THRESHOLDS", "poisson_accumulate", "poisson_accumulate_ref", "poisson_counts_ref", "exp_nonpositive", "policy_sums", "softmax_dot", "softmax_dot_ref", "tempered_softmax", "tempered_softmax_ref", "true_reward_stats", "topk_mean", "topk_mean_ref",
 ]

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..policy import Context
+from .kernels import tempered_softmax
 
 TAU_GRID: np.ndarray = 2.0 ** np.linspace(-6.0, 6.0, 49)
 """Temperatures 1/64 … 64, four per octave: where matched entropy and the held-out likelihood look."""
@@ -66,20 +67,20 @@ def kl(logits: np.ndarray, ref_logits: np.ndarray) -> np.ndarray:
 
 
 def entropy_profile(logits: np.ndarray, taus: np.ndarray = TAU_GRID) -> np.ndarray:
-    """``(rows, len(taus))``: the entropy of softmax(logits / τ) per row and temperature."""
-    z = np.asarray(logits, np.float64)
-    return np.stack([entropy(z / t) for t in np.asarray(taus, np.float64)], axis=1)
+    """``(rows, len(taus))``: the entropy of softmax(logits / τ) per row and temperature (a Numba
+    kernel, one pass over the row per τ: :func:`truth.kernels.tempered_softmax`)."""
+    return tempered_softmax(logits, taus, entropy=True)[1]
 
 
 def nll_profile(logits: np.ndarray, targets: np.ndarray, taus: np.ndarray = TAU_GRID) -> np.ndarray:
     """``(rows, len(taus))``: −log softmax(logits / τ)[target] per row and temperature."""
-    z = np.asarray(logits, np.float64)
+    z = np.asarray(logits)
+    taus = np.asarray(taus, np.float64)
+    lse, _ = tempered_softmax(z, taus, entropy=False)
     rows = np.arange(len(z))
-    out = np.empty((len(z), len(taus)))
-    for j, t in enumerate(np.asarray(taus, np.float64)):
-        logp, _ = _log_softmax(z / t)
-        out[:, j] = -logp[rows, targets]
-    return out
+    with np.errstate(invalid="ignore"):
+        s = np.asarray(z[rows, targets], np.float64) - z.max(axis=1).astype(np.float64)
+        return lse - s[:, None] / taus[None, :]
 
 
 def matching_tau(mean_entropy: np.ndarray, target: float, taus: np.ndarray = TAU_GRID) -> float:
