@@ -504,14 +504,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         ray_module()  # before reading anything: a missing Ray costs nothing
         session = ray_session()  # one Ray for every pass
+    if args.users < 0:
+        raise ConfigError(f"--users = {args.users} is out of range: must be >= 0 (0 = every user)")
     logs, truth, policies = _evaluation_inputs(args.logs, args.policy)
     with session:
-        evaluator = Evaluator.prepare(logs, truth, k=args.k, backend=args.backend, shards=args.shards)
+        evaluator = Evaluator.prepare(logs, truth, k=args.k, max_users=args.users or None, backend=args.backend,
+                                      shards=args.shards)
         rows = evaluator.reference_rows() + [evaluator.policy_row(n, p) for n, p in policies.items()]
     frame = results_frame(rows, k=args.k)
     legend = TRUE_VALUE_LEGEND.format(k=args.k)
     if args.json:
-        print(json.dumps({"logs": str(args.logs), "k": args.k, "results": _json_records(frame),
+        print(json.dumps({"logs": str(args.logs), "k": args.k, "users": int(len(evaluator.users)),
+                          "results": _json_records(frame),
                           "definitions": legend}, indent=2))
     else:
         print(format_table(frame))
@@ -968,6 +972,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--logs", required=True, help="log folder written by 'simulate' (with sealed/)")
     e.add_argument("--policy", nargs="+", required=True, help="policy files written by 'train'")
     e.add_argument("--k", type=int, default=10, help="cut-off of NDCG@k, HR@k and the top-k value")
+    e.add_argument("--users", type=int, default=5000, metavar="N",
+                   help="the exact ground truth over N users drawn at random (default: 5000; 0 = every user); "
+                        "the offline metrics always use every user's held-out click")
     e.add_argument("--json", action="store_true", help="machine-readable output")
     e.add_argument("--backend", choices=["local", "ray"], default="local",
                    help="local: this process; ray: the exact ground-truth passes with the users in shards on Ray "

@@ -85,6 +85,17 @@ def test_simulate_train_evaluate(tmp_path, capsys, scenario_file, agent_file):
     assert methods["oracle"]["true_value_norm"] == 1.0 and methods["uniform"]["true_value_norm"] == 0.0
     assert methods["uniform"]["ndcg@10"] is None
     assert 0.0 <= methods["p"]["ndcg@10"] <= 1.0
+    assert result["users"] == 80  # the default cohort (5,000) holds every user of this world
+    # --users: the exact truth on a random cohort (the offline metrics still on every held-out click)
+    code, out, _ = run(capsys, "evaluate", "--logs", str(logs), "--policy", str(policy), "--json", "--users", "30")
+    small = json.loads(out)
+    assert code == 0 and small["users"] == 30
+    few = {r["method"]: r for r in small["results"]}
+    assert few["p"]["ndcg@10"] == methods["p"]["ndcg@10"] and few["p"]["true_value"] != methods["p"]["true_value"]
+    assert json.loads(run(capsys, "evaluate", "--logs", str(logs), "--policy", str(policy), "--json",
+                          "--users", "0")[1])["results"] == result["results"]  # 0 = every user
+    code, _, err = run(capsys, "evaluate", "--logs", str(logs), "--policy", str(policy), "--users", "-1")
+    assert code == 2 and "--users = -1" in err and "Traceback" not in err
     code, out, _ = run(capsys, "evaluate", "--logs", str(logs), "--policy", str(policy))
     assert code == 0
     columns = ("true_value", "true_value_norm", "ndcg@10", "mrr")
