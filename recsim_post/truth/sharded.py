@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+from functools import partial
 from typing import Any, Callable, Hashable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -50,15 +51,11 @@ def slim(truth: GroundTruth) -> GroundTruth:
     return dataclasses.replace(truth, impressions=None, theta_history=None)
 
 
-def _shard_sums(truth: GroundTruth, users: np.ndarray, policies: Mapping[Hashable, Policy], k: int,
-                belief: BeliefFn | None, chunk: int, histories: Histories | None, sharpness: bool,
-                ref_of: Mapping[Hashable, Hashable] | None, threads: int | None = None) -> ExactSums:
-    """One shard's pass (the body of a Ray task; ``threads``: torch's threads there, the driver's count)."""
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(max(1, int(threads)))
-    return exact_sums(truth, users, policies, k, belief=belief, chunk=chunk, histories=histories,
+def _shard_sums(truth: GroundTruth, users: np.ndarray, policies: Mapping[Hashable, Policy], belief: BeliefFn | None,
+                histories: Histories | None, lo: int, hi: int, *, k: int, chunk: int, sharpness: bool,
+                ref_of: Mapping[Hashable, Hashable] | None) -> ExactSums:
+    """One shard's pass over ``users[lo:hi]`` (the body of a :func:`map_row_shards` task)."""
+    return exact_sums(truth, users[lo:hi], policies, k, belief=belief, chunk=chunk, histories=histories,
                       sharpness=sharpness, ref_of=ref_of)
 
 
@@ -136,26 +133,9 @@ def sharded_exact_sums(
     (``ray.init`` here unless Ray is up, shut down after only if started here). ``shards=None``: one
     per CPU Ray sees (local: 1).
     """
-    if backend not in BACKENDS:
-        raise ConfigError(f"backend '{backend}' is not one of {', '.join(BACKENDS)}")
-    if shards is not None and int(shards) < 1:
-        raise ConfigError(f"shards = {shards} is out of range: must be >= 1")
     users = np.asarray(users, np.int64)
     chunk = chunk_users(truth.n_items) if chunk is None else int(chunk)
-    policies = dict(policies or {})
-    args = dict(k=k, belief=belief, chunk=chunk, histories=histories, sharpness=sharpness, ref_of=ref_of)
-    if backend == "local":
-        bounds = chunk_shards(len(users), shards or 1, chunk)
-        return combine_sums([_shard_sums(truth, users[lo:hi], policies, **args) for lo, hi in bounds])
-    with ray_session() as (ray, cpus):
-        import torch
-
-        bounds = chunk_shards(len(users), shards or cpus, chunk)
-        task = ray.remote(num_cpus=1)(_shard_sums)
-        # top-level arguments: Ray resolves each reference to its object, put once for every shard
-        truth_ref, policies_ref = ray.put(slim(truth)), ray.put(policies)
-        # histories and beliefs can hold every user's clicks or a reward model: put once as well
-        extra: dict[str, Any] = {**args, "belief": ray.put(belief), "histories": ray.put(histories)}
-        refs = [task.remote(truth_ref, users[lo:hi], policies_ref, threads=torch.get_num_threads(), **extra)
-                for lo, hi in bounds]
-        return combine_sums(ray.get(refs))
+    fn = partial(_shard_sums, k=k, chunk=chunk, sharpness=sharpness, ref_of=ref_of)
+    # histories and beliefs can hold every user's clicks or a reward model: shared, put once on Ray
+    shared = (slim(truth) if backend == "ray" else truth, users, dict(policies or {}), belief, histories)
+    return combine_sums(map_row_shards(fn, len(users), chunk, shared, shards, backend))
