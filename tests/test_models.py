@@ -83,6 +83,23 @@ def test_policy_logits_last_position_truncation_and_padding():
     np.testing.assert_allclose(policy.logits(hist), out, rtol=1e-5, atol=1e-6)
 
 
+def test_policy_scores_short_histories_without_their_padding():
+    """trim_padding drops the leading columns that are PAD in every row (one column at least), and
+    the policy's logits of a batch of short histories are those of the full-width forward pass."""
+    from recsim_post.models.policy import trim_padding
+
+    h = np.array([[PAD, PAD, 3, 4], [PAD, PAD, PAD, 5]])
+    np.testing.assert_array_equal(trim_padding(h), [[3, 4], [PAD, 5]])
+    assert trim_padding(np.full((2, 4), PAD)).shape == (2, 1)
+    assert torch.equal(trim_padding(torch.tensor(h)), torch.tensor([[3, 4], [PAD, 5]]))
+    model = make_model()
+    policy = SequencePolicy(model, N_ITEMS)
+    short = np.array([[PAD] * 5 + [3, 7, 1], [PAD] * 7 + [12], [PAD] * 6 + [4, 9]])
+    with torch.no_grad():
+        full_width = model(torch.tensor(short))[:, -1].numpy()  # all 8 columns through the model
+    np.testing.assert_allclose(policy.logits(short), full_width, rtol=1e-5, atol=1e-6)
+
+
 def test_save_load_roundtrip_and_clone(tmp_path):
     policy = SequencePolicy(make_model(), N_ITEMS)
     policy.history.append({"stage": "bc", "epoch": 1, "loss": 1.5})

@@ -66,6 +66,17 @@ def pad_history(hist: np.ndarray, max_len: int) -> np.ndarray:
     return out
 
 
+def trim_padding(hist: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """``hist`` ``(rows, L)`` without its leading columns that are PAD in every row (at least one
+    column kept). A sequence model's state after the last column does not depend on them (positions
+    count from the right, padding is masked), and a batch of short histories then costs what its
+    longest history costs, not ``max_len`` -- the inference twin of training's ``Batch.trim``."""
+    real = (hist != PAD).any(0)
+    cols = np.flatnonzero(real.cpu().numpy() if isinstance(real, torch.Tensor) else real)
+    first = int(cols[0]) if len(cols) else hist.shape[1] - 1
+    return hist[:, first:]
+
+
 class SequencePolicy:
     """Next-item policy π(· | history) backed by a sequence model.
 
@@ -117,7 +128,7 @@ class SequencePolicy:
         try:
             for start in range(0, hist.shape[0], self.batch_size):
                 # torch.tensor copies: the caller's array may be a read-only view (pandas, memmap).
-                items = torch.tensor(hist[start : start + self.batch_size]).to(device)
+                items = torch.tensor(trim_padding(hist[start : start + self.batch_size])).to(device)
                 with autocast(device):
                     h = self.model.encode(items)[:, -1]
                     scores = self.model.score(h)

@@ -49,7 +49,7 @@ from ..errors import ConfigError, LogError
 from ..semantic.config import TokenizerConfig
 from ..semantic.ids import SemanticIds
 from .device import autocast
-from .policy import ModelConfig, build_model, canonical, model_config_from_dict, pad_history, read_policy_file
+from .policy import ModelConfig, build_model, canonical, model_config_from_dict, pad_history, read_policy_file, trim_padding
 
 FORMAT = "recsim-post/token-policy/1"
 
@@ -456,7 +456,7 @@ class TokenPolicy:
         hist = self.pad(hist)
         if hist.size and hist.max() >= self.n_items:
             raise ValueError(f"hist holds item id {hist.max()}, but the catalogue has {self.n_items} items")
-        items = torch.tensor(hist).to(self.device)
+        items = torch.tensor(trim_padding(hist)).to(self.device)
         with autocast(self.device):
             return self.model.encode(items)[:, -1].float()
 

@@ -52,7 +52,7 @@ from torch import nn
 from ..config import Config, knob
 from ..errors import ConfigError, LogError
 from ..models.device import DevicePref, autocast, pick_device
-from ..models.policy import SequencePolicy, pad_history
+from ..models.policy import SequencePolicy, pad_history, trim_padding
 from ..seeding import SeedTree
 from .data import PostTrainData, Windows, reward_column
 from .loop import Run, fit, param_group
@@ -378,7 +378,7 @@ class RewardEnsemble:
     @torch.no_grad()
     def last_scores(self, inputs: torch.Tensor) -> torch.Tensor:
         """``member_scores(inputs)[:, :, -1]`` without scoring the other positions: (E, B, n_items)."""
-        return self.head(self._states(inputs)[:, -1], self.item_vecs)
+        return self.head(self._states(trim_padding(inputs))[:, -1], self.item_vecs)
 
     @torch.no_grad()
     def mean_scores(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -403,7 +403,7 @@ class RewardEnsemble:
         mean = np.empty(len(items), dtype=np.float32)
         std = np.empty(len(items), dtype=np.float32)
         for lo in range(0, len(items), self.batch_size):
-            x = torch.tensor(hist[lo : lo + self.batch_size]).to(self.device)
+            x = torch.tensor(trim_padding(hist[lo : lo + self.batch_size])).to(self.device)
             y = torch.tensor(items[lo : lo + self.batch_size]).to(self.device)
             m, s = mean_std(self.head(self._states(x)[:, -1], self.item_vecs, y))
             mean[lo : lo + len(y)], std[lo : lo + len(y)] = m.cpu().numpy(), s.cpu().numpy()
