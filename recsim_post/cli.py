@@ -740,7 +740,7 @@ def cmd_study(args: argparse.Namespace) -> int:
             check_memory(cell.scenario)
         study_agents(cfg)
     run_study(cfg, out, overwrite=args.overwrite, backend=args.backend, workers=args.workers, say=say,
-              progress=_progress(args))
+              progress=_progress(args), report_only=args.report_only)
     report = Path(out) / "report.md"
     print("\n" + report.read_text(encoding="utf-8"))
     print(f"\nwrote {out}/ (report.md, results.parquet, results.csv, figures, cells/)  in {time.perf_counter() - start:.0f} s")
@@ -952,6 +952,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="output folder; finished cells are kept and a rerun resumes (default: ./recsim-post-study-NAME)")
     st.add_argument("--overwrite", action="store_true",
                     help="start over in an output folder that holds other files or cells of another grid")
+    st.add_argument("--report-only", action="store_true",
+                    help="compute nothing: write the tables and report again from the finished cells in --out, also "
+                         "cells an earlier code version computed with these settings (every cell must be finished)")
     common(st)
 
     t = command("train", cmd_train)

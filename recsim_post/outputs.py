@@ -558,9 +558,10 @@ def code_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
-def cell_key(spec: Mapping[str, Any]) -> str:
-    """The key of a cell: a hash of its settings (plain data) and of the code."""
-    text = json.dumps({"spec": spec, "code": code_fingerprint()}, sort_keys=True, default=str)
+def cell_key(spec: Mapping[str, Any], code: str | None = None) -> str:
+    """The key of a cell: a hash of its settings (plain data) and of the code (``code``: another
+    version's :func:`code_fingerprint`, as a finished cell's marker records it; default this one)."""
+    text = json.dumps({"spec": spec, "code": code_fingerprint() if code is None else code}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -581,10 +582,13 @@ class Workspace:
 
     def __init__(
         self, out: str | os.PathLike[str], command: str, cells: Mapping[str, str], *, overwrite: bool = False,
-        what: str = "--out", say: Say = _quiet,
+        what: str = "--out", say: Say = _quiet, specs: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         self.raw, self.command, self.what, self.say = os.fspath(out), command, what, say
         self.keys = dict(cells)
+        # specs given (a report from finished cells): a cell computed by another code version counts
+        # as this grid's when its key is that of the same settings under the code it records
+        self.specs = dict(specs) if specs is not None else None
         self.target = resolve_output(out, what)
         self._created = _make_parents(self.target, what, self.raw)
         self._lock: _Lock | None = None
@@ -615,14 +619,15 @@ class Workspace:
         stale = {}
         if why is None:
             found = _cells(t)
-            stale = {n: m for n, m in found.items() if self.keys.get(n) != m.get("key")}
+            stale = {n: m for n, m in found.items() if not self._belongs(n, m)}
             if not stale:
                 done = sum(n in found for n in self.keys)
                 if done:
                     self.say(f"resuming: {done} of {len(self.keys)} cells already finished in {self.raw}")
                 return
             name, m = next(iter(stale.items()))
-            reason = "another code version" if m.get("code") != code_fingerprint() else "other settings"
+            # with specs, any code version is welcome: what does not match is the settings
+            reason = "another code version" if m.get("code") != code_fingerprint() and self.specs is None else "other settings"
             why = (f"holds {len(stale)} finished cell{'s' if len(stale) > 1 else ''} computed with other settings "
                    f"or another code version (e.g. {name}: {reason}), which are never mixed with this run's")
         if (t / ".git").exists():
@@ -661,10 +666,26 @@ class Workspace:
                 shutil.rmtree(self.target, ignore_errors=True)
             _remove_empty(self._created)
 
+    def _belongs(self, name: str, m: Mapping[str, Any] | None) -> bool:
+        if m is None or name not in self.keys:
+            return False
+        if m.get("key") == self.keys[name]:
+            return True
+        return (self.specs is not None and name in self.specs and isinstance(m.get("code"), str)
+                and m.get("key") == cell_key(self.specs[name], m["code"]))
+
     def done(self, name: str) -> bool:
         """Whether cell ``name`` finished (with this grid's key) in this or an earlier run."""
-        m = _read_json(self.target / name / CELL_MARKER)
-        return m is not None and m.get("key") == self.keys[name]
+        return self._belongs(name, _read_json(self.target / name / CELL_MARKER))
+
+    def code_versions(self) -> dict[str, int]:
+        """The code fingerprints that computed this grid's finished cells, with their counts."""
+        counts: dict[str, int] = {}
+        for name in self.keys:
+            m = _read_json(self.target / name / CELL_MARKER)
+            if self._belongs(name, m):
+                counts[m.get("code", "?")] = counts.get(m.get("code", "?"), 0) + 1
+        return counts
 
     def path(self, name: str) -> Path:
         """The folder of finished cell ``name``."""

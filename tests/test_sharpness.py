@@ -112,7 +112,11 @@ def test_exact_sums_sharpness_agrees_with_dense(world):
     assert "ref" not in s.kl
     r = truth.true_reward(users)
     assert np.allclose(s.top1["sharp"], r[users, np.argmax(z, axis=1)], atol=1e-12)
-    assert np.allclose(s.entropy_profile["ref"], entropy_profile(z_ref).mean(axis=0), atol=1e-12)
+    assert np.allclose(s.entropy_profile["sharp"], entropy_profile(z).mean(axis=0), atol=1e-12)
+    # only a policy with a π_ref gets the 49-temperature profile; every policy's entropy is the
+    # profile's τ = 1 column, to the bit
+    assert set(s.entropy_profile) == {"sharp"}
+    np.testing.assert_array_equal(s.entropy["sharp"], entropy_profile(z)[:, TAU_GRID.tolist().index(1.0)])
     with pytest.raises(ValueError, match="reference"):
         exact_sums(truth, users, {"sharp": pols["sharp"]}, ref_of={"sharp": "ref"})
 

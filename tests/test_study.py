@@ -130,7 +130,7 @@ def test_selection_regret_and_paired_summary_by_hand():
 
 
 @pytest.mark.slow
-def test_study_runs_reports_and_resumes_after_kill_9(tmp_path):
+def test_study_runs_reports_and_resumes_after_kill_9(tmp_path, monkeypatch):
     """A study process killed with SIGKILL after its first cell loses no finished cell: the rerun
     recomputes only the rest, and the table equals an uninterrupted run's."""
     path = write_study(tmp_path / "s.toml", grid={"feedback.noise_std": [0.5]}, agents=["bc", "ipo"],
@@ -171,14 +171,42 @@ def test_study_runs_reports_and_resumes_after_kill_9(tmp_path):
     rms = pd.read_csv(out / "reward_models.csv")
     assert set(rms["seed"]) == {0, 1} and {"reward-model ensemble", "user mean", "item mean"} <= set(rms["model"])
     assert "## Reward models against user and item means" in report
+    # --report-only: after a code change (a report step fixed, say) the finished cells are kept and
+    # reported again; a plain rerun refuses to mix them with new ones, and nothing is recomputed
+    from recsim_post import outputs
+
+    monkeypatch.setattr(outputs, "code_fingerprint", lambda: "f" * 64)  # "another code version"
+    with pytest.raises(outputs.OutputError, match="another code version"):
+        run_study(load_study(path), out)
+    (out / "report.md").unlink()
+    again = run_study(load_study(path), out, report_only=True)
+    pd.testing.assert_frame_equal(again, long)
+    assert (first / "results.parquet").stat().st_mtime_ns == stamp
+    assert "computed by another code version" in (out / "report.md").read_text()
+    other = write_study(tmp_path / "other.toml", grid={"feedback.noise_std": [0.5]}, agents=["bc", "ipo"],
+                        variants=[{"agent": "exp-rsft", "method.lam": [0.3]}], eval_users=30)
+    with pytest.raises(outputs.OutputError, match="other settings"):  # settings must match even so
+        run_study(load_study(other), out, report_only=True)
+    with pytest.raises(ConfigError, match="not finished"):
+        import shutil
+
+        shutil.rmtree(first)
+        run_study(load_study(path), out, report_only=True)
+    with pytest.raises(ConfigError, match="holds no finished cells"):
+        run_study(load_study(path), tmp_path / "nowhere", report_only=True)
+    assert not (tmp_path / "nowhere").exists()
 
 
 @pytest.mark.slow
 def test_ray_and_a_process_pool_give_the_local_table(tmp_path):
     require("ray")
-    path = write_study(tmp_path / "s.toml", grid={"feedback.noise_std": [0.5]}, variants=[])
+    # columns without kl_ref (as studies/reward-models.toml): no frontier to draw, and the report
+    # is written all the same (the frontier once failed the whole report on such a study)
+    path = write_study(tmp_path / "s.toml", grid={"feedback.noise_std": [0.5]}, variants=[],
+                       columns=["true_value_norm", "matched_norm", "rm_value"])
     cfg = load_study(path)
     local = run_study(cfg, tmp_path / "local")
+    assert (tmp_path / "local" / "report.md").is_file() and not (tmp_path / "local" / "frontier.png").exists()
     remote = run_study(cfg, tmp_path / "ray", backend="ray")
     pool = run_study(cfg, tmp_path / "pool", workers=2)
     pd.testing.assert_frame_equal(local, remote)

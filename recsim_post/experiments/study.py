@@ -416,14 +416,25 @@ def equal_kl(summary: pd.DataFrame, by: Sequence[str], column: str = "true_value
 
 def run_study(
     cfg: StudyConfig, out: str | Path, *, overwrite: bool = False, backend: str = "local", workers: int = 1,
-    say: Callable[[str], None] = lambda _: None, progress: bool = False,
+    say: Callable[[str], None] = lambda _: None, progress: bool = False, report_only: bool = False,
 ) -> pd.DataFrame:
     """Run (or resume) the study into ``out``, write results.parquet, results.csv and the report; the
-    long results frame (one row per cell and recipe)."""
-    from ..outputs import Workspace, cell_key
+    long results frame (one row per cell and recipe).
+
+    ``report_only``: compute nothing; gather the finished cells of ``out`` -- also those another code
+    version computed, when their settings are this grid's -- and write the tables and the report again
+    (a report step fixed after an hour of cells then costs seconds, not the hour). Every cell must be
+    finished."""
+    from ..outputs import Workspace, cell_key, code_fingerprint
     from .report import write_csv
 
+    if report_only and overwrite:
+        raise ConfigError("--report-only reads the finished cells; --overwrite would delete them: pass one of the two")
+    if report_only and not (Path(out).is_dir() and (Path(out) / "cells").is_dir()):
+        raise ConfigError(f"--report-only: {out} holds no finished cells of a study; run it without --report-only first")
     if cfg.kind == "tilt-bounds":
+        if report_only:
+            raise ConfigError(f"--report-only: study '{cfg.name}' runs in seconds; run it without --report-only")
         return _run_tilt_bounds(cfg, out, overwrite=overwrite, say=say)
     cells = study_cells(cfg)
     agents = study_agents(cfg)
@@ -435,11 +446,23 @@ def run_study(
                       "seed": c.seed, "eval_users": cfg.eval_users, **({"ope_reward": ope} if ope else {}),
                       **({"ideal_tilt": True} if cfg.ideal_tilt else {})}
     keys = {c.name: cell_key(spec(c)) for c in cells}
+    specs = {c.name: spec(c) for c in cells} if report_only else None
     by = ["scenario", *cfg.grid_keys]
     say(f"study '{cfg.name}': {len(cells)} cells ({len(cfg.scenarios)} scenario(s) × "
         f"{len(cells) // max(1, len(cfg.scenarios) * len(cfg.seeds))} grid point(s) × {len(cfg.seeds)} seed(s)), "
         f"{len(agents)} recipes per cell")
-    with Workspace(out, "study", keys, overwrite=overwrite, say=say) as ws:
+    with Workspace(out, "study", keys, overwrite=overwrite, say=say, specs=specs) as ws:
+        note = ""
+        if report_only:
+            missing = [c.name for c in cells if not ws.done(c.name)]
+            if missing:
+                raise ConfigError(f"--report-only: {len(missing)} of {len(cells)} cells are not finished in {out} "
+                                  f"(e.g. {missing[0]}); run without --report-only to compute them")
+            other = sum(n for code, n in ws.code_versions().items() if code != code_fingerprint())
+            if other:
+                note = (f"Report written again from finished cells (`--report-only`): {other} of {len(cells)} cells "
+                        f"were computed by another code version than this report's.")
+                say(note)
         frames = run_cells(cells, agents, backend=backend, eval_users=cfg.eval_users, say=say, store=ws,
                            describe=lambda c: ", ".join(f"{k} = {v}" for k, v in c.labels) + f", seed {c.seed}",
                            info=lambda c: {**dict(c.labels), "seed": c.seed}, workers=workers, progress=progress,
@@ -474,7 +497,7 @@ def run_study(
         figures = {
             "values.png": lambda p: plot_values(summary, by, cfg.columns[0], p),
         }
-        if "kl_ref" in long.columns and long["kl_ref"].notna().any():
+        if "kl_ref" in summary.columns and summary["kl_ref"].notna().any():  # a study that lists kl_ref
             figures["frontier.png"] = lambda p: plot_frontier(summary, by, p)
         for name, fn in figures.items():
             ws.write(name, fn)
@@ -483,7 +506,7 @@ def run_study(
             ws.write("equal_kl.csv", lambda p: write_csv(at_kl, p))
         rm_summary = summarise_reward_models(rm_long, by) if rm_long is not None else None
         ws.write("report.md", lambda p: Path(p).write_text(
-            report_markdown(cfg, summary, regret, by, list(figures), at_kl, rm_summary), encoding="utf-8"))
+            report_markdown(cfg, summary, regret, by, list(figures), at_kl, rm_summary, note), encoding="utf-8"))
         ws.finish()
     return long
 
@@ -576,13 +599,15 @@ def summarise_reward_models(rm_long: pd.DataFrame, by: Sequence[str]) -> pd.Data
 
 def report_markdown(cfg: StudyConfig, summary: pd.DataFrame, regret: pd.DataFrame, by: Sequence[str],
                     figures: Sequence[str], at_kl: pd.DataFrame | None = None,
-                    rm_summary: pd.DataFrame | None = None) -> str:
+                    rm_summary: pd.DataFrame | None = None, note: str = "") -> str:
     """The study's report: per grid point, each column's mean ± 95 % CI over seeds and the paired
     difference to the reference, then the selection regret of each offline criterion."""
     parts = [f"# Study: {cfg.name}", "", cfg.description, "",
              f"Scenarios {', '.join(cfg.scenarios)}; seeds {', '.join(map(str, cfg.seeds))}; "
              f"each cell (scenario × grid point × seed) shares one world, one log and one π_ref between its recipes, "
              f"so differences are paired. ± is the 95 % t-interval over seeds.", ""]
+    if note:
+        parts += [note, ""]
     cols = [c for c in cfg.columns if c in summary.columns]
     for key, g in summary.groupby(list(by), sort=False, dropna=False):
         key = key if isinstance(key, tuple) else (key,)

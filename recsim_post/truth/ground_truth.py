@@ -340,9 +340,10 @@ class ExactSums:
     kl: dict[Hashable, np.ndarray] = field(default_factory=dict)
     """With ``ref_of``: per user KL(π ‖ π_ref) in nats."""
     entropy_profile: dict[Hashable, np.ndarray] = field(default_factory=dict)
-    """With ``sharpness``: the mean entropy at each temperature of ``sharpness.TAU_GRID``."""
+    """With ``sharpness``, for each policy with a π_ref (``ref_of``): the mean entropy at each
+    temperature of ``sharpness.TAU_GRID`` (what its matched temperature is read from)."""
     profile_chunks: dict[Hashable, np.ndarray] = field(default_factory=dict)
-    """With ``sharpness``: (n_chunks, len(TAU_GRID)) each chunk's summed entropies, the terms that
+    """Those policies' (n_chunks, len(TAU_GRID)) chunk-summed entropies, the terms that
     ``entropy_profile`` adds up in chunk order (so shards of whole chunks combine exactly:
     :func:`combine_sums`)."""
 
@@ -409,7 +410,9 @@ def exact_sums(
     believed = {name: np.empty(n) for name in policies} if belief is not None else {}
     ent = {name: np.empty(n) for name in policies} if sharpness else {}
     top1 = {name: np.empty(n) for name in policies} if sharpness else {}
-    prof = {name: np.zeros(len(TAU_GRID)) for name in policies} if sharpness else {}
+    # the whole profile only where a matched temperature will be looked up (a policy with a π_ref):
+    # 49 temperatures cost 49 passes over the row, the entropy alone one
+    prof = {name: np.zeros(len(TAU_GRID)) for name in ref_of} if sharpness else {}
     prof_chunks: dict[Hashable, list] = {name: [] for name in prof}
     kls = {name: np.empty(n) for name in ref_of}
     uni_b = ora_b = None
@@ -451,12 +454,15 @@ def exact_sums(
             if rb is not None:
                 believed[name][sl] = b
             if sharpness:
-                rows = entropy_profile(logits)  # (users, temperatures); τ = 1 is the policy's own entropy
-                ent[name][sl] = rows[:, TAU_ONE]
+                if name in prof:
+                    rows = entropy_profile(logits)  # (users, temperatures); τ = 1 is the policy's own entropy
+                    part = rows.sum(axis=0)
+                    prof_chunks[name].append(part)
+                    prof[name] += part
+                else:  # the τ = 1 column alone: the same numbers as the profile's (each τ is its own pass)
+                    rows = entropy_profile(logits, TAU_GRID[TAU_ONE : TAU_ONE + 1])
+                ent[name][sl] = rows[:, TAU_ONE if name in prof else 0]
                 top1[name][sl] = topk_mean(logits, r, 1)
-                part = rows.sum(axis=0)
-                prof_chunks[name].append(part)
-                prof[name] += part
             if name in ref_of:
                 kls[name][sl] = kl(logits, kept[ref_of[name]])
             if name in refs_needed:
