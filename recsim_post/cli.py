@@ -403,15 +403,16 @@ def _check_token_policy(policy, logs, path) -> None:  # noqa: ANN001 - a trained
         check_ids_match_logs(ids, logs, str(path))
 
 
-def _evaluation_inputs(folder: str, paths: Sequence[str]):  # noqa: ANN202
+def _evaluation_inputs(folder: str, paths: Sequence[str], impressions: bool = True):  # noqa: ANN202
     """The public logs, the sealed truth and the saved policies (named by file stem) of a log
-    folder, every policy checked against the logs' catalogue: what evaluate and rollout read."""
+    folder, every policy checked against the logs' catalogue: what evaluate and rollout read
+    (``impressions=False``: the truth without its sealed impressions, which evaluate never reads)."""
     from .truth.ground_truth import GroundTruth
     from .logs.public import read_public
     from .models.load import load_policy
 
     logs = read_public(folder)
-    truth = GroundTruth.load(folder)  # a folder without sealed/ is reported before the policy files
+    truth = GroundTruth.load(folder, impressions)  # a folder without sealed/ is reported before the policy files
     policies = {}
     for path in paths:
         name = Path(path).stem
@@ -506,7 +507,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         session = ray_session()  # one Ray for every pass
     if args.users < 0:
         raise ConfigError(f"--users = {args.users} is out of range: must be >= 0 (0 = every user)")
-    logs, truth, policies = _evaluation_inputs(args.logs, args.policy)
+    logs, truth, policies = _evaluation_inputs(args.logs, args.policy, impressions=False)
     with session:
         evaluator = Evaluator.prepare(logs, truth, k=args.k, max_users=args.users or None, backend=args.backend,
                                       shards=args.shards)

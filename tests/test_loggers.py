@@ -324,6 +324,14 @@ def test_random_switching_ground_truth_at_T_roundtrip(tmp_path):
     np.testing.assert_array_equal(b.logger_rounds, seq)
     users = np.arange(12)
     np.testing.assert_array_equal(a.logger_logits(users), b.logger_logits(users))
+    # what evaluate reads: the truth without the sealed impressions (only OPE needs them), the same
+    # world, logger and exact values
+    c = GroundTruth.load(folder, impressions=False)
+    assert c.impressions is None and b.impressions is not None
+    np.testing.assert_array_equal(c.logger_logits(users), b.logger_logits(users))
+    np.testing.assert_array_equal(c.true_reward(users), b.true_reward(users))
+    with pytest.raises(LogError, match="no sealed impressions"):
+        c.impression_rewards(b.impressions[["slate_id", "position"]])
     # and it is the formula of logger seq[T] with the boost of round T
     with np.errstate(divide="ignore"):
         expect = np.log(_hand_probabilities(b.logger, int(seq[T]), users, b.trend))

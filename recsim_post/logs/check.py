@@ -333,14 +333,15 @@ def check_sealed_tables(
     manifest: Mapping[str, Any],
     items: pd.DataFrame,
     users: pd.DataFrame,
-    impressions: pd.DataFrame,
+    impressions: pd.DataFrame | None,
     n_loggers: int = 1,
     theta_updates: pd.DataFrame | None = None,
 ) -> None:
     """Values of the sealed tables: one items row per item and one users row per user (the same
     world as the manifest), latent dimensions and genres as in the scenario; finite latents,
     qualities, trends and true rewards; satiation >= 0; propensities in (0, 1]; logger ids in
-    0 .. n_loggers - 1; one impressions row per logged impression; theta updates of real users."""
+    0 .. n_loggers - 1; one impressions row per logged impression (None: not read, its SHA-256
+    checked only); theta updates of real users."""
     where_m = folder / "manifest.json"
     d = scenario_int(manifest, "catalog.latent_dim", where_m)
     n_genres = scenario_int(manifest, "catalog.n_genres", where_m)
@@ -365,13 +366,14 @@ def check_sealed_tables(
         _finite(users, ["rating_bias"], where)
 
     where = folder / "sealed" / "impressions.parquet"
-    _rows(impressions, manifest["rows"]["interactions"], where, "one per impression: rows.interactions in the manifest")
-    _finite(impressions, ["true_reward"], where)
-    for c in ("propensity", "propensity_item"):
-        if c in impressions.columns:
-            _propensities(impressions, c, where)
-    if "logger_id" in impressions.columns:
-        _ids(impressions, "logger_id", n_loggers, where, "the scenario's loggers")
+    if impressions is not None:
+        _rows(impressions, manifest["rows"]["interactions"], where, "one per impression: rows.interactions in the manifest")
+        _finite(impressions, ["true_reward"], where)
+        for c in ("propensity", "propensity_item"):
+            if c in impressions.columns:
+                _propensities(impressions, c, where)
+        if "logger_id" in impressions.columns:
+            _ids(impressions, "logger_id", n_loggers, where, "the scenario's loggers")
 
     if theta_updates is not None:
         where = folder / "sealed" / "theta_updates.parquet"

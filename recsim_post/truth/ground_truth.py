@@ -166,8 +166,10 @@ class GroundTruth:
         )
 
     @classmethod
-    def load(cls, folder: str | Path) -> "GroundTruth":
-        """Read ``sealed/`` and the manifest of a log folder.
+    def load(cls, folder: str | Path, impressions: bool = True) -> "GroundTruth":
+        """Read ``sealed/`` and the manifest of a log folder (``impressions=False``: all but the sealed
+        impressions -- one row per logged impression, which only off-policy evaluation reads; the exact
+        ground truth of policies never does, and at 10^8 impressions they are 3.4 GB).
 
         The folder is checked first (:func:`~recsim_post.logs.check.check_log_folder`: manifest,
         ``sealed/`` present, every sealed file matching its SHA-256), then each table is read once
@@ -183,13 +185,13 @@ class GroundTruth:
         sealed = folder / "sealed"
         items = read_parquet(sealed / "items.parquet")
         users = read_parquet(sealed / "users.parquet")
-        impressions = read_parquet(sealed / "impressions.parquet")
+        sealed_rows = read_parquet(sealed / "impressions.parquet") if impressions else None
         optional = {}
         for name in ("logger_rounds", "theta_updates"):  # written (and hashed) only when the scenario needs them
             listed = f"sealed/{name}.parquet" in manifest["sha256"]
             optional[name] = read_parquet(sealed / f"{name}.parquet") if listed else None
         check_sealed_tables(
-            folder, manifest, items, users, impressions, scenario.logging.n_loggers, optional["theta_updates"]
+            folder, manifest, items, users, sealed_rows, scenario.logging.n_loggers, optional["theta_updates"]
         )
 
         def block(df, prefix: str) -> np.ndarray:  # noqa: ANN001
@@ -227,7 +229,7 @@ class GroundTruth:
         return cls(
             scenario, theta, block(users, "satiation"), vectors,
             items["quality"].to_numpy(), items["genre"].to_numpy(np.int64), items["trend"].to_numpy(),
-            logger, impressions, rounds, history,
+            logger, sealed_rows, rounds, history,
         )
 
     def impression_rewards(self, rows: pd.DataFrame) -> np.ndarray:
