@@ -49,7 +49,7 @@ from ..models.token import Scorer, is_token_model, sample_next, target_scorer
 from ..seeding import SeedTree
 from .data import Batch, PostTrainData, masked_mean
 from .loop import TrainConfig, train_copy
-from .reward_model import RewardModel, candidate_member_scores, check_reward_model, mean_std
+from .reward_model import RewardModel, candidate_member_scores, check_reward_model, gather_candidates, mean_std
 
 Rule = Literal["strict", "loose"]
 PairSource = Literal["offline", "online"]
@@ -124,8 +124,7 @@ def pick_pairs(
 def candidate_stats(scores: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Ensemble mean and spread of the candidates only: member scores ``(E, B, L, V)`` and
     candidates ``(B, L, K)`` -> ``(B, L, K)`` each (gathering first spares a std over all V items)."""
-    idx = candidates.unsqueeze(0).expand(scores.shape[0], *candidates.shape)
-    return mean_std(scores.gather(-1, idx).float())
+    return mean_std(gather_candidates(scores, candidates).float())
 
 
 def sample_items(logp: torch.Tensor, n: int, generator: torch.Generator | None) -> torch.Tensor:

@@ -107,7 +107,11 @@ def candidate_member_scores(model: RewardModel, inputs: torch.Tensor, candidates
     cand = getattr(model, "candidate_scores", None)
     if cand is not None:
         return cand(inputs, candidates)
-    scores = model.member_scores(inputs)
+    return gather_candidates(model.member_scores(inputs), candidates)
+
+
+def gather_candidates(scores: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """Member scores ``(E, B, L, V)`` at ``candidates`` ``(B, L, K)``: ``(E, B, L, K)``."""
     return scores.gather(-1, candidates.unsqueeze(0).expand(scores.shape[0], *candidates.shape))
 
 
@@ -241,14 +245,15 @@ class EnsembleHead(nn.Module):
             p = torch.einsum("eik,e...k->e...i", self.V, z)
         return p + self._per_member(self.c, extra)
 
+    def _parts(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per member: the user factor ``(E, ..., dim)``, a_m ``(E, 1, ..., 1)`` and g_m·h ``(E, ...)``."""
+        return self.user_factor(h), self.a.view(-1, *([1] * (h.dim() - 1))), torch.einsum("ej,...j->e...", self.g, h)
+
     def forward(self, h: torch.Tensor, item_vecs: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
-        extra = h.dim() - 1
-        p = self.user_factor(h)  # (E, ..., dim)
-        user_bias = torch.einsum("ej,...j->e...", self.g, h)  # (E, ...)
-        a = self.a.view(-1, *([1] * extra))
+        p, a, user_bias = self._parts(h)
         if items is None:
             scores = p @ item_vecs.T  # (E, ..., n_items)
-            return scores + self._per_member(self.b, extra) + (a + user_bias).unsqueeze(-1)
+            return scores + self._per_member(self.b, h.dim() - 1) + (a + user_bias).unsqueeze(-1)
         e = item_vecs[items]  # (..., dim)
         b = self.b[:, items]  # (E, ...)
         return (p * e).sum(-1) + b + a + user_bias
@@ -256,21 +261,14 @@ class EnsembleHead(nn.Module):
     def mean_forward(self, h: torch.Tensor, item_vecs: torch.Tensor) -> torch.Tensor:
         """The member mean of ``forward(h, item_vecs)``, ``(..., n_items)``: by linearity in the
         user factor, one product with the item vectors instead of E."""
-        extra = h.dim() - 1
-        p = self.user_factor(h).mean(dim=0)  # (..., dim)
-        user_bias = torch.einsum("ej,...j->e...", self.g, h)  # (E, ...)
-        offset = (self.a.view(-1, *([1] * extra)) + user_bias).mean(dim=0)  # (...)
-        return p @ item_vecs.T + self.b.mean(dim=0) + offset.unsqueeze(-1)
+        p, a, user_bias = self._parts(h)
+        return p.mean(dim=0) @ item_vecs.T + self.b.mean(dim=0) + (a + user_bias).mean(dim=0).unsqueeze(-1)
 
     def candidate_forward(self, h: torch.Tensor, item_vecs: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """``forward(h, item_vecs)`` at K candidates per state: ``h`` (..., dim), ``candidates``
         (..., K) -> (E, ..., K), without scoring the rest of the catalogue."""
-        extra = h.dim() - 1
-        p = self.user_factor(h)  # (E, ..., dim)
-        user_bias = torch.einsum("ej,...j->e...", self.g, h)  # (E, ...)
-        a = self.a.view(-1, *([1] * extra))
-        e = item_vecs[candidates]  # (..., K, dim)
-        dots = (p.unsqueeze(-2) * e.unsqueeze(0)).sum(-1)  # (E, ..., K)
+        p, a, user_bias = self._parts(h)
+        dots = (p.unsqueeze(-2) * item_vecs[candidates].unsqueeze(0)).sum(-1)  # (E, ..., K)
         return dots + self.b[:, candidates] + (a + user_bias).unsqueeze(-1)
 
 
@@ -596,6 +594,7 @@ __all__ = [
     "mean_std",
     "candidate_member_scores",
     "ensemble_mean_scores",
+    "gather_candidates",
     "next_item_scores",
     "reward_mse_loss",
     "target_states",

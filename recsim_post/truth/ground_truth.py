@@ -461,9 +461,9 @@ def exact_sums(
                     part = rows.sum(axis=0)
                     prof_chunks[name].append(part)
                     prof[name] += part
+                    ent[name][sl] = rows[:, TAU_ONE]
                 else:  # the τ = 1 column alone: the same numbers as the profile's (each τ is its own pass)
-                    rows = entropy_profile(logits, TAU_GRID[TAU_ONE : TAU_ONE + 1])
-                ent[name][sl] = rows[:, TAU_ONE if name in prof else 0]
+                    ent[name][sl] = entropy_profile(logits, TAU_GRID[TAU_ONE : TAU_ONE + 1])[:, 0]
                 top1[name][sl] = topk_mean(logits, r, 1)
             if name in ref_of:
                 kls[name][sl] = kl(logits, kept[ref_of[name]])
