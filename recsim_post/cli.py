@@ -334,8 +334,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         _check_out(args.out)
         if several:
             _check_out_folder(args.out)
-    logs = read_public(args.logs)
     agents = _agents(names)
+    from .posttrain.recipe import needs_impressions
+
+    # only GFlowGR reads the clicks' slates; every other method sees the clicks alone, and a clicks-only
+    # read holds a tenth or less of the rows in memory
+    whole = any(needs_impressions(a) for a in agents)
+    logs = read_public(args.logs, clicks_only=not whole)
     folder = Path(args.out) if (args.out and several) else Path(args.logs) / "policies"
     targets = {a.name: (args.out if (args.out and not several) else str(folder / f"{a.name}.pt")) for a in agents}
     from .seeding import SeedTree
@@ -356,7 +361,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cache = None if args.no_cache else RefCache(Path(args.logs) / FOLDER, public_hashes(logs.manifest),
                                                     logs.n_items, tree, semantic_ids=ids, say=say)
         trainer = RecipeTrainer(train, logs.n_items, tree, progress=_progress(args), semantic_ids=ids,
-                                interactions=logs.interactions, say=say, reference=cache)
+                                interactions=logs.interactions if whole else None, say=say, reference=cache)
         for agent in agents:
             trainer.train(agent).save(tmps[agent.name])
     for path in targets.values():
@@ -406,12 +411,13 @@ def _check_token_policy(policy, logs, path) -> None:  # noqa: ANN001 - a trained
 def _evaluation_inputs(folder: str, paths: Sequence[str], impressions: bool = True):  # noqa: ANN202
     """The public logs, the sealed truth and the saved policies (named by file stem) of a log
     folder, every policy checked against the logs' catalogue: what evaluate and rollout read
-    (``impressions=False``: the truth without its sealed impressions, which evaluate never reads)."""
+    (``impressions=False``: the public clicks only and the truth without its sealed impressions,
+    which evaluate never reads)."""
     from .truth.ground_truth import GroundTruth
     from .logs.public import read_public
     from .models.load import load_policy
 
-    logs = read_public(folder)
+    logs = read_public(folder, clicks_only=not impressions)  # evaluate reads clicks, rollout compares every row
     truth = GroundTruth.load(folder, impressions)  # a folder without sealed/ is reported before the policy files
     policies = {}
     for path in paths:

@@ -10,6 +10,7 @@ keep what already worked working under the stricter checks (marked "Guard" in th
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -20,6 +21,7 @@ import typing
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -641,6 +643,72 @@ def test_values_out_of_their_world_are_refused_even_with_matching_hashes(logs, n
     assert message in one_line_error(err.value)
 
 
+PUBLIC_EDITS = [
+    ("item_id", lambda df: _set(df, "item_id", 3, 60), 3, "item_id = 60 in row 3"),
+    ("click", lambda df: _set(df, "click", 11, 2), 11, "click = 2 in row 11"),
+    ("rating", lambda df: _set(df, "rating", int(df["click"].idxmin()), 3.0), None, "must be NaN on a row without a click"),
+]
+
+
+@pytest.mark.parametrize(("column", "edit", "row", "message"), PUBLIC_EDITS)
+def test_a_clicks_only_read_checks_every_row_and_numbers_rows_in_the_file(logs, monkeypatch, column, edit, row, message):
+    """The streamed read refuses what the whole read refuses, unclicked rows included (it checks a
+    block before dropping its unclicked rows); with many blocks, rows are numbered in the file."""
+    from recsim_post.logs import public
+
+    inter = pq.read_table(logs / "interactions.parquet").to_pandas()
+    row = int(inter["click"].idxmin()) if row is None else row
+    _edit_table(logs, "interactions.parquet", edit)
+    with pytest.raises(LogError) as whole:
+        read_public(logs)
+    with pytest.raises(LogError) as one_block:
+        read_public(logs, clicks_only=True)
+    assert one_line_error(one_block.value) == one_line_error(whole.value)  # one block: word for word
+    monkeypatch.setattr(public, "READ_BLOCK_ROWS", 8)
+    with pytest.raises(LogError) as blocks:
+        read_public(logs, clicks_only=True)
+    first = row - row % 8
+    assert f"{column} = " in one_line_error(blocks.value)
+    assert f"in row {row} (1 rows like it among rows {first} .. {first + 7}): " in one_line_error(blocks.value)
+
+
+def test_a_clicks_only_read_holds_the_clicks_of_a_whole_read_and_refuses_to_pass_for_impressions(logs, monkeypatch):
+    from recsim_post.logs import public
+
+    whole = read_public(logs)
+    n_clicks = int((whole.interactions["click"] == 1).sum())
+    for block in (1 << 20, 7, 1):  # one block, blocks that split slates, a row at a time
+        monkeypatch.setattr(public, "READ_BLOCK_ROWS", block)
+        part = read_public(logs, clicks_only=True)
+        assert part.clicks_only and len(part.rows) == n_clicks < len(whole.interactions)
+        pd.testing.assert_frame_equal(part.clicks(), whole.clicks())
+        pd.testing.assert_frame_equal(part.items, whole.items)
+        assert part.manifest == whole.manifest and part.n_items == whole.n_items
+    with pytest.raises(LogError, match=r"these logs were read clicks only .*read them whole for the impressions"):
+        part.interactions  # noqa: B018 - the property is the test
+
+
+def test_a_clicks_only_read_counts_every_row_against_the_manifest(logs, monkeypatch):
+    from recsim_post.logs import public
+
+    monkeypatch.setattr(public, "READ_BLOCK_ROWS", 16)
+    n = len(pq.read_table(logs / "interactions.parquet"))
+    _edit_table(logs, "interactions.parquet", lambda df: df.iloc[:-1])  # an unclicked or clicked row, gone
+    with pytest.raises(LogError) as err:
+        read_public(logs, clicks_only=True)
+    assert one_line_error(err.value) == (
+        f"{logs}/interactions.parquet is corrupt: {n - 1:,} rows, expected {n:,} (rows.interactions in the manifest)"
+    )
+    (logs / "interactions.parquet").write_bytes(b"PAR1 not parquet")
+    with pytest.raises(LogError, match="does not match the sha256"):  # the hash is checked before any block
+        read_public(logs, clicks_only=True)
+    manifest = json.loads((logs / "manifest.json").read_text())
+    manifest["sha256"]["interactions.parquet"] = hashlib.sha256(b"PAR1 not parquet").hexdigest()
+    (logs / "manifest.json").write_text(json.dumps(manifest))  # as if simulate had written the garbage
+    with pytest.raises(LogError, match=r"interactions.parquet is corrupt: "):
+        read_public(logs, clicks_only=True)
+
+
 def test_sha256_streams_in_blocks_and_matches_hashlib(tmp_path):
     import hashlib
 
@@ -863,6 +931,29 @@ def test_cli_logs_without_sealed_serve_train_but_not_evaluate_ope_or_rollout(cli
         assert refused(capsys, cli_root, *argv) == expected, argv
     assert cli.main(["train", "--logs", "logs", "--agent", "small-bc.toml", "--out", "bc.pt", "-q"]) == 0
     assert SequencePolicy.load(cli_root / "bc.pt").n_items == 60
+
+
+def test_cli_reads_clicks_only_where_no_impression_is_needed(cli_root, capsys, monkeypatch):
+    """train (but GFlowGR, which reads the clicks' slates) and evaluate stream the interactions and
+    keep the clicks; rollout (it compares every row with its re-simulation) and ope read them whole."""
+    from recsim_post.logs import public
+    from recsim_post.posttrain.recipe import needs_impressions
+
+    real, seen = public.read_public, []
+
+    def spy(folder, clicks_only=False):  # noqa: ANN001, ANN202
+        seen.append(clicks_only)
+        return real(folder, clicks_only)
+
+    monkeypatch.setattr(public, "read_public", spy)
+    assert cli.main(["train", "--logs", "logs", "--agent", "small-bc.toml", "--out", "bc.pt", "-q"]) == 0
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--logs", "logs", "--policy", "bc.pt", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"][-1]["method"] == "bc"
+    assert cli.main(["rollout", "--logs", "logs", "--policy", "bc.pt", "--rounds", "1", "--seeds", "0", "-q"]) == 0
+    assert seen == [True, True, False]
+    assert [needs_impressions(load_agent(resolve("agents", n))) for n in ("gflowgr-tb", "gflowgr-db", "bc", "dpo")] == [
+        True, True, False, False]
 
 
 def test_cli_refuses_a_policy_file_that_is_not_one(cli_root, capsys):

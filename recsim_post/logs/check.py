@@ -193,11 +193,15 @@ def check_log_folder(folder: str | Path, side: Side = "public") -> dict[str, Any
 # ------------------------------------------------------------------------------------------------
 
 
-def _fail(where: Path, column: str, values: np.ndarray, bad: np.ndarray, allowed: str) -> None:
+def _fail(where: Path, column: str, values: np.ndarray, bad: np.ndarray, allowed: str,
+          block: tuple[int, int] | None = None) -> None:
+    """``block``: ``values`` are rows first .. last of a file read block by block (rows are
+    numbered in the file; the count is the block's)."""
     i = int(np.argmax(bad))
+    first, among = (0, "") if block is None else (block[0], f" among rows {block[0]:,} .. {block[1]:,}")
     raise LogError(
-        f"{where} is corrupt: {column} = {show(values[i].item())} in row {i} ({int(bad.sum()):,} rows like it): "
-        f"{allowed}"
+        f"{where} is corrupt: {column} = {show(values[i].item())} in row {first + i} "
+        f"({int(bad.sum()):,} rows like it{among}): {allowed}"
     )
 
 
@@ -207,11 +211,12 @@ def _column(frame: pd.DataFrame, column: str, where: Path) -> np.ndarray:
     return frame[column].to_numpy()
 
 
-def _ids(frame: pd.DataFrame, column: str, n: int, where: Path, what: str) -> np.ndarray:
+def _ids(frame: pd.DataFrame, column: str, n: int, where: Path, what: str,
+         block: tuple[int, int] | None = None) -> np.ndarray:
     x = _column(frame, column, where)
     if not np.issubdtype(x.dtype, np.integer):
         raise LogError(f"{where} is corrupt: column {column} holds {x.dtype} values, not whole numbers")
-    _require(where, column, x, (x >= 0) & (x < n), f"must lie in 0 .. {n - 1} ({what})")
+    _require(where, column, x, (x >= 0) & (x < n), f"must lie in 0 .. {n - 1} ({what})", block)
     return x
 
 
@@ -228,28 +233,35 @@ def _finite(frame: pd.DataFrame, columns: list[str], where: Path) -> None:
         _require(where, c, x, np.isfinite(x), "must be a finite number")
 
 
-def _require(where: Path, column: str, values: np.ndarray, ok: np.ndarray, allowed: str) -> None:
+def _require(where: Path, column: str, values: np.ndarray, ok: np.ndarray, allowed: str,
+             block: tuple[int, int] | None = None) -> None:
     if not ok.all():
-        _fail(where, column, values, ~ok, allowed)
+        _fail(where, column, values, ~ok, allowed, block)
 
 
-def _signal(frame: pd.DataFrame, column: str, low: float, high: float, clicked: np.ndarray, where: Path) -> np.ndarray:
+def _signal(frame: pd.DataFrame, column: str, low: float, high: float, clicked: np.ndarray, where: Path,
+            block: tuple[int, int] | None = None) -> np.ndarray:
     """An observed signal of a click: in [low, high] or NaN, and NaN on every row without a click."""
     x = _floats(frame, column, where)
     nan = np.isnan(x)
-    _require(where, column, x, nan | ((x >= low) & (x <= high)), f"must lie in [{low:g}, {high:g}] (or be NaN)")
-    _require(where, column, x, clicked | nan, "must be NaN on a row without a click")
+    _require(where, column, x, nan | ((x >= low) & (x <= high)), f"must lie in [{low:g}, {high:g}] (or be NaN)",
+             block)
+    _require(where, column, x, clicked | nan, "must be NaN on a row without a click", block)
     return x
 
 
-def _propensities(frame: pd.DataFrame, column: str, where: Path) -> None:
+def _propensities(frame: pd.DataFrame, column: str, where: Path, block: tuple[int, int] | None = None) -> None:
     p = _floats(frame, column, where)
-    _require(where, column, p, (p > 0) & (p <= 1), "a propensity must lie in (0, 1]")
+    _require(where, column, p, (p > 0) & (p <= 1), "a propensity must lie in (0, 1]", block)
 
 
 def _rows(frame: pd.DataFrame, expected: int, where: Path, why: str) -> None:
-    if len(frame) != expected:
-        raise LogError(f"{where} is corrupt: {len(frame):,} rows, expected {expected:,} ({why})")
+    _count(len(frame), expected, where, why)
+
+
+def _count(n_rows: int, expected: int, where: Path, why: str) -> None:
+    if n_rows != expected:
+        raise LogError(f"{where} is corrupt: {n_rows:,} rows, expected {expected:,} ({why})")
 
 
 def _one_row_each(frame: pd.DataFrame, column: str, count: str, manifest: Mapping[str, Any], where: Path,
@@ -280,43 +292,67 @@ def check_public_tables(
     interactions: pd.DataFrame, items: pd.DataFrame, manifest: Mapping[str, Any], folder: Path,
     signals: Sequence[str] | None = None,
 ) -> None:
-    """Values of the public tables: row counts as in the manifest; user, item, round and slate
-    position ids within the world; click 0/1; ratings of clicks in [1, 5] (NaN only when the
-    scenario drops ratings, ``feedback.missing_rate`` > 0), watch fractions in [0, 1], and neither
-    on rows without a click; a public ``pscore`` in (0, 1]; one items row per item, genres in range,
-    finite features. ``signals``: the feedback signals the logs hold (None: every one of
-    ``signals.SIGNALS``); each is checked against its range (logs written before a signal existed
-    lack its column)."""
+    """Values of the public tables: row counts as in the manifest, every row's values
+    (:func:`check_interaction_values`), one items row per item (:func:`check_items_table`).
+    ``signals``: the feedback signals the logs hold (None: every one of ``signals.SIGNALS``)."""
+    _rows(interactions, manifest["rows"]["interactions"], folder / "interactions.parquet",
+          "rows.interactions in the manifest")
+    check_interaction_values(interactions, manifest, folder, signals)
+    check_items_table(items, manifest, folder)
+
+
+def check_interaction_rows(n_rows: int, manifest: Mapping[str, Any], folder: Path) -> None:
+    """The public interactions hold as many rows as the manifest says (for readers that stream
+    the table and never hold it whole)."""
+    _count(n_rows, manifest["rows"]["interactions"], folder / "interactions.parquet",
+           "rows.interactions in the manifest")
+
+
+def check_interaction_values(
+    interactions: pd.DataFrame, manifest: Mapping[str, Any], folder: Path, signals: Sequence[str] | None = None,
+    block: tuple[int, int] | None = None,
+) -> None:
+    """Values of public interaction rows (the whole table or any block of its rows): user, item,
+    round and slate position ids within the world; click 0/1; ratings of clicks in [1, 5] (NaN only
+    when the scenario drops ratings, ``feedback.missing_rate`` > 0), watch fractions in [0, 1], and
+    neither on rows without a click; a public ``pscore`` in (0, 1]. ``signals``: the feedback
+    signals the logs hold (None: every one of ``signals.SIGNALS``); each is checked against its
+    range (logs written before a signal existed lack its column). ``block``: the rows are rows
+    first .. last of the file (a streamed read): errors number rows in the file."""
     where_m = folder / "manifest.json"
     n_items, n_users = manifest["n_items"], manifest["n_users"]
     n_rounds = scenario_int(manifest, "simulation.n_rounds", where_m)
     slate = scenario_int(manifest, "logging.slate_size", where_m)
-    n_genres = scenario_int(manifest, "catalog.n_genres", where_m)
     missing_rate = scenario_float(manifest, "feedback.missing_rate", where_m, default=0.0)
 
     where = folder / "interactions.parquet"
-    _rows(interactions, manifest["rows"]["interactions"], where, "rows.interactions in the manifest")
-    _ids(interactions, "user_id", n_users, where, "the population")
-    _ids(interactions, "item_id", n_items, where, "the catalogue")
-    _ids(interactions, "timestamp", n_rounds, where, "the logged rounds")
-    _ids(interactions, "position", slate, where, "positions in a slate")
+    _ids(interactions, "user_id", n_users, where, "the population", block)
+    _ids(interactions, "item_id", n_items, where, "the catalogue", block)
+    _ids(interactions, "timestamp", n_rounds, where, "the logged rounds", block)
+    _ids(interactions, "position", slate, where, "positions in a slate", block)
     slate_id = _column(interactions, "slate_id", where)
     if not np.issubdtype(slate_id.dtype, np.integer):
         raise LogError(f"{where} is corrupt: column slate_id holds {slate_id.dtype} values, not whole numbers")
-    _require(where, "slate_id", slate_id, slate_id >= 0, "must be >= 0")
+    _require(where, "slate_id", slate_id, slate_id >= 0, "must be >= 0", block)
     click = _column(interactions, "click", where)
-    _require(where, "click", click, (click == 0) | (click == 1), "must be 0 or 1")
+    _require(where, "click", click, (click == 0) | (click == 1), "must be 0 or 1", block)
     clicked = click == 1
-    rating = _signal(interactions, "rating", 1, 5, clicked, where)
+    rating = _signal(interactions, "rating", 1, 5, clicked, where, block)
     if missing_rate == 0:
         _require(where, "rating", rating, ~clicked | ~np.isnan(rating),
-                 "a click must have a rating (the scenario's feedback.missing_rate is 0)")
+                 "a click must have a rating (the scenario's feedback.missing_rate is 0)", block)
     for name in SIGNALS if signals is None else signals:
         if name != "rating":
-            _signal(interactions, name, SIGNALS[name].low, SIGNALS[name].high, clicked, where)
+            _signal(interactions, name, SIGNALS[name].low, SIGNALS[name].high, clicked, where, block)
     if "pscore" in interactions.columns:
-        _propensities(interactions, "pscore", where)
+        _propensities(interactions, "pscore", where, block)
 
+
+def check_items_table(items: pd.DataFrame, manifest: Mapping[str, Any], folder: Path) -> None:
+    """The public items table: one row per item, ids 0 .. n_items - 1 once each, genres within the
+    scenario's, finite features."""
+    n_items = manifest["n_items"]
+    n_genres = scenario_int(manifest, "catalog.n_genres", folder / "manifest.json")
     where = folder / "items.parquet"
     _rows(items, manifest["rows"]["items"], where, "rows.items in the manifest")
     _rows(items, n_items, where, "one per item: n_items in the manifest")
@@ -383,5 +419,6 @@ def check_sealed_tables(
 
 __all__ = [
     "PUBLIC_FILES", "SEALED_FILES", "check_files", "check_log_folder", "check_public_tables", "check_sealed_tables",
+    "check_interaction_rows", "check_interaction_values", "check_items_table",
     "read_manifest", "scenario_float", "scenario_int", "sha256_file",
 ]

@@ -38,7 +38,9 @@ import pyarrow.parquet as pq
 
 from ..errors import LogError
 from ..signals import SIGNALS
-from .check import check_log_folder, check_public_tables
+from .check import (
+    check_interaction_rows, check_interaction_values, check_items_table, check_log_folder,
+)
 
 INTERACTION_SCHEMA = pa.schema(
     [
@@ -60,11 +62,25 @@ PAD = -1
 
 @dataclass(frozen=True)
 class PublicLogs:
-    """Public logs: impressions, observable item features and the manifest."""
+    """Public logs: impressions, observable item features and the manifest.
 
-    interactions: pd.DataFrame
+    ``rows`` are the impressions, or only the clicked ones when ``clicks_only`` (what
+    ``read_public(folder, clicks_only=True)`` reads for training and evaluation, which never look at
+    an unclicked impression); :attr:`interactions` refuses to hand out such a partial table.
+    """
+
+    rows: pd.DataFrame
     items: pd.DataFrame
     manifest: dict[str, Any]
+    clicks_only: bool = False
+
+    @property
+    def interactions(self) -> pd.DataFrame:
+        """Every public impression (LogError when the logs were read clicks only)."""
+        if self.clicks_only:
+            raise LogError("these logs were read clicks only (read_public(folder, clicks_only=True)): "
+                           "read them whole for the impressions")
+        return self.rows
 
     @property
     def n_items(self) -> int:
@@ -76,7 +92,7 @@ class PublicLogs:
 
     def clicks(self) -> pd.DataFrame:
         """Clicked rows only, in history order (user, timestamp, position)."""
-        df = self.interactions
+        df = self.rows
         c = df[df["click"] == 1]
         return c.sort_values(["user_id", "timestamp", "position"], kind="stable").reset_index(drop=True)
 
@@ -196,27 +212,83 @@ def read_parquet(path: Path) -> pd.DataFrame:
     try:
         return pq.read_table(path).to_pandas()
     except (pa.ArrowException, OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise LogError(f"{path} is corrupt: {first}") from None
+        raise _corrupt(path, err) from None
 
 
-def read_public(folder: str | Path) -> PublicLogs:
+def _corrupt(path: Path, err: Exception) -> LogError:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return LogError(f"{path} is corrupt: {first}")
+
+
+def read_public(folder: str | Path, clicks_only: bool = False) -> PublicLogs:
     """Read the public part of a log folder written by ``recsim-post simulate``.
 
     The folder is checked first (:func:`.check.check_log_folder`: manifest, files, SHA-256), each
     table is read once and its values checked (:func:`.check.check_public_tables`). Raises LogError
     naming the missing, unreadable or corrupt file. Needs no ``sealed/`` folder.
+
+    ``clicks_only``: stream the interactions in blocks of rows, check every block and keep only its
+    clicks, so memory holds the clicks and one block rather than every impression (a tenth or less
+    of the rows); what training and the exact evaluation read. The result's :meth:`~PublicLogs.clicks`
+    equal a whole read's.
     """
     folder = Path(folder)
     manifest = check_log_folder(folder, "public")
-    interactions = read_parquet(folder / "interactions.parquet")
+    path = folder / "interactions.parquet"
+    if clicks_only:
+        interactions = _read_clicks(path, manifest, folder)
+    else:
+        interactions = read_parquet(path)
+        logged = _complete(interactions, path)
+        check_interaction_rows(len(interactions), manifest, folder)
+        check_interaction_values(interactions, manifest, folder, logged)
     items = read_parquet(folder / "items.parquet")
+    check_items_table(items, manifest, folder)
+    return PublicLogs(interactions, items, manifest, clicks_only)
+
+
+READ_BLOCK_ROWS = 1 << 20
+"""Rows per block when the interactions are streamed (``read_public(..., clicks_only=True)``)."""
+
+
+def _read_clicks(path: Path, manifest: dict[str, Any], folder: Path) -> pd.DataFrame:
+    """The clicked rows of ``interactions.parquet``, read block by block, every block checked."""
+    kept, n_rows = [], 0
+    try:
+        table = pq.ParquetFile(path)
+        blocks = table.iter_batches(batch_size=READ_BLOCK_ROWS)
+        empty = table.schema_arrow.empty_table().to_pandas()
+        whole = table.metadata.num_rows <= READ_BLOCK_ROWS  # one block: errors read as a whole read's
+    except (pa.ArrowException, OSError, ValueError) as err:
+        raise _corrupt(path, err) from None
+    while True:
+        try:
+            block = next(blocks, None)
+            frame = None if block is None else block.to_pandas()
+        except (pa.ArrowException, OSError, ValueError) as err:
+            raise _corrupt(path, err) from None
+        if frame is None:
+            break
+        logged = _complete(frame, path)
+        rows = None if whole else (n_rows, n_rows + len(frame) - 1)
+        check_interaction_values(frame, manifest, folder, logged, rows)
+        n_rows += len(frame)
+        kept.append(frame[frame["click"].to_numpy() == 1])
+    check_interaction_rows(n_rows, manifest, folder)
+    if not kept:
+        _complete(empty, path)
+        return empty
+    return pd.concat(kept, ignore_index=True)
+
+
+def _complete(interactions: pd.DataFrame, path: Path) -> tuple[str, ...]:
+    """Add a NaN column for each feedback signal the logs were written before (in place); the
+    signals they hold. LogError when an id or click column is missing."""
     logged = tuple(name for name in SIGNALS if name in interactions.columns)
     for name in SIGNALS:
         if name not in logged and name != "rating":  # logs written before the signal existed
             interactions[name] = np.float32(np.nan)
     missing = set(INTERACTION_SCHEMA.names) - set(interactions.columns)
     if missing:
-        raise LogError(f"{folder / 'interactions.parquet'} lacks columns: {', '.join(sorted(missing))}")
-    check_public_tables(interactions, items, manifest, folder, logged)
-    return PublicLogs(interactions, items, manifest)
+        raise LogError(f"{path} lacks columns: {', '.join(sorted(missing))}")
+    return logged

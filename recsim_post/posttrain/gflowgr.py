@@ -82,6 +82,11 @@ def needs_reward_model(cfg: GFlowGRConfig) -> bool:
     return False
 
 
+def needs_impressions(cfg: GFlowGRConfig) -> bool:
+    """The shown sampler and the shown outcome read each click's slate: the whole public impressions."""
+    return True
+
+
 # ---------------------------------------------------------------- the flow heads
 
 

@@ -63,6 +63,13 @@ def needs_reward_model(cfg: AgentConfig) -> bool:
     return bool(getattr(method, "needs_reward_model", lambda _: False)(cfg.method))
 
 
+def needs_impressions(cfg: AgentConfig) -> bool:
+    """Whether the recipe's method reads the unclicked impressions (the clicks' slates), not only
+    the clicks: the command line then reads the public logs whole instead of clicks only."""
+    method = METHODS[cfg.method.name]
+    return bool(getattr(method, "needs_impressions", lambda _: False)(cfg.method))
+
+
 def method_config_from_dict(data: Mapping[str, Any]) -> MethodConfig:
     """Read a [method] table, dispatching on its ``name`` key."""
     if not isinstance(data, Mapping):
