@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=1, help="BC pre-training epochs (default 1)")
     ap.add_argument("--negatives", type=int, default=1024, help="sampled-softmax negatives per batch")
     ap.add_argument("--batch-size", type=int, default=128, help="training windows per step")
+    ap.add_argument("--bucket", action="store_true",
+                    help="length-bucketed batches ([pretrain] bucket_by_length = true): less padding computed")
     ap.add_argument("--eval-users", type=int, default=0, metavar="N",
                     help="users the exact ground truth is summed over (default 0: every user; evaluate's --users)")
     ap.add_argument("--out", default=None, help="where the logs and policy go (default: a temporary folder, removed)")
@@ -74,13 +76,14 @@ def main(argv: list[str] | None = None) -> None:
         recipe = to_dict(load_agent(resolve("agents", "bc")))
         recipe["name"] = "bc-large"
         recipe["pretrain"].update(epochs=args.epochs, loss="sampled", negatives=args.negatives, sparse_embeddings=True,
-                                  batch_size=args.batch_size, weight_decay=0.0)
+                                  batch_size=args.batch_size, weight_decay=0.0, bucket_by_length=args.bucket)
         recipe["finetune"].update(epochs=0)
         agent = work / "bc-large.toml"
         agent.write_text(dumps_toml(recipe))
         logs, policy = work / "logs", work / "bc-large.pt"
         print(f"world: {args.scenario} {' '.join(overrides)}; BC: sampled softmax ({args.negatives} negatives), "
-              f"sparse item embeddings, {args.epochs} epoch(s); RECSIM_POST_THREADS="
+              f"sparse item embeddings, {args.epochs} epoch(s){', length-bucketed batches' if args.bucket else ''}; "
+              "RECSIM_POST_THREADS="
               f"{os.environ.get('RECSIM_POST_THREADS', '(unset)')}; load average before: "
               + " ".join(f"{x:.2f}" for x in os.getloadavg()), flush=True)
         rows = [

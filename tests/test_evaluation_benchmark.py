@@ -28,13 +28,15 @@ def test_evaluation_benchmark_small_prints_every_row():
 
 
 def test_world_benchmark_quick_runs_every_stage():
-    """benchmarks/world.py --quick: simulate, train BC (sampled softmax, sparse embeddings) and the
-    exact evaluation over every user run as the CLI commands they time, and the table is printed."""
+    """benchmarks/world.py --quick: simulate, train BC (sampled softmax, sparse embeddings, here with
+    length-bucketed batches) and the exact evaluation over every user run as the CLI commands they
+    time, and the table is printed."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RECSIM_POST_THREADS": "1"}
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "world.py"), "--quick"],
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "world.py"), "--quick", "--bucket"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     stages = [line.split()[0] for line in out.stdout.splitlines()
               if line.split()[:1] and line.split()[0] in {"simulate", "train", "evaluate", "total"}]
     assert stages == ["simulate", "train", "evaluate", "total"]
     assert "(exact over 200 users)" in out.stdout  # --eval-users 0: every user of the quick world
+    assert "1 epoch(s), length-bucketed batches;" in out.stdout

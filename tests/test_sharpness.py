@@ -163,3 +163,30 @@ def test_a_sharpened_copy_gains_raw_value_but_not_matched_value(world):
     ref_rows = {r.method: r for r in ev.rows({}, references=True)}
     assert ref_rows["uniform"].entropy == pytest.approx(math.log(truth.n_items))
     assert ref_rows["oracle"].top1_norm == 1.0 and ref_rows["uniform"].top1_norm == 0.0
+
+
+def test_tau_nll_is_the_grid_argmin_over_every_k_th_held_out_click_beyond_the_cap(world, monkeypatch):
+    """Up to TUNE_CLICKS test users every held-out click calibrates tau_nll; beyond, every k-th
+    (k = ⌈n / cap⌉, counted across chunks), and the result is the argmin of exactly their NLL."""
+    from recsim_post.experiments import evaluate
+
+    sim, truth, table = world
+    ev = Evaluator.prepare(sim.public, truth)
+    users, targets = ev.test_users, ev.test_targets
+    policy = _Table(table)
+
+    def argmin_over(rows: np.ndarray) -> float:
+        nll = nll_profile(table[users[rows]], targets[rows]).sum(axis=0)
+        return float(TAU_GRID[int(np.argmin(nll))])
+
+    n = len(users)
+    assert n > 30
+    assert ev._offline(policy, tune=True)["tau_nll"] == argmin_over(np.arange(n))
+    for cap in (n // 3, 7):
+        monkeypatch.setattr(evaluate, "TUNE_CLICKS", cap)
+        k = -(-n // cap)
+        rows = np.arange(0, n, k)
+        assert len(rows) <= cap
+        for chunk in (5, 64):  # chunks that do and do not line up with k
+            monkeypatch.setattr(evaluate, "chunk_users", lambda n_items, c=chunk: c)
+            assert ev._offline(policy, tune=True)["tau_nll"] == argmin_over(rows), (cap, chunk)

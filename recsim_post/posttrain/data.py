@@ -77,19 +77,35 @@ class Windows:
     def max_len(self) -> int:
         return self.inputs.shape[1]
 
+    def lengths(self) -> np.ndarray:
+        """``(N,)`` the real targets of each window (windows are left-padded, so a batch's trimmed
+        width is its longest window's length)."""
+        return self.mask.sum(axis=1)
+
     def batches(
-        self, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = True
+        self, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = True,
+        bucket: bool = False,
     ) -> Iterator[Batch]:
         """CPU batches of at most ``batch_size`` windows, in an order drawn from ``generator`` when
-        ``shuffle`` (a generator is required then: there is no hidden global RNG)."""
+        ``shuffle`` (a generator is required then: there is no hidden global RNG).
+
+        ``bucket`` (with ``shuffle``): batches of windows of similar length. The shuffled windows are
+        cut into pools of :data:`BUCKET_POOL` batches, each pool sorted by window length and cut into
+        batches, and the batches are served in a random order: every window once per epoch, as
+        before, but a batch's trimmed width is close to its windows' lengths rather than the longest
+        of ``batch_size`` random windows.
+        """
         if shuffle:
             if generator is None:
                 raise ValueError("shuffle=True needs a seeded torch.Generator")
             order = torch.randperm(len(self), generator=generator).numpy()
         else:
             order = np.arange(len(self))
-        for start in range(0, len(self), batch_size):
-            idx = order[start : start + batch_size]
+        if bucket and shuffle:
+            groups = bucketed(order, self.lengths(), batch_size, generator)
+        else:
+            groups = (order[start : start + batch_size] for start in range(0, len(self), batch_size))
+        for idx in groups:
             yield Batch(
                 torch.from_numpy(self.inputs[idx]),
                 torch.from_numpy(self.targets[idx]),
@@ -98,6 +114,24 @@ class Windows:
                 torch.from_numpy(self.users[idx]),
                 slate_ids=None if self.slate_ids is None else torch.from_numpy(self.slate_ids[idx]),
             )
+
+
+BUCKET_POOL = 64
+"""Batches per pool in length-bucketed batching (:meth:`Windows.batches` with ``bucket``): larger
+pools pad less, smaller ones keep more of the shuffle's mixing."""
+
+
+def bucketed(order: np.ndarray, lengths: np.ndarray, batch_size: int, generator: torch.Generator) -> list[np.ndarray]:
+    """Length buckets of a shuffled ``order``: pools of :data:`BUCKET_POOL` batches, each sorted by
+    ``lengths`` (longest first, ties in shuffled order) and cut into batches of ``batch_size``; the
+    batches of every pool, in an order drawn from ``generator``."""
+    pool = batch_size * BUCKET_POOL
+    groups = []
+    for lo in range(0, len(order), pool):
+        idx = order[lo : lo + pool]
+        idx = idx[np.argsort(-lengths[idx], kind="stable")]
+        groups.extend(idx[s : s + batch_size] for s in range(0, len(idx), batch_size))
+    return [groups[i] for i in torch.randperm(len(groups), generator=generator).tolist()]
 
 
 def reward_column(clicks: pd.DataFrame, reward: str = "rating") -> np.ndarray:

@@ -269,7 +269,7 @@ def train(
         return combined_loss(sft, gfn, cfg.gfn_weight, {**metrics, **logged})
 
     history = fit(
-        module, window_batches(windows, train_cfg.batch_size), loss_fn,
+        module, window_batches(windows, train_cfg.batch_size, train_cfg.bucket_by_length), loss_fn,
         epochs=train_cfg.epochs, lr=train_cfg.lr, groups=groups, grad_clip=train_cfg.grad_clip,
         device=train_cfg.device, seed=seed, prepare=prepare, progress=progress, desc=cfg.name,
     )

@@ -116,6 +116,11 @@ class TrainConfig(Config):
         "negatives) and a lazy Adam (torch.optim.SparseAdam) updates only those; AdamW the rest. For 10^6 items, where "
         "a dense step over the whole table is most of the time; needs weight_decay = 0")
 
+    bucket_by_length: bool = knob(
+        False, "batches of windows of similar length (shuffled windows, sorted by length within pools of 64 batches, "
+        "batches served in random order): the trimmed batches compute less padding, so an epoch over logs of short "
+        "histories is faster; which windows share a step changes, so the trained numbers do too")
+
     def check(self) -> None:
         if self.sparse_embeddings and self.loss != "sampled":
             raise ConfigError("sparse_embeddings = true needs loss = 'sampled': the full softmax reads every item's "
@@ -319,12 +324,12 @@ def fit(
 # ---------------------------------------------------------------- sequence policies on windows
 
 
-def window_batches(windows: Windows, batch_size: int) -> BatchSource[Batch]:
-    """The batch source of a sequence model: shuffled windows, all-padding columns trimmed, on the
-    run's device."""
+def window_batches(windows: Windows, batch_size: int, bucket: bool = False) -> BatchSource[Batch]:
+    """The batch source of a sequence model: shuffled windows (``bucket``: of similar length,
+    :meth:`Windows.batches`), all-padding columns trimmed, on the run's device."""
 
     def batches(run: Run) -> Iterable[Batch]:
-        return (batch.trim().to(run.device) for batch in windows.batches(batch_size, run.order))
+        return (batch.trim().to(run.device) for batch in windows.batches(batch_size, run.order, bucket=bucket))
 
     return batches
 
@@ -387,7 +392,7 @@ def train_copy(
     sparse = sparse_rows(policy.model) if cfg.sparse_embeddings else {}
     try:
         history = fit(
-            policy.model, window_batches(windows, cfg.batch_size), closure,
+            policy.model, window_batches(windows, cfg.batch_size, cfg.bucket_by_length), closure,
             epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, device=cfg.device,
             seed=seed, prepare=prepare, inner_steps=inner_steps, progress=progress, desc=stage, **sparse,
         )
