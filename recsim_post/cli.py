@@ -338,7 +338,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .posttrain.recipe import needs_impressions
 
     # only GFlowGR reads the clicks' slates; every other method sees the clicks alone, and a clicks-only
-    # read holds a tenth or less of the rows in memory
+    # read holds at most one row per slate in memory
     whole = any(needs_impressions(a) for a in agents)
     logs = read_public(args.logs, clicks_only=not whole)
     folder = Path(args.out) if (args.out and several) else Path(args.logs) / "policies"

@@ -165,7 +165,7 @@ class Evaluator:
             targets = self.test_targets[lo : lo + step]
             ranks[lo : lo + step] = target_ranks(logits, targets, exclude=hist)
             if tune:
-                pick = slice(None) if stride == 1 else slice((-lo) % stride, None, stride)  # rows lo + j, j ≡ -lo
+                pick = slice(None) if stride == 1 else slice((-lo) % stride, None, stride)  # rows lo + j with lo + j ≡ 0 (mod stride)
                 nll += nll_profile(logits[pick], targets[pick]).sum(axis=0)
         out = {**metrics_from_ranks(ranks, k=self.k), **metrics_from_ranks(ranks, k=small)}
         out["tau_nll"] = float(TAU_GRID[int(np.argmin(nll))]) if tune and np.isfinite(nll).any() else float("nan")

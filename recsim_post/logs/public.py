@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 from ..errors import LogError
 from ..signals import SIGNALS
 from .check import (
-    check_interaction_rows, check_interaction_values, check_items_table, check_log_folder,
+    check_interaction_rows, check_interaction_values, check_items_table, check_log_folder, check_public_tables,
 )
 
 INTERACTION_SCHEMA = pa.schema(
@@ -228,8 +228,9 @@ def read_public(folder: str | Path, clicks_only: bool = False) -> PublicLogs:
     naming the missing, unreadable or corrupt file. Needs no ``sealed/`` folder.
 
     ``clicks_only``: stream the interactions in blocks of rows, check every block and keep only its
-    clicks, so memory holds the clicks and one block rather than every impression (a tenth or less
-    of the rows); what training and the exact evaluation read. The result's :meth:`~PublicLogs.clicks`
+    clicks, so memory holds the clicks and one block rather than every impression (at most one row
+    per slate: a tenth of the rows with slates of 10, and fewer as not every slate is clicked); what
+    training and the exact evaluation read. The result's :meth:`~PublicLogs.clicks`
     equal a whole read's.
     """
     folder = Path(folder)
@@ -237,13 +238,12 @@ def read_public(folder: str | Path, clicks_only: bool = False) -> PublicLogs:
     path = folder / "interactions.parquet"
     if clicks_only:
         interactions = _read_clicks(path, manifest, folder)
+        items = read_parquet(folder / "items.parquet")
+        check_items_table(items, manifest, folder)
     else:
         interactions = read_parquet(path)
-        logged = _complete(interactions, path)
-        check_interaction_rows(len(interactions), manifest, folder)
-        check_interaction_values(interactions, manifest, folder, logged)
-    items = read_parquet(folder / "items.parquet")
-    check_items_table(items, manifest, folder)
+        items = read_parquet(folder / "items.parquet")
+        check_public_tables(interactions, items, manifest, folder, _complete(interactions, path))
     return PublicLogs(interactions, items, manifest, clicks_only)
 
 
@@ -258,7 +258,7 @@ def _read_clicks(path: Path, manifest: dict[str, Any], folder: Path) -> pd.DataF
         table = pq.ParquetFile(path)
         blocks = table.iter_batches(batch_size=READ_BLOCK_ROWS)
         empty = table.schema_arrow.empty_table().to_pandas()
-        whole = table.metadata.num_rows <= READ_BLOCK_ROWS  # one block: errors read as a whole read's
+        one_block = table.metadata.num_rows <= READ_BLOCK_ROWS  # errors then read word for word as a whole read's
     except (pa.ArrowException, OSError, ValueError) as err:
         raise _corrupt(path, err) from None
     while True:
@@ -270,7 +270,7 @@ def _read_clicks(path: Path, manifest: dict[str, Any], folder: Path) -> pd.DataF
         if frame is None:
             break
         logged = _complete(frame, path)
-        rows = None if whole else (n_rows, n_rows + len(frame) - 1)
+        rows = None if one_block else (n_rows, n_rows + len(frame) - 1)
         check_interaction_values(frame, manifest, folder, logged, rows)
         n_rows += len(frame)
         kept.append(frame[frame["click"].to_numpy() == 1])
