@@ -408,16 +408,16 @@ def _check_token_policy(policy, logs, path) -> None:  # noqa: ANN001 - a trained
         check_ids_match_logs(ids, logs, str(path))
 
 
-def _evaluation_inputs(folder: str, paths: Sequence[str], clicks_only: bool):  # noqa: ANN202
+def _evaluation_inputs(folder: str, paths: Sequence[str]):  # noqa: ANN202
     """The public logs, the sealed truth and the saved policies (named by file stem) of a log
-    folder, every policy checked against the logs' catalogue: what evaluate and rollout read.
-    ``clicks_only``: the public clicks alone (evaluate; rollout compares every public row with its
-    re-simulation). Neither reads the sealed impressions (only OPE does)."""
+    folder, every policy checked against the logs' catalogue: what evaluate and rollout read. Both
+    read only the public clicks (streamed, every row checked) and not the sealed impressions (only
+    OPE looks at an unclicked impression; rollout checks its re-simulation by the files' SHA-256)."""
     from .truth.ground_truth import GroundTruth
     from .logs.public import read_public
     from .models.load import load_policy
 
-    logs = read_public(folder, clicks_only=clicks_only)
+    logs = read_public(folder, clicks_only=True)
     truth = GroundTruth.load(folder, impressions=False)  # a folder without sealed/ is reported before the policy files
     policies = {}
     for path in paths:
@@ -513,7 +513,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         session = ray_session()  # one Ray for every pass
     if args.users < 0:
         raise ConfigError(f"--users = {args.users} is out of range: must be >= 0 (0 = every user)")
-    logs, truth, policies = _evaluation_inputs(args.logs, args.policy, clicks_only=True)
+    logs, truth, policies = _evaluation_inputs(args.logs, args.policy)
     with session:
         evaluator = Evaluator.prepare(logs, truth, k=args.k, max_users=args.users or None, backend=args.backend,
                                       shards=args.shards)
@@ -543,7 +543,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         raise ConfigError(f"--rounds = {args.rounds} is out of range: must be >= 1")
     cfg = _closed_loop_config(args, ROLLOUT_FLAGS)
     say = _say(args.quiet)
-    logs, truth, policies = _evaluation_inputs(args.logs, args.policy, clicks_only=False)
+    logs, truth, policies = _evaluation_inputs(args.logs, args.policy)
     say(f"re-simulating '{truth.scenario.name}' (seed {truth.scenario.seed}) to rebuild the world at T")
     sim = world_at_end_of_logging(args.logs, logs, truth)
     clicks = logs.clicks()

@@ -120,3 +120,40 @@ def test_a_failure_mid_stream_leaves_nothing(tmp_path: Path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         stream_logs(tiny_scenario(), tmp_path / "a" / "logs")
     assert not (tmp_path / "a").exists()  # not even the parent folder it made
+
+
+@pytest.mark.parametrize("group_rows", [97, 1 << 20])
+def test_a_replay_hashes_the_public_files_as_written_and_keeps_the_world_at_t(tmp_path: Path, monkeypatch, group_rows: int):
+    """What a rollout checks a log folder with: a re-simulation's public files, hashed and dropped,
+    have the manifest's SHA-256 (logged propensities, switching loggers and drift included), and
+    the run is left at T as simulate leaves it."""
+    from recsim_post.logs.simulate import LogRun, replay_public_hashes
+
+    monkeypatch.setattr(sim_mod, "ROW_GROUP_ROWS", group_rows)
+    cfg = every_knob()
+    manifest = stream_log_files(cfg, tmp_path / "logs")
+    run = LogRun(cfg)
+    hashes = replay_public_hashes(run)
+    assert hashes == {name: manifest["sha256"][name] for name in ("interactions.parquet", "items.parquet")}
+    sim = simulate(cfg)
+    for table in (sim_mod.sealed_item_columns, sim_mod.sealed_user_columns):  # world and logger at T
+        a, b = table(run.world, run.logger), table(sim.world, sim.logger)
+        assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), table.__name__
+    pd.testing.assert_frame_equal(run.logger_rounds(), sim.logger_rounds)
+    other = dataclasses.replace(cfg, seed=cfg.seed + 1)
+    assert replay_public_hashes(LogRun(other))["interactions.parquet"] != hashes["interactions.parquet"]
+
+
+def test_a_replay_holds_no_rows(tmp_path: Path, monkeypatch):
+    """Four times the rounds, the same peak: the replay keeps the world and one piece of a round."""
+    from recsim_post.logs.simulate import LogRun, replay_public_hashes
+
+    monkeypatch.setattr(sim_mod, "ROW_GROUP_ROWS", 2048)
+    base = dataclasses.replace(tiny_scenario(), users=UserConfig(n_users=200))
+
+    def rounds(n: int):  # noqa: ANN202
+        return dataclasses.replace(base, simulation=SimulationConfig(n_rounds=n))
+
+    replay_public_hashes(LogRun(rounds(1)))  # first calls allocate once
+    peak = [_peak_bytes(lambda n=n: replay_public_hashes(LogRun(rounds(n)))) for n in (10, 40)]
+    assert peak[1] < 1.2 * peak[0], peak

@@ -934,8 +934,8 @@ def test_cli_logs_without_sealed_serve_train_but_not_evaluate_ope_or_rollout(cli
 
 
 def test_cli_reads_clicks_only_where_no_impression_is_needed(cli_root, capsys, monkeypatch):
-    """train (but GFlowGR, which reads the clicks' slates) and evaluate stream the interactions and
-    keep the clicks; rollout (it compares every row with its re-simulation) and ope read them whole."""
+    """train (but GFlowGR, which reads the clicks' slates), evaluate and rollout (it checks its
+    re-simulation by the files' SHA-256) stream the interactions and keep the clicks."""
     from recsim_post.logs import public
     from recsim_post.posttrain.recipe import needs_impressions
 
@@ -951,7 +951,7 @@ def test_cli_reads_clicks_only_where_no_impression_is_needed(cli_root, capsys, m
     assert cli.main(["evaluate", "--logs", "logs", "--policy", "bc.pt", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["results"][-1]["method"] == "bc"
     assert cli.main(["rollout", "--logs", "logs", "--policy", "bc.pt", "--rounds", "1", "--seeds", "0", "-q"]) == 0
-    assert seen == [True, True, False]
+    assert seen == [True, True, True]
     assert [needs_impressions(load_agent(resolve("agents", n))) for n in ("gflowgr-tb", "gflowgr-db", "bc", "dpo")] == [
         True, True, False, False]
 

@@ -353,14 +353,35 @@ class _HashedFile(io.FileIO):
         return n
 
 
+class _HashSink(io.RawIOBase):
+    """A file that keeps nothing: it hashes (SHA-256) what is written to it, so a table's file hash
+    can be computed without the file (:func:`replay_public_hashes`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sha, self._size = hashlib.sha256(), 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # noqa: ANN001 - any bytes-like object
+        view = memoryview(data).cast("B")
+        self.sha.update(view)
+        self._size += len(view)
+        return len(view)
+
+    def tell(self) -> int:
+        return self._size
+
+
 class TableWriter:
     """One Parquet table (zstd, no pandas metadata) written row group by row group as its rows
     arrive: memory holds the batch being written and less than one row group of earlier rows,
-    whatever the table's length."""
+    whatever the table's length. ``path`` None: the bytes are only hashed, never stored."""
 
-    def __init__(self, path: Path, schema: pa.Schema) -> None:
+    def __init__(self, path: Path | None, schema: pa.Schema) -> None:
         self.path, self.schema = path, schema
-        self._file = _HashedFile(path)
+        self._file = _HashSink() if path is None else _HashedFile(path)
         self._writer = pq.ParquetWriter(self._file, schema, compression="zstd")
         self._pending: list[tuple[pa.Table, bool]] = []  # (rows, whole: a batch as made, not a slice)
         self._buffered = 0
@@ -421,9 +442,9 @@ class TableWriter:
         self._file.close()
 
 
-def _write_parquet(df: pd.DataFrame | Columns, path: Path, schema: pa.Schema | None = None) -> str:
+def _write_parquet(df: pd.DataFrame | Columns, path: Path | None, schema: pa.Schema | None = None) -> str:
     """Write a whole table, a frame or columns (row groups as :class:`TableWriter` cuts them, fed
-    a row group at a time: no second copy of a large table); its SHA-256."""
+    a row group at a time: no second copy of a large table); its SHA-256 (``path`` None: only that)."""
     cols = {str(name): np.asarray(df[name]) for name in df}
     if schema is None:
         schema = pa.schema([(name, pa.from_numpy_dtype(v.dtype)) for name, v in cols.items()])
@@ -523,6 +544,23 @@ def _stream_run(cfg: ScenarioConfig, folder: Path, run: LogRun, progress: bool) 
     manifest = run.manifest(writers["interactions.parquet"].rows, len(items), clicks)
     _write_manifest(folder, manifest, hashes)
     return dict(manifest, sha256=hashes)
+
+
+def replay_public_hashes(run: LogRun) -> dict[str, str]:
+    """Run ``run`` (a fresh :class:`LogRun`) to the end and return the SHA-256 that its public files,
+    ``interactions.parquet`` and ``items.parquet``, would have — the bytes :func:`stream_log_files`
+    writes, hashed and dropped, so memory is the world plus one piece of a round. After it, ``run``
+    holds the world and the logger at T. What a rollout uses to check, against the manifest, that a
+    re-simulation reproduces a log folder exactly, without holding its rows."""
+    sink = TableWriter(None, run.interaction_schema())
+    try:
+        for rows, _ in run.rounds(chunk_users=max(1, ROW_GROUP_ROWS // run.cfg.logging.slate_size)):
+            sink.write(run.split(rows)[0])
+        interactions = sink.close()
+    except BaseException:
+        sink.abort()
+        raise
+    return {"interactions.parquet": interactions, "items.parquet": _write_parquet(run.items(), None)}
 
 
 def write_logs(sim: Simulation, out: str | Path, overwrite: bool = False) -> Path:

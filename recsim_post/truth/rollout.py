@@ -53,7 +53,8 @@ from ..config import Config, from_dict, knob
 from ..errors import ConfigError, LogError
 from ..logs.check import check_log_folder
 from ..logs.public import PublicLogs, histories
-from ..logs.simulate import Simulation, simulate
+from ..behavior.logging_policy import TrendLogger
+from ..logs.simulate import LogRun, replay_public_hashes
 from ..seeding import SeedTree
 from ..world.config import MAX_ENTITIES, SEED_MAX, ScenarioConfig
 from ..world.engine import Round, Streams, step_round
@@ -297,15 +298,15 @@ class ClosedLoop:
         return ClosedLoopValue(float(values.mean()), std, tuple(runs))
 
 
-def _same_frame(a: pd.DataFrame, b: pd.DataFrame) -> bool:
-    try:  # exact values, NaN where NaN, same columns in the same order, same dtypes
-        pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True), check_exact=True)
-    except AssertionError:
-        return False
-    return True
+@dataclass(frozen=True)
+class WorldAtT:
+    """The world and the logging policy at the end of logging (T), rebuilt from a log folder."""
+
+    world: World
+    logger: TrendLogger
 
 
-def world_at_end_of_logging(folder: str | Path, logs: PublicLogs, truth: GroundTruth | None = None) -> Simulation:
+def world_at_end_of_logging(folder: str | Path, logs: PublicLogs, truth: GroundTruth | None = None) -> WorldAtT:
     """The world and the logging policy at the end of logging (T) of a log folder, exactly.
 
     ``sealed/`` holds the latents and most of the state at T (popularity, shocks, satiation,
@@ -317,7 +318,9 @@ def world_at_end_of_logging(folder: str | Path, logs: PublicLogs, truth: GroundT
 
     1. ``interactions.parquet`` and ``items.parquet`` match the SHA-256 in ``manifest.json``
        (unchanged since they were written);
-    2. the re-simulated public logs equal them, value for value (dtypes and NaNs included);
+    2. the re-simulated public files have those SHA-256 too (the bytes ``simulate`` would write,
+       hashed round by round and dropped: memory stays the world plus one piece of a round, flat in
+       the logs' length; ``logs`` may be a clicks-only read);
     3. the re-simulated world at T equals ``sealed/`` (``truth``, a GroundTruth, when given):
        preferences, satiation, item vectors, quality and trend.
 
@@ -325,18 +328,24 @@ def world_at_end_of_logging(folder: str | Path, logs: PublicLogs, truth: GroundT
     approximate is ever rolled. Costs one simulation of the scenario.
     """
     folder = Path(folder)
-    check_log_folder(folder, "public")  # the files as they are on disk now, whatever ``logs`` holds
+    manifest = check_log_folder(folder, "public")  # the files as they are on disk now, whatever ``logs`` holds
     if "scenario" not in logs.manifest:
         raise LogError(f"{folder}/manifest.json is corrupt: key 'scenario' is missing")
     scenario = truth.scenario if truth is not None else from_dict(ScenarioConfig, logs.manifest["scenario"])
-    sim = simulate(scenario)
+    run = LogRun(scenario, streamed=True)
+    try:
+        replayed = replay_public_hashes(run)
+    finally:
+        run.close()
     written = logs.manifest.get("package_version", "an unknown version")
     why = (f"re-simulating scenario '{scenario.name}' with seed {scenario.seed} does not reproduce {folder}"
            f" (written by recsim-post {written}, this is {__version__})")
-    if not (_same_frame(sim.public.interactions, logs.interactions) and _same_frame(sim.public.items, logs.items)):
-        raise LogError(f"{why}: its public logs differ, so the world at T cannot be rebuilt exactly")
+    differ = [name for name, sha in replayed.items() if manifest["sha256"].get(name) != sha]
+    if differ:
+        raise LogError(f"{why}: its public logs differ ({' and '.join(differ)}), so the world at T cannot be "
+                       "rebuilt exactly")
     if truth is not None:
-        w = sim.world
+        w = run.world
         pairs = {
             "theta": (w.users.theta, truth.theta), "satiation": (w.state.satiation, truth.satiation),
             "vectors": (w.catalog.vectors, truth.vectors), "quality": (w.catalog.quality, truth.quality),
@@ -345,11 +354,11 @@ def world_at_end_of_logging(folder: str | Path, logs: PublicLogs, truth: GroundT
         for name, (a, b) in pairs.items():
             if not np.array_equal(a, b):
                 raise LogError(f"{why}: the sealed {name} at T differs from the re-simulated world")
-    return sim
+    return WorldAtT(run.world, run.logger)
 
 
 __all__ = [
     "RolloutResult", "rollout", "topk_slates", "plackett_luce_slates", "ClosedLoopConfig", "ClosedLoopValue",
     "ClosedLoop",
-    "world_at_end_of_logging",
+    "WorldAtT", "world_at_end_of_logging",
 ]
