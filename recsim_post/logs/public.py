@@ -257,7 +257,6 @@ def _read_clicks(path: Path, manifest: dict[str, Any], folder: Path) -> pd.DataF
     try:
         table = pq.ParquetFile(path)
         blocks = table.iter_batches(batch_size=READ_BLOCK_ROWS)
-        empty = table.schema_arrow.empty_table().to_pandas()
         one_block = table.metadata.num_rows <= READ_BLOCK_ROWS  # errors then read word for word as a whole read's
     except (pa.ArrowException, OSError, ValueError) as err:
         raise _corrupt(path, err) from None
@@ -275,7 +274,8 @@ def _read_clicks(path: Path, manifest: dict[str, Any], folder: Path) -> pd.DataF
         n_rows += len(frame)
         kept.append(frame[frame["click"].to_numpy() == 1])
     check_interaction_rows(n_rows, manifest, folder)
-    if not kept:
+    if not kept:  # a table of no rows: its columns, none of them filled
+        empty = table.schema_arrow.empty_table().to_pandas()
         _complete(empty, path)
         return empty
     return pd.concat(kept, ignore_index=True)

@@ -339,26 +339,13 @@ table into groups of exactly this many rows (the last one shorter) whether its r
 round or all at once, so a streamed folder and one written from memory are byte-identical."""
 
 
-class _HashedFile(io.FileIO):
-    """A new file that hashes (SHA-256) what is written to it: the manifest's hash without
-    reading the file back."""
+class _HashedFile(io.RawIOBase):
+    """A new file (``path``) that hashes (SHA-256) what is written to it: the manifest's hash without
+    reading the file back. ``path`` None: the bytes are hashed and dropped (:func:`replay_public_hashes`)."""
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, "xb")
-        self.sha = hashlib.sha256()
-
-    def write(self, data) -> int:  # noqa: ANN001 - any bytes-like object
-        n = super().write(data)
-        self.sha.update(memoryview(data).cast("B")[:n])
-        return n
-
-
-class _HashSink(io.RawIOBase):
-    """A file that keeps nothing: it hashes (SHA-256) what is written to it, so a table's file hash
-    can be computed without the file (:func:`replay_public_hashes`)."""
-
-    def __init__(self) -> None:
+    def __init__(self, path: Path | None) -> None:
         super().__init__()
+        self._file = None if path is None else io.FileIO(path, "xb")
         self.sha, self._size = hashlib.sha256(), 0
 
     def writable(self) -> bool:
@@ -366,12 +353,18 @@ class _HashSink(io.RawIOBase):
 
     def write(self, data) -> int:  # noqa: ANN001 - any bytes-like object
         view = memoryview(data).cast("B")
-        self.sha.update(view)
-        self._size += len(view)
-        return len(view)
+        n = len(view) if self._file is None else self._file.write(view)
+        self.sha.update(view[:n])
+        self._size += n
+        return n
 
     def tell(self) -> int:
         return self._size
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        super().close()
 
 
 class TableWriter:
@@ -381,7 +374,7 @@ class TableWriter:
 
     def __init__(self, path: Path | None, schema: pa.Schema) -> None:
         self.path, self.schema = path, schema
-        self._file = _HashSink() if path is None else _HashedFile(path)
+        self._file = _HashedFile(path)
         self._writer = pq.ParquetWriter(self._file, schema, compression="zstd")
         self._pending: list[tuple[pa.Table, bool]] = []  # (rows, whole: a batch as made, not a slice)
         self._buffered = 0
@@ -519,9 +512,7 @@ def _stream_run(cfg: ScenarioConfig, folder: Path, run: LogRun, progress: bool) 
         start = run.theta_start()
         if start is not None:
             writers["sealed/theta_updates.parquet"].write(start)
-        # pieces of about one row group: memory holds one piece's rows, not a whole round's
-        chunk = max(1, ROW_GROUP_ROWS // cfg.logging.slate_size)
-        for rows, theta in run.rounds(progress, chunk_users=chunk):
+        for rows, theta in _pieces(run, progress):
             public, sealed = run.split(rows)
             writers["interactions.parquet"].write(public)
             writers["sealed/impressions.parquet"].write(sealed)
@@ -546,6 +537,12 @@ def _stream_run(cfg: ScenarioConfig, folder: Path, run: LogRun, progress: bool) 
     return dict(manifest, sha256=hashes)
 
 
+def _pieces(run: LogRun, progress: bool = False) -> Iterator[tuple[Columns, Columns | None]]:
+    """``run``'s rows in pieces of about one row group (:meth:`LogRun.rounds`): a streamed run holds
+    one piece's rows, not a whole round's."""
+    return run.rounds(progress, chunk_users=max(1, ROW_GROUP_ROWS // run.cfg.logging.slate_size))
+
+
 def replay_public_hashes(run: LogRun) -> dict[str, str]:
     """Run ``run`` (a fresh :class:`LogRun`) to the end and return the SHA-256 that its public files,
     ``interactions.parquet`` and ``items.parquet``, would have — the bytes :func:`stream_log_files`
@@ -554,7 +551,7 @@ def replay_public_hashes(run: LogRun) -> dict[str, str]:
     re-simulation reproduces a log folder exactly, without holding its rows."""
     sink = TableWriter(None, run.interaction_schema())
     try:
-        for rows, _ in run.rounds(chunk_users=max(1, ROW_GROUP_ROWS // run.cfg.logging.slate_size)):
+        for rows, _ in _pieces(run):
             sink.write(run.split(rows)[0])
         interactions = sink.close()
     except BaseException:
